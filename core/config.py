@@ -1,0 +1,99 @@
+"""Settings: every knob is an environment variable ``TESSERA_<SECTION>__<FIELD>``.
+
+Only the composition roots (the API app factory, the Celery app factory and the CLI) call
+``get_settings()``; everything below them receives the objects it needs as arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RedisSettings(BaseModel):
+    url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the broker, job records and progress.")
+
+
+class StorageSettings(BaseModel):
+    backend: Literal["local", "s3"] = Field("local", description="Object store: a local directory or an S3 API.")
+    root: Path = Field(Path("./data/objects"), description="Directory of the local backend.")
+    bucket: str = Field("tessera", description="S3 bucket.")
+    endpoint_url: str | None = Field(None, description="S3 endpoint the service talks to (MinIO, moto); unset = AWS.")
+    public_endpoint_url: str | None = Field(
+        None, description="S3 endpoint that presigned URLs are signed for (what browsers reach); unset = endpoint_url."
+    )
+    region: str = Field("us-east-1", description="S3 region.")
+    access_key_id: str | None = Field(None, description="S3 access key; unset = the default AWS credential chain.")
+    secret_access_key: SecretStr | None = Field(None, description="S3 secret key.")
+    create_bucket: bool = Field(False, description="Create the bucket at start-up when it is missing.")
+    url_expiry_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600, description="Lifetime of signed output URLs.")
+    url_secret: SecretStr = Field(
+        SecretStr("dev-insecure-url-secret"), description="HMAC key for local-backend URLs; set it in production."
+    )
+    public_base_url: str = Field(
+        "http://127.0.0.1:8000", description="Public address of the API, used in local-backend URLs."
+    )
+
+
+class ModelSettings(BaseModel):
+    preset: str = Field("tiny", description="Model set: tiny | shapes | sd15.")
+    root: Path = Field(Path("./data/models"), description="Directory that holds one folder per preset.")
+    device: str = Field("auto", description="Torch device for workers: auto | cpu | cuda | cuda:N.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weights dtype; auto = float16 on CUDA, float32 on CPU."
+    )
+    adapter_cache_dir: Path = Field(Path("./data/adapter-cache"), description="Worker-local cache of ED-LoRA files.")
+
+
+class LimitSettings(BaseModel):
+    max_file_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted upload, in bytes.")
+    max_image_side: int = Field(4096, ge=64, description="Largest accepted image width or height, in pixels.")
+    max_image_pixels: int = Field(16_000_000, ge=4096, description="Largest accepted image area, in pixels.")
+    max_training_images: int = Field(50, ge=1, description="Most images one training may use.")
+
+
+class WorkerSettings(BaseModel):
+    train_time_limit_seconds: int = Field(4 * 3600, ge=60, description="Hard time limit of a training task.")
+    generate_time_limit_seconds: int = Field(1800, ge=30, description="Hard time limit of a generation task.")
+    max_redeliveries: int = Field(3, ge=0, description="Times a task whose worker died is run again before failing.")
+    visibility_timeout_seconds: int = Field(
+        5 * 3600, ge=60, description="Broker visibility timeout; must exceed the longest task."
+    )
+
+
+class Settings(BaseSettings):
+    """The whole configuration, read from ``TESSERA_*`` environment variables (nested with ``__``)."""
+
+    model_config = SettingsConfigDict(env_prefix="TESSERA_", env_nested_delimiter="__", extra="ignore")
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    api_keys: SecretStr = Field(
+        SecretStr(""), description='Static keys, "tenant-a:key-a,tenant-b:key-b". Empty = no access.'
+    )
+    job_ttl_seconds: int = Field(30 * 24 * 3600, ge=60, description="How long finished job records are kept.")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_well_formed(cls, value: SecretStr) -> SecretStr:
+        for item in filter(None, (p.strip() for p in value.get_secret_value().split(","))):
+            tenant, sep, key = item.partition(":")
+            if not sep or not tenant or not key:
+                raise ValueError(f'api_keys entries must be "tenant:key", got an entry without one: "{tenant}:…"')
+        return value
+
+    def tenant_keys(self) -> dict[str, str]:
+        """Map every static API key to its tenant."""
+        pairs = (p.strip().partition(":") for p in self.api_keys.get_secret_value().split(",") if p.strip())
+        return {key: tenant for tenant, _, key in pairs}
+
+
+def get_settings() -> Settings:
+    """Read the settings from the environment (composition roots only)."""
+    return Settings()
