@@ -1,0 +1,257 @@
+"""ED-LoRA training (Mix-of-Show ``trainer_edlora.py``, restated): learn one concept from a few images.
+
+What is learned: two new words per concept (``V_rand``, ``V_class``), each with one embedding row per UNet
+cross-attention layer, plus LoRA on the text encoder's and the UNet's attention projections. The shared components
+are never modified: training runs on deep copies of the text encoder and UNet (the worker caches the originals
+across jobs), and everything random comes from one ``torch.Generator`` seeded with ``config.seed``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from core.errors import InvalidRequestError, PipelineError
+from core.ml.components import SDComponents
+from core.ml.edlora.adapter import EDLoRAWeights
+from core.ml.edlora.attention import layerwise_cross_attention
+from core.ml.edlora.config import EDLoRAConfig
+from core.ml.edlora.embeddings import encode_layerwise, init_concept_embeddings
+from core.ml.edlora.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora, lora_parameters, lora_state_dict
+from core.ml.images import image_to_tensor, mask_to_tensor
+from core.ml.prompts import CAPTION_TEMPLATES, CONCEPT_REF, PromptPart, bind_caption
+from core.progress import Progress, StepCallback, no_progress
+
+logger = logging.getLogger(__name__)
+
+TRAIN_ADAPTER = "edlora"
+EMBEDDING_NORM_THRESHOLD = 0.55
+"""Once the mean L2 norm of the concept rows reaches this, embeddings stop training (Mix-of-Show main branch)."""
+ADAMW_WEIGHT_DECAY = 0.01
+_VAE_CHUNK = 4
+
+
+@dataclass
+class _TrainingData:
+    latent_mean: torch.Tensor  # [N, 4, h, w] float32, CPU
+    latent_std: torch.Tensor  # [N, 4, h, w]
+    masks: torch.Tensor | None  # [N, 1, h, w] in [0, 1]
+    captions: list[list[PromptPart]] | None
+
+
+def _check_inputs(
+    images: Sequence[PIL.Image.Image],
+    concept_name: str,
+    class_word: str,
+    masks: Sequence[PIL.Image.Image] | None,
+    captions: Sequence[str] | None,
+) -> None:
+    if not images:
+        raise InvalidRequestError("images must hold at least 1 image, got 0", field="images")
+    if not CONCEPT_REF.fullmatch(f"<{concept_name}>"):
+        raise InvalidRequestError(
+            f"concept.name must match ^[a-z0-9][a-z0-9_-]{{0,39}}$, got {concept_name!r}", field="concept.name"
+        )
+    if not class_word.strip() or len(class_word.split()) != 1:
+        raise InvalidRequestError(f"concept.class_word must be one plain word, got {class_word!r}", field="concept.class_word")
+    if masks is not None and len(masks) != len(images):
+        raise InvalidRequestError(f"masks must hold one mask per image ({len(images)}), got {len(masks)}", field="masks")
+    if captions is not None and len(captions) != len(images):
+        raise InvalidRequestError(
+            f"captions must hold one caption per image ({len(images)}), got {len(captions)}", field="captions"
+        )
+
+
+@torch.no_grad()
+def _prepare_data(
+    components: SDComponents,
+    images: Sequence[PIL.Image.Image],
+    masks: Sequence[PIL.Image.Image] | None,
+    captions: Sequence[str] | None,
+    concept_name: str,
+    resolution: int,
+) -> _TrainingData:
+    """Encode every image once with the frozen VAE; keep the latent distribution to sample from each step."""
+    pixels = torch.stack([image_to_tensor(img, resolution) for img in images])  # [N, 3, R, R] in [-1, 1]
+    means, stds = [], []
+    for chunk in pixels.split(_VAE_CHUNK):
+        dist = components.vae.encode(chunk.to(components.device, components.dtype)).latent_dist
+        means.append(dist.mean.float().cpu())
+        stds.append(dist.std.float().cpu())
+    mean = torch.cat(means)
+    latent_masks = None
+    if masks is not None:
+        latent_size = mean.shape[-1]
+        latent_masks = torch.stack([mask_to_tensor(m, resolution, size=img.size) for m, img in zip(masks, images, strict=True)])
+        latent_masks = F.interpolate(latent_masks, size=(latent_size, latent_size), mode="area")  # [N, 1, h, w]
+        for i, area in enumerate(latent_masks.sum(dim=(1, 2, 3)).tolist()):
+            if area <= 0:
+                raise InvalidRequestError(f"masks[{i}] must mark the concept in white, got an all-black mask", field=f"masks[{i}]")
+    bound = None
+    if captions is not None:
+        bound = [bind_caption(c, concept_name, field=f"captions[{i}]") for i, c in enumerate(captions)]
+    return _TrainingData(mean, torch.cat(stds), latent_masks, bound)
+
+
+def _batches(num_images: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
+    """Endless batches of image indices: shuffled epochs, concatenated (batches may span epochs)."""
+    pending: list[int] = []
+    while True:
+        while len(pending) < batch_size:
+            pending += torch.randperm(num_images, generator=generator).tolist()
+        yield pending[:batch_size]
+        pending = pending[batch_size:]
+
+
+def _diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """ε (or v) MSE ``[B, C, h, w]`` → scalar; with a mask ``[B, 1, h, w]``, normalised by each image's mask area."""
+    error = (prediction.float() - target.float()) ** 2
+    if mask is None:
+        return error.mean()
+    weight = mask.expand_as(error)
+    per_image = (error * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3))
+    return per_image.mean()
+
+
+def train_edlora(
+    components: SDComponents,
+    images: Sequence[PIL.Image.Image],
+    *,
+    concept_name: str,
+    class_word: str,
+    config: EDLoRAConfig,
+    masks: Sequence[PIL.Image.Image] | None = None,
+    captions: Sequence[str] | None = None,
+    on_step: StepCallback = no_progress,
+) -> EDLoRAWeights:
+    """Train one ED-LoRA concept and return its weights; ``components`` are left exactly as they were.
+
+    Each step: sample a batch of training latents, noise them at uniform random timesteps (plus offset noise),
+    encode the batch's captions once per cross-attention layer (``[B, n_layers, seq, dim]``) and regress the
+    noise (or v) with the UNet; the loss is masked and area-normalised when ``masks`` are given. AdamW with three
+    parameter groups (embeddings, text-encoder LoRA, UNet LoRA), linear decay to 0, no warm-up.
+
+    Args:
+        images: the concept's photos (any size; resized on the short side and centre-cropped to the resolution).
+        concept_name: the name prompts will use (``<concept_name>``).
+        class_word: one word for the concept's class ("dog"); initialises ``V_class``.
+        config: hyperparameters (``config.resolution`` None = the model's native size).
+        masks: optional, one L-mode mask per image, white = concept (resized like its image, then to latent size).
+        captions: optional, one per image, with ``<concept>`` where the concept goes; default: object templates.
+        on_step: called with ``Progress("training", step, max_train_steps)`` after every optimizer step; raise
+            ``JobCanceledError`` inside it to stop (it propagates).
+
+    Returns:
+        ``EDLoRAWeights`` with ``token_embeddings`` ``[2, n_layers, hidden]`` and the two LoRA state dicts (float32).
+
+    Raises:
+        InvalidRequestError: bad images/masks/captions/names (``field`` names which).
+        PipelineError: the loss became NaN or infinite.
+    """
+    # 1. Check inputs and prepare data (the only use of the shared VAE, read-only).
+    _check_inputs(images, concept_name, class_word, masks, captions)
+    resolution = config.resolution or components.default_resolution
+    data = _prepare_data(components, images, masks, captions, concept_name, resolution)
+    device, total = components.device, config.max_train_steps
+    generator = torch.Generator().manual_seed(config.seed)
+
+    # 2. Private copies of the trained models; the shared ones are never touched.
+    text_encoder = copy.deepcopy(components.text_encoder).requires_grad_(False)
+    unet = copy.deepcopy(components.unet).requires_grad_(False)
+    with layerwise_cross_attention(unet) as num_layers:
+        init = init_concept_embeddings(components.tokenizer, text_encoder, class_word, num_layers, generator)
+        embeddings = torch.nn.Parameter(init.to(device))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # LoRA A matrices are Kaiming-initialised from the global RNG
+            add_lora(text_encoder, TRAIN_ADAPTER, rank=config.rank, targets=TEXT_ENCODER_TARGETS, multiplier=config.alpha)
+            add_lora(unet, TRAIN_ADAPTER, rank=config.rank, targets=UNET_TARGETS, multiplier=config.alpha)
+        text_encoder.train()
+        unet.train()
+
+        # 3. Optimiser: three groups, linear decay to 0.
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": [embeddings], "lr": config.lr_embedding},
+                {"params": lora_parameters(text_encoder, TRAIN_ADAPTER), "lr": config.lr_text_encoder},
+                {"params": lora_parameters(unet, TRAIN_ADAPTER), "lr": config.lr_unet},
+            ],
+            betas=(0.9, 0.999),
+            weight_decay=ADAMW_WEIGHT_DECAY,
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total))
+        scaler = torch.amp.GradScaler(device.type, enabled=components.dtype == torch.float16)
+        noise_scheduler = DDPMScheduler.from_config(components.scheduler.config)
+        scaling_factor = float(components.vae.config.scaling_factor)
+        num_timesteps = int(noise_scheduler.config.num_train_timesteps)
+        batches = _batches(len(images), config.batch_size, generator)
+        embeddings_frozen = False
+
+        # 4. Denoising-loss steps.
+        for step in range(1, total + 1):
+            index = next(batches)
+            mean, std = data.latent_mean[index], data.latent_std[index]
+            latents = (mean + std * torch.randn(mean.shape, generator=generator)) * scaling_factor  # [B, 4, h, w]
+            noise = torch.randn(latents.shape, generator=generator)
+            if config.noise_offset:
+                noise += config.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
+            timesteps = torch.randint(0, num_timesteps, (len(index),), generator=generator)
+            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+            if noise_scheduler.config.prediction_type == "v_prediction":
+                target = noise_scheduler.get_velocity(latents, noise, timesteps)
+            else:
+                target = noise
+            if data.captions is not None:
+                prompts = [data.captions[i] for i in index]
+            else:
+                picks = torch.randint(0, len(CAPTION_TEMPLATES), (len(index),), generator=generator).tolist()
+                prompts = [bind_caption(CAPTION_TEMPLATES[p], concept_name) for p in picks]
+
+            states = encode_layerwise(components.tokenizer, text_encoder, prompts, {concept_name: embeddings}, num_layers)
+            prediction = unet(
+                noisy.to(device, components.dtype), timesteps.to(device), encoder_hidden_states=states
+            ).sample
+            mask = None if data.masks is None else data.masks[index].to(device)
+            loss = _diffusion_loss(prediction, target.to(device), mask)
+            if not math.isfinite(loss.item()):
+                raise PipelineError(f"ED-LoRA training diverged at step {step}: loss is {loss.item()}")
+
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if embeddings_frozen:
+                embeddings.grad = None  # AdamW skips parameters without a gradient
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            norm = float(embeddings.detach().norm(dim=-1).mean())
+            if not embeddings_frozen and norm >= EMBEDDING_NORM_THRESHOLD:
+                embeddings_frozen = True
+                logger.info("concept embeddings reached mean norm %.3f at step %d; frozen from now on", norm, step)
+            logger.debug("step %d/%d loss %.5f embedding norm %.3f", step, total, loss.item(), norm)
+            on_step(Progress("training", step, total))
+
+        # 5. Collect the learned weights (CPU, float32).
+        return EDLoRAWeights(
+            concept_name=concept_name,
+            class_word=class_word,
+            token_embeddings=embeddings.detach().float().cpu().clone(),
+            text_encoder_lora={k: v.float() for k, v in lora_state_dict(text_encoder, TRAIN_ADAPTER).items()},
+            unet_lora={k: v.float() for k, v in lora_state_dict(unet, TRAIN_ADAPTER).items()},
+            rank=config.rank,
+            alpha=config.alpha,
+            base_model_id=components.base_model_id,
+            training_options={
+                **config.model_dump(mode="json"),
+                "resolution": resolution,
+                "num_images": len(images),
+                "masked_loss": masks is not None,
+                "num_layer_embeddings": num_layers,
+            },
+        )
