@@ -59,6 +59,9 @@ class WorkerSettings(BaseModel):
     train_time_limit_seconds: int = Field(4 * 3600, ge=60, description="Hard time limit of a training task.")
     generate_time_limit_seconds: int = Field(1800, ge=30, description="Hard time limit of a generation task.")
     max_redeliveries: int = Field(3, ge=0, description="Times a task whose worker died is run again before failing.")
+    lease_seconds: float = Field(
+        20.0, ge=1.0, le=600.0, description="A running job whose worker sent no heartbeat for this long is re-queued."
+    )
     visibility_timeout_seconds: int = Field(
         5 * 3600, ge=60, description="Broker visibility timeout; must exceed the longest task."
     )

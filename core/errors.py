@@ -13,6 +13,7 @@ ServiceError
 │   ├── InvalidTransitionError a job state change that the state machine forbids
 │   └── ConceptNameTakenError
 ├── AuthError                  missing or unknown API key
+├── ForbiddenError             a signed URL that is expired or tampered with
 ├── ObjectStoreError           the object store failed (retryable infrastructure)
 │   └── ObjectNotFoundError
 ├── ModelLoadError             weights missing or malformed
@@ -87,6 +88,10 @@ class ConceptNameTakenError(ConflictError):
 
 class AuthError(ServiceError):
     code = "unauthorized"
+
+
+class ForbiddenError(ServiceError):
+    code = "forbidden"
 
 
 class ObjectStoreError(ServiceError):

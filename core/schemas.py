@@ -1,0 +1,261 @@
+"""Request and response models of the public API (API.md), shared by the API and the worker."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.ml.edlora.config import EDLoRAConfig
+
+CONCEPT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+# A concept is referred to in prompts as <name> or <cpt_id>.
+CONCEPT_REF_RE = re.compile(r"<([A-Za-z0-9_-]{1,64})>")
+
+JobKind = Literal["training", "generation"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+Metadata = dict[str, Any]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- files -------------------------------------------------------------------------------------------------
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    content_type: str
+    bytes: int
+    width: int
+    height: int
+    sha256: str
+    created_at: datetime
+    url: str | None = None
+    expires_at: datetime | None = None
+
+
+# ---- concepts ----------------------------------------------------------------------------------------------
+
+
+class AdapterInfo(BaseModel):
+    bytes: int
+    sha256: str
+    format: str
+    url: str | None = None
+
+
+class Concept(BaseModel):
+    id: str
+    object: Literal["concept"] = "concept"
+    name: str
+    class_word: str
+    status: Literal["training", "ready", "failed"]
+    training_job_id: str
+    created_at: datetime
+    adapter: AdapterInfo | None = None
+    metadata: Metadata | None = None
+
+
+class ConceptList(BaseModel):
+    data: list[Concept]
+    next_cursor: str | None = None
+
+
+# ---- requests ----------------------------------------------------------------------------------------------
+
+WebhookEvent = Literal["start", "progress", "completed"]
+
+
+class ConceptSpec(_Strict):
+    name: str = Field(description="How prompts refer to the concept: <name>.")
+    class_word: str = Field(description="One plain word the base model knows (dog, woman, teapot).")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not CONCEPT_NAME_RE.match(v):
+            raise ValueError(f"must match {CONCEPT_NAME_RE.pattern}, got {v!r}")
+        return v
+
+    @field_validator("class_word")
+    @classmethod
+    def _class_word(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z]{2,30}", v):
+            raise ValueError(f"must be one lowercase word of 2..30 letters, got {v!r}")
+        return v
+
+
+class MaskPrompt(_Strict):
+    point: tuple[float, float] | None = None
+    box: tuple[float, float, float, float] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> MaskPrompt:
+        if (self.point is None) == (self.box is None):
+            raise ValueError("give exactly one of point or box")
+        coords = self.point or self.box or ()
+        if any(not 0.0 <= c <= 1.0 for c in coords):
+            raise ValueError(f"coordinates are normalised to 0..1, got {list(coords)}")
+        return self
+
+
+class TrainingRequest(_Strict):
+    concept: ConceptSpec
+    images: list[str] = Field(min_length=1, max_length=50, description="1..50 file ids of this tenant.")
+    masks: list[str] | None = Field(None, description="Optional mask file per image (white = the concept).")
+    mask_prompts: list[MaskPrompt | None] | None = None
+    captions: list[str | None] | None = None
+    options: EDLoRAConfig = Field(default_factory=EDLoRAConfig)
+    webhook: str | None = None
+    webhook_events_filter: list[WebhookEvent] | None = None
+    metadata: Metadata | None = None
+
+    @model_validator(mode="after")
+    def _per_image_lists(self) -> TrainingRequest:
+        for name in ("masks", "mask_prompts", "captions"):
+            value = getattr(self, name)
+            if value is not None and len(value) != len(self.images):
+                raise ValueError(f"{name} must have one entry per image ({len(self.images)}), got {len(value)}")
+        return self
+
+
+Box = tuple[float, float, float, float]
+
+
+class Region(_Strict):
+    box: Box | None = None
+    mask: str | None = Field(None, description="A file id of a mask image (white = the region).")
+
+    @model_validator(mode="after")
+    def _one(self) -> Region:
+        if (self.box is None) == (self.mask is None):
+            raise ValueError("give exactly one of box or mask")
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+                raise ValueError(f"box must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, got {list(self.box)}")
+        return self
+
+
+class ConceptUse(_Strict):
+    concept: str = Field(description="Concept name or id.")
+    region: Region | None = None
+    weight: float = Field(0.7, ge=0.0, le=2.0, description="Adapter scale.")
+
+
+class LayoutSpec(_Strict):
+    image: str
+    masks: list[str] | None = None
+
+
+class StyleSpec(_Strict):
+    image: str
+    scale: float = Field(1.0, ge=0.0, le=2.0)
+    mode: Literal["style", "style_and_layout"] = "style"
+
+
+class ControlSpec(_Strict):
+    type: Literal["canny", "softedge", "depth"] = "canny"
+    scale: float = Field(0.6, ge=0.0, le=2.0)
+
+
+def _multiple_of_8(v: int) -> int:
+    if v % 8:
+        raise ValueError(f"must be a multiple of 8, got {v}")
+    return v
+
+
+class GenerationRequest(_Strict):
+    prompt: str = Field(min_length=1, max_length=1000)
+    negative_prompt: str = Field("", max_length=1000)
+    concepts: list[ConceptUse] | None = Field(None, max_length=4)
+    layout: LayoutSpec | None = None
+    fusion: Literal["regional", "conductor"] = "regional"
+    style: StyleSpec | None = None
+    control: ControlSpec | None = None
+    width: Annotated[int, Field(ge=64, le=1024)] = 512
+    height: Annotated[int, Field(ge=64, le=1024)] = 512
+    num_inference_steps: int = Field(50, ge=1, le=150)
+    guidance_scale: float = Field(7.5, ge=0.0, le=30.0)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    num_outputs: int = Field(1, ge=1, le=8)
+    webhook: str | None = None
+    webhook_events_filter: list[WebhookEvent] | None = None
+    metadata: Metadata | None = None
+
+    @field_validator("width", "height")
+    @classmethod
+    def _size(cls, v: int) -> int:
+        return _multiple_of_8(v)
+
+    def concept_refs(self) -> list[str]:
+        """Names or ids of concepts the prompt refers to, in prompt order, without repeats."""
+        seen: dict[str, None] = {}
+        for ref in CONCEPT_REF_RE.findall(self.prompt):
+            seen.setdefault(ref, None)
+        return list(seen)
+
+
+# ---- jobs --------------------------------------------------------------------------------------------------
+
+
+class JobProgress(BaseModel):
+    stage: str
+    step: int
+    total_steps: int
+    fraction: float
+    eta_seconds: float | None = None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobMetrics(BaseModel):
+    queue_seconds: float | None = None
+    run_seconds: float | None = None
+    stages: dict[str, float] = Field(default_factory=dict)
+
+
+class JobUrls(BaseModel):
+    get: str
+    cancel: str
+    events: str
+
+
+class Image(BaseModel):
+    file_id: str
+    url: str
+    expires_at: datetime
+    width: int
+    height: int
+    seed: int | None = None
+
+
+class Job(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    kind: JobKind
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    queue_position: int | None = None
+    progress: JobProgress | None = None
+    input: dict[str, Any]
+    output: dict[str, Any] | None = None
+    error: JobError | None = None
+    metrics: JobMetrics = Field(default_factory=JobMetrics)
+    urls: JobUrls
+    metadata: Metadata | None = None
+
+
+class JobList(BaseModel):
+    data: list[Job]
+    next_cursor: str | None = None

@@ -1,0 +1,143 @@
+"""Files and concepts of each tenant: their records in Redis (the bytes live in the object store).
+
+Keys (prefix ``tessera:``): ``file:{id}``, ``concept:{id}``, ``tenant:{t}:files``, ``tenant:{t}:concepts``
+(time indexes) and ``tenant:{t}:concept-name:{name}`` (the name reservation that keeps names unique).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel, Field
+
+from core.errors import ConceptNameTakenError, NotFoundError
+from core.jobs import utcnow
+from core.stores.index import TimeIndex
+
+PREFIX = "tessera:"
+
+
+def file_key(tenant: str, file_id: str) -> str:
+    """Object-store key of a file's bytes."""
+    return f"tenants/{tenant}/files/{file_id}"
+
+
+def adapter_key(tenant: str, concept_id: str) -> str:
+    """Object-store key of a concept's ED-LoRA adapter."""
+    return f"tenants/{tenant}/concepts/{concept_id}/adapter.safetensors"
+
+
+class FileRecord(BaseModel):
+    id: str
+    tenant: str
+    content_type: str
+    bytes: int
+    width: int
+    height: int
+    sha256: str
+    created_at: datetime = Field(default_factory=utcnow)
+    # "input" for uploads, "output" for what jobs produced (same API, different retention later).
+    purpose: Literal["input", "output"] = "input"
+
+    @property
+    def key(self) -> str:
+        return file_key(self.tenant, self.id)
+
+
+class ConceptRecord(BaseModel):
+    id: str
+    tenant: str
+    name: str
+    class_word: str
+    status: Literal["training", "ready", "failed"] = "training"
+    training_job_id: str
+    created_at: datetime = Field(default_factory=utcnow)
+    adapter_bytes: int | None = None
+    adapter_sha256: str | None = None
+    adapter_format: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    @property
+    def adapter_key(self) -> str:
+        return adapter_key(self.tenant, self.id)
+
+
+class Catalog:
+    """Tenant-scoped records of files and concepts; another tenant's id reads as a missing one."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._r = client
+
+    # ---- files
+    def add_file(self, record: FileRecord) -> None:
+        with self._r.pipeline() as pipe:
+            pipe.set(f"{PREFIX}file:{record.id}", record.model_dump_json())
+            TimeIndex(self._r, f"{PREFIX}tenant:{record.tenant}:files").add(record.created_at, record.id, pipe)
+            pipe.execute()
+
+    def get_file(self, tenant: str, file_id: str) -> FileRecord:
+        raw = self._r.get(f"{PREFIX}file:{file_id}")
+        record = None if raw is None else FileRecord.model_validate_json(raw)
+        if record is None or record.tenant != tenant:
+            raise NotFoundError(f"no file {file_id}")
+        return record
+
+    def delete_file(self, record: FileRecord) -> None:
+        with self._r.pipeline() as pipe:
+            pipe.delete(f"{PREFIX}file:{record.id}")
+            TimeIndex(self._r, f"{PREFIX}tenant:{record.tenant}:files").remove(record.created_at, record.id, pipe)
+            pipe.execute()
+
+    # ---- concepts
+    def _name_key(self, tenant: str, name: str) -> str:
+        return f"{PREFIX}tenant:{tenant}:concept-name:{name}"
+
+    def reserve_concept(self, record: ConceptRecord) -> None:
+        """Store a new concept; ``ConceptNameTakenError`` if the tenant already has one of that name."""
+        if not self._r.set(self._name_key(record.tenant, record.name), record.id, nx=True):
+            raise ConceptNameTakenError(f"concept name {record.name!r} is taken; delete that concept or pick another")
+        with self._r.pipeline() as pipe:
+            pipe.set(f"{PREFIX}concept:{record.id}", record.model_dump_json())
+            TimeIndex(self._r, f"{PREFIX}tenant:{record.tenant}:concepts").add(record.created_at, record.id, pipe)
+            pipe.execute()
+
+    def save_concept(self, record: ConceptRecord) -> None:
+        self._r.set(f"{PREFIX}concept:{record.id}", record.model_dump_json())
+
+    def get_concept(self, tenant: str, ref: str) -> ConceptRecord:
+        """A concept by id (``cpt_…``) or by name."""
+        concept_id = ref
+        if not ref.startswith("cpt_"):
+            raw_id = self._r.get(self._name_key(tenant, ref))
+            if raw_id is None:
+                raise NotFoundError(f"no concept {ref}")
+            concept_id = raw_id.decode()
+        raw = self._r.get(f"{PREFIX}concept:{concept_id}")
+        record = None if raw is None else ConceptRecord.model_validate_json(raw)
+        if record is None or record.tenant != tenant:
+            raise NotFoundError(f"no concept {ref}")
+        return record
+
+    def list_concepts(self, tenant: str, *, limit: int, cursor: str | None) -> tuple[list[ConceptRecord], str | None]:
+        found: dict[str, ConceptRecord] = {}
+
+        def keep(concept_id: str) -> bool:
+            try:
+                found[concept_id] = self.get_concept(tenant, concept_id)
+            except NotFoundError:
+                return False
+            return True
+
+        index = TimeIndex(self._r, f"{PREFIX}tenant:{tenant}:concepts")
+        ids, next_cursor = index.page(limit=limit, cursor=cursor, keep=keep)
+        return [found[i] for i in ids], next_cursor
+
+    def delete_concept(self, record: ConceptRecord) -> None:
+        with self._r.pipeline() as pipe:
+            pipe.delete(f"{PREFIX}concept:{record.id}")
+            # Free the name only if it still points at this concept.
+            pipe.delete(self._name_key(record.tenant, record.name))
+            TimeIndex(self._r, f"{PREFIX}tenant:{record.tenant}:concepts").remove(record.created_at, record.id, pipe)
+            pipe.execute()

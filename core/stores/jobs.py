@@ -1,0 +1,222 @@
+"""The job store: job records in Redis, the single source of truth for job status.
+
+Keys (prefix ``tessera:``):
+- ``job:{id}``             JSON ``JobRecord``
+- ``job:{id}:progress``    JSON progress of the running stage (written often, kept apart from the record)
+- ``job:{id}:cancel``      set when a client asked to cancel
+- ``job:{id}:lease``       owner of a running job; expires unless the owner renews it (worker liveness)
+- ``tenant:{t}:jobs``      time index for listing
+- ``queue:{q}``            time index of queued jobs, for queue positions
+- ``running``              set of running job ids, scanned for expired leases
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import redis
+
+from core.errors import InvalidTransitionError, NotFoundError
+from core.jobs import TERMINAL, JobRecord, check_transition, utcnow
+from core.progress import Progress
+from core.schemas import JobKind, JobProgress, JobStatus
+from core.stores.index import TimeIndex
+
+PREFIX = "tessera:"
+
+
+class JobStore:
+    """Job records with compare-and-set transitions, progress, cancel flags, leases and queue positions.
+
+    Args:
+        client: a redis-py client.
+        ttl_seconds: how long a finished job's record is kept.
+        lease_seconds: how long a running job stays owned without a renewal before it counts as orphaned.
+    """
+
+    def __init__(self, client: redis.Redis, *, ttl_seconds: int = 30 * 24 * 3600, lease_seconds: float = 20.0) -> None:
+        self._r = client
+        self.ttl_seconds = ttl_seconds
+        self.lease_seconds = lease_seconds
+
+    # ---- keys
+    @staticmethod
+    def _key(job_id: str, suffix: str = "") -> str:
+        return f"{PREFIX}job:{job_id}{suffix}"
+
+    def _tenant_index(self, tenant: str) -> TimeIndex:
+        return TimeIndex(self._r, f"{PREFIX}tenant:{tenant}:jobs")
+
+    def _queue_index(self, queue: str) -> TimeIndex:
+        return TimeIndex(self._r, f"{PREFIX}queue:{queue}")
+
+    # ---- records
+    def create(self, record: JobRecord) -> None:
+        """Store a new queued job (and index it)."""
+        with self._r.pipeline() as pipe:
+            pipe.set(self._key(record.id), record.model_dump_json(), nx=True)
+            self._tenant_index(record.tenant).add(record.created_at, record.id, pipe)
+            self._queue_index(record.queue).add(record.created_at, record.id, pipe)
+            pipe.execute()
+
+    def get(self, job_id: str) -> JobRecord:
+        """The record of ``job_id``; ``NotFoundError`` when there is none."""
+        raw = self._r.get(self._key(job_id))
+        if raw is None:
+            raise NotFoundError(f"no job {job_id}")
+        return JobRecord.model_validate_json(raw)
+
+    def get_for_tenant(self, tenant: str, job_id: str) -> JobRecord:
+        """Like ``get``, but a job of another tenant is reported exactly as a missing one."""
+        try:
+            record = self.get(job_id)
+        except NotFoundError:
+            record = None
+        if record is None or record.tenant != tenant:
+            raise NotFoundError(f"no job {job_id}")
+        return record
+
+    def list(
+        self, tenant: str, *, kind: JobKind | None, status: JobStatus | None, limit: int, cursor: str | None
+    ) -> tuple[list[JobRecord], str | None]:
+        """A tenant's jobs, newest first, filtered by kind and status."""
+        found: dict[str, JobRecord] = {}
+
+        def keep(job_id: str) -> bool:
+            try:
+                record = self.get(job_id)
+            except NotFoundError:
+                return False
+            if (kind and record.kind != kind) or (status and record.status != status):
+                return False
+            found[job_id] = record
+            return True
+
+        ids, next_cursor = self._tenant_index(tenant).page(limit=limit, cursor=cursor, keep=keep)
+        return [found[i] for i in ids], next_cursor
+
+    def transition(
+        self,
+        job_id: str,
+        expected: JobStatus | Iterable[JobStatus],
+        new: JobStatus,
+        *,
+        update: Callable[[JobRecord], None] | None = None,
+    ) -> JobRecord:
+        """Compare-and-set the status of ``job_id`` from one of ``expected`` to ``new``.
+
+        ``update`` may change other fields of the record in the same atomic write. Raises
+        ``InvalidTransitionError`` when the job is not in an expected state (someone else moved it).
+        """
+        allowed = {expected} if isinstance(expected, str) else set(expected)
+        key = self._key(job_id)
+
+        def apply(pipe: redis.client.Pipeline) -> JobRecord:
+            raw = pipe.get(key)
+            if raw is None:
+                raise NotFoundError(f"no job {job_id}")
+            record = JobRecord.model_validate_json(raw)
+            if record.status not in allowed:
+                raise InvalidTransitionError(f"job {job_id}: is {record.status}, expected {sorted(allowed)}")
+            check_transition(job_id, record.status, new)
+            old = record.status
+            record.status = new
+            now = utcnow()
+            if new == "running" and record.started_at is None:
+                record.started_at = now
+            if new in TERMINAL:
+                record.completed_at = now
+            if update is not None:
+                update(record)
+            pipe.multi()
+            pipe.set(key, record.model_dump_json(), ex=self.ttl_seconds if new in TERMINAL else None)
+            queue_index = self._queue_index(record.queue)
+            if old == "queued":
+                queue_index.remove(record.created_at, record.id, pipe)
+            if new == "queued":
+                queue_index.add(record.created_at, record.id, pipe)
+            if new == "running":
+                pipe.sadd(f"{PREFIX}running", job_id)
+            else:
+                pipe.srem(f"{PREFIX}running", job_id)
+            if new in TERMINAL:
+                for suffix in (":progress", ":cancel", ":lease"):
+                    pipe.expire(self._key(job_id, suffix), 3600)
+            return record
+
+        result: JobRecord = self._r.transaction(apply, key, value_from_callable=True)
+        return result
+
+    # ---- progress
+    def report_progress(self, job_id: str, progress: Progress, *, stage_started: float) -> None:
+        """Record the running stage's progress, with an ETA from the stage's rate so far."""
+        elapsed = time.time() - stage_started
+        eta = None
+        if progress.step > 0 and progress.total_steps > 0:
+            eta = round(elapsed / progress.step * (progress.total_steps - progress.step), 2)
+        value = JobProgress(
+            stage=progress.stage,
+            step=progress.step,
+            total_steps=progress.total_steps,
+            fraction=round(progress.fraction, 4),
+            eta_seconds=eta,
+        )
+        self._r.set(self._key(job_id, ":progress"), value.model_dump_json(), ex=self.ttl_seconds)
+
+    def get_progress(self, job_id: str) -> JobProgress | None:
+        raw = self._r.get(self._key(job_id, ":progress"))
+        return None if raw is None else JobProgress.model_validate_json(raw)
+
+    # ---- cancellation
+    def request_cancel(self, job_id: str) -> None:
+        self._r.set(self._key(job_id, ":cancel"), "1", ex=self.ttl_seconds)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self._r.exists(self._key(job_id, ":cancel")))
+
+    # ---- queue positions
+    def queue_position(self, record: JobRecord) -> int | None:
+        """1-based place of a queued job among the queued jobs of its queue, oldest first."""
+        if record.status != "queued":
+            return None
+        member = f"{int(record.created_at.timestamp() * 1_000_000):020d}:{record.id}"
+        rank = self._r.zrank(self._queue_index(record.queue).key, member)
+        return None if rank is None else int(rank) + 1
+
+    def queue_depth(self, queue: str) -> int:
+        return int(self._r.zcard(self._queue_index(queue).key))
+
+    # ---- leases: who runs a job, and whether they are still alive
+    def acquire_lease(self, job_id: str, owner: str) -> bool:
+        """Take the lease of ``job_id`` unless someone holds it."""
+        return bool(self._r.set(self._key(job_id, ":lease"), owner, px=int(self.lease_seconds * 1000), nx=True))
+
+    def release_lease(self, job_id: str, owner: str) -> None:
+        """Drop the lease if ``owner`` holds it."""
+        key = self._key(job_id, ":lease")
+        if self._r.get(key) == owner.encode():
+            self._r.delete(key)
+
+    def renew_lease(self, job_id: str, owner: str) -> bool:
+        """Extend the lease if ``owner`` still holds it."""
+        key = self._key(job_id, ":lease")
+        with self._r.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if pipe.get(key) != owner.encode():
+                    return False
+                pipe.multi()
+                pipe.pexpire(key, int(self.lease_seconds * 1000))
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    def lease_alive(self, job_id: str) -> bool:
+        return bool(self._r.exists(self._key(job_id, ":lease")))
+
+    def orphaned_jobs(self) -> list[str]:
+        """Running jobs whose lease expired: their worker died without finishing them."""
+        ids = [raw.decode() for raw in self._r.smembers(f"{PREFIX}running")]
+        return [job_id for job_id in ids if not self.lease_alive(job_id)]

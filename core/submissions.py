@@ -1,0 +1,147 @@
+"""Accepting work: check a create request against the tenant's files and concepts, record the job, enqueue it.
+
+The checks happen here, before anything is queued, so a bad request stores nothing and fails fast
+with the field it is about. The transport that carries the job id to a worker is injected (``enqueue``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from core.errors import InvalidRequestError, NotFoundError, ServiceError, UnknownConceptError
+from core.jobs import JobRecord, new_id
+from core.schemas import CONCEPT_REF_RE, GenerationRequest, JobError, TrainingRequest
+from core.stores.catalog import Catalog, ConceptRecord
+from core.stores.jobs import JobStore
+from core.tasks import QUEUE_FOR_KIND
+
+Enqueue = Callable[[JobRecord], None]
+
+
+def _file_key(catalog: Catalog, tenant: str, file_id: str, field: str) -> str:
+    try:
+        return catalog.get_file(tenant, file_id).key
+    except NotFoundError as exc:
+        raise InvalidRequestError(f"{field}: no file {file_id!r}", field=field, code="unknown_file") from exc
+
+
+def _enqueue_or_fail(jobs: JobStore, record: JobRecord, enqueue: Enqueue) -> None:
+    try:
+        enqueue(record)
+    except Exception as exc:
+        error = JobError(code="queue_unavailable", message="the job could not be queued")
+        jobs.transition(record.id, "queued", "failed", update=lambda r: setattr(r, "error", error))
+        raise ServiceError("the job queue is unavailable; the job was not started", code="queue_unavailable") from exc
+
+
+def submit_training(
+    tenant: str, request: TrainingRequest, *, catalog: Catalog, jobs: JobStore, enqueue: Enqueue
+) -> JobRecord:
+    """Validate a training request, reserve the concept name, store and enqueue the job."""
+    image_keys = [_file_key(catalog, tenant, fid, f"images[{i}]") for i, fid in enumerate(request.images)]
+    mask_keys = None
+    if request.masks is not None:
+        mask_keys = [_file_key(catalog, tenant, fid, f"masks[{i}]") for i, fid in enumerate(request.masks)]
+    job_id = new_id("job")
+    concept = ConceptRecord(
+        id=new_id("cpt"),
+        tenant=tenant,
+        name=request.concept.name,
+        class_word=request.concept.class_word,
+        training_job_id=job_id,
+        metadata=request.metadata,
+    )
+    catalog.reserve_concept(concept)
+    record = JobRecord(
+        id=job_id,
+        tenant=tenant,
+        kind="training",
+        queue=QUEUE_FOR_KIND["training"],
+        input=request.model_dump(mode="json"),
+        metadata=request.metadata,
+        plan={"concept_id": concept.id, "image_keys": image_keys, "mask_keys": mask_keys},
+    )
+    jobs.create(record)
+    try:
+        _enqueue_or_fail(jobs, record, enqueue)
+    except ServiceError:
+        concept.status = "failed"
+        catalog.save_concept(concept)
+        raise
+    return record
+
+
+def _ready_concept(catalog: Catalog, tenant: str, ref: str, field: str) -> ConceptRecord:
+    try:
+        concept = catalog.get_concept(tenant, ref)
+    except NotFoundError:
+        concept = None
+    if concept is None or concept.status != "ready":
+        state = "does not exist" if concept is None else f"is {concept.status}, not ready"
+        raise UnknownConceptError(f"{field}: concept <{ref}> {state}", field=field)
+    return concept
+
+
+def _not_yet(field: str, what: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"{field}: {what} is not available in this version of the service", field=field, code="not_supported"
+    )
+
+
+def submit_generation(
+    tenant: str, request: GenerationRequest, *, catalog: Catalog, jobs: JobStore, enqueue: Enqueue
+) -> JobRecord:
+    """Validate a generation request against the tenant's ready concepts, store and enqueue the job."""
+    if request.fusion != "regional":
+        raise _not_yet("fusion", f'fusion "{request.fusion}" (use "regional")')
+    for field in ("style", "control", "layout"):
+        if getattr(request, field) is not None:
+            raise _not_yet(field, field)
+    by_ref: dict[str, ConceptRecord] = {}
+    for ref in request.concept_refs():
+        by_ref[ref] = _ready_concept(catalog, tenant, ref, "prompt")
+    uses: dict[str, dict[str, Any]] = {}
+    for i, use in enumerate(request.concepts or []):
+        concept = _ready_concept(catalog, tenant, use.concept, f"concepts[{i}].concept")
+        if concept.id not in {c.id for c in by_ref.values()}:
+            raise InvalidRequestError(
+                f"concepts[{i}].concept: <{use.concept}> is not named in the prompt", field=f"concepts[{i}].concept"
+            )
+        region: dict[str, Any] | None = None
+        if use.region is not None and use.region.box is not None:
+            region = {"box": list(use.region.box)}
+        elif use.region is not None and use.region.mask is not None:
+            region = {"mask_key": _file_key(catalog, tenant, use.region.mask, f"concepts[{i}].region.mask")}
+        uses[concept.id] = {"region": region, "weight": use.weight}
+    # Concepts in prompt order, each once; those the request does not place get the automatic layout.
+    plan_concepts: list[dict[str, Any]] = []
+    for concept in {c.id: c for c in by_ref.values()}.values():
+        use_plan = uses.get(concept.id, {"region": None, "weight": 0.7})
+        plan_concepts.append(
+            {
+                "concept_id": concept.id,
+                "name": concept.name,
+                "class_word": concept.class_word,
+                "adapter_key": concept.adapter_key,
+                "adapter_sha256": concept.adapter_sha256,
+                **use_plan,
+            }
+        )
+    # The ML pipeline names concepts <name>; ids in the prompt are rewritten to names.
+    prompt = CONCEPT_REF_RE.sub(lambda m: f"<{by_ref[m.group(1)].name}>", request.prompt)
+    seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
+    accepted = request.model_copy(update={"seed": seed})
+    record = JobRecord(
+        id=new_id("job"),
+        tenant=tenant,
+        kind="generation",
+        queue=QUEUE_FOR_KIND["generation"],
+        input=accepted.model_dump(mode="json"),
+        metadata=request.metadata,
+        plan={"prompt": prompt, "concepts": plan_concepts},
+    )
+    jobs.create(record)
+    _enqueue_or_fail(jobs, record, enqueue)
+    return record

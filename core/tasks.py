@@ -1,0 +1,18 @@
+"""Names of the queues and tasks, defined once for the API (which sends) and the worker (which runs).
+
+Names are explicit and stable so that moving a module can never orphan queued messages.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+TRAIN_QUEUE: Final = "train"
+GENERATE_QUEUE: Final = "generate"
+QUEUES: Final = (TRAIN_QUEUE, GENERATE_QUEUE)
+
+TRAIN_TASK: Final = "tessera.train"
+GENERATE_TASK: Final = "tessera.generate"
+
+TASK_FOR_KIND: Final = {"training": TRAIN_TASK, "generation": GENERATE_TASK}
+QUEUE_FOR_KIND: Final = {"training": TRAIN_QUEUE, "generation": GENERATE_QUEUE}

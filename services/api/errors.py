@@ -1,0 +1,96 @@
+"""RFC 9457 problem details: the only place that knows which error is which HTTP status."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core import errors as e
+
+logger = logging.getLogger(__name__)
+
+PROBLEM = "application/problem+json"
+
+_STATUS: list[tuple[type[e.ServiceError], int]] = [
+    (e.UnsupportedMediaError, 415),
+    (e.FileTooLargeError, 413),
+    (e.InvalidRequestError, 422),
+    (e.NotFoundError, 404),
+    (e.ObjectNotFoundError, 404),
+    (e.ConflictError, 409),
+    (e.AuthError, 401),
+    (e.ForbiddenError, 403),
+    (e.ObjectStoreError, 503),
+]
+
+
+def status_of(exc: e.ServiceError) -> int:
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> JSONResponse:
+    body = {"type": f"https://tessera.dev/problems/{code}", "title": title, "status": status, "detail": detail}
+    body["code"] = code
+    body.update(extra)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _titles(status: int) -> str:
+    return {
+        401: "Unauthorized",
+        403: "Forbidden",
+        404: "Not found",
+        409: "Conflict",
+        413: "Payload too large",
+        415: "Unsupported media type",
+        422: "Invalid request",
+        503: "Service unavailable",
+    }.get(status, "Internal server error")
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into problem+json."""
+
+    @app.exception_handler(e.ServiceError)
+    async def _service_error(_: Request, exc: e.ServiceError) -> JSONResponse:
+        status = status_of(exc)
+        if status >= 500:
+            logger.error("service error: %s", exc.message)
+        extra: dict[str, Any] = {}
+        if isinstance(exc, e.InvalidRequestError) and exc.field:
+            extra["errors"] = [{"field": exc.field, "message": exc.message}]
+        return problem(status, exc.code, _titles(status), exc.message, **extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+            path = ".".join(loc).replace(".[", "[")
+            received = err.get("input")
+            message = err.get("msg", "invalid")
+            if received is not None and not isinstance(received, dict | list):
+                message = f"{message} (received {received!r})"
+            fields.append({"field": path, "message": message, "type": err.get("type")})
+        detail = "; ".join(f"{f['field'] or 'body'}: {f['message']}" for f in fields)
+        return problem(422, "validation_error", "Invalid request", detail, errors=fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 403: "forbidden"}.get(exc.status_code, "http_error")
+        return problem(exc.status_code, code, str(exc.detail), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Never leak a stack trace to the client; the log has it.
+        logger.exception("unhandled error", exc_info=exc)
+        return problem(500, "internal_error", "Internal server error", "an unexpected error occurred")

@@ -1,0 +1,53 @@
+"""/v1/files: training images, masks and references."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, UploadFile
+
+from core.errors import FileTooLargeError
+from core.images import validate_image
+from core.jobs import new_id
+from core.schemas import FileObject
+from core.stores.catalog import FileRecord
+from services.api.deps import State, Tenant
+from services.api.views import render_file
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+
+@router.post("", status_code=201, response_model=FileObject)
+async def upload_file(file: UploadFile, state: State, tenant: Tenant) -> FileObject:
+    """Upload an image (PNG, JPEG or WebP); it is decoded and verified before anything is stored."""
+    limit = state.settings.limits.max_file_bytes
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise FileTooLargeError(f"file: larger than the limit of {limit} bytes", field="file")
+    image = validate_image(data, state.settings.limits)
+    record = FileRecord(
+        id=new_id("file"),
+        tenant=tenant,
+        content_type=image.content_type,
+        bytes=len(image.data),
+        width=image.width,
+        height=image.height,
+        sha256=image.sha256,
+    )
+    # Bytes first, record second: a crash between the two leaves an unreferenced object, never a dangling record.
+    state.objects.put_bytes(record.key, image.data, image.content_type)
+    state.catalog.add_file(record)
+    return render_file(state, record)
+
+
+@router.get("/{file_id}", response_model=FileObject)
+def get_file(file_id: str, state: State, tenant: Tenant) -> FileObject:
+    """A file, with a short-lived URL to its bytes."""
+    return render_file(state, state.catalog.get_file(tenant, file_id), with_url=True)
+
+
+@router.delete("/{file_id}", status_code=204)
+def delete_file(file_id: str, state: State, tenant: Tenant) -> Response:
+    """Delete a file and its bytes."""
+    record = state.catalog.get_file(tenant, file_id)
+    state.catalog.delete_file(record)
+    state.objects.delete(record.key)
+    return Response(status_code=204)

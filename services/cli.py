@@ -1,0 +1,121 @@
+"""The ``tessera`` command: run the service (embedded or as separate parts), the demo, and model tools."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Tessera: multi-concept image personalization as a service.", no_args_is_help=True)
+models_app = typer.Typer(help="Model presets: build, check and train them.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address the API listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port the API listens on.")] = 8000,
+    data_dir: Annotated[Path, typer.Option(help="Where Redis data, objects, models and logs live.")] = Path("data"),
+    preset: Annotated[str, typer.Option(help="Model preset: tiny | shapes | sd15.")] = "tiny",
+) -> None:
+    """Everything on one machine: a private Redis, the API, one worker, a local object store."""
+    from services.embedded import Stack
+
+    stack = Stack(data_dir=data_dir, preset=preset, host=host, port=port, log_to_files=False)
+    stack.start()
+    try:
+        typer.echo(f"Tessera listening on {stack.url}  (API key: {stack.api_key}, tenant: local)")
+        typer.echo(f"data in {stack.data_dir}; Ctrl-C stops everything")
+        _wait_for_signal()
+    finally:
+        typer.echo("stopping…")
+        stack.stop()
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Run the HTTP API (settings from TESSERA_* variables)."""
+    import uvicorn
+
+    _logging()
+    typer.echo(f"Tessera API listening on http://{host}:{port}")
+    uvicorn.run("services.api.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level="info", access_log=False)
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues to consume.")] = "train,generate",
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Run a GPU worker: one job at a time, models loaded on the first job."""
+    from services.worker.app import make_celery
+
+    _logging()
+    celery = make_celery()
+    typer.echo(f"Tessera worker consuming {queues}")
+    celery.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--queues={queues}",
+                        f"--loglevel={loglevel}", "--without-gossip", "--without-mingle", "--hostname=tessera@%h"])
+
+
+@app.command()
+def demo(
+    url: Annotated[str | None, typer.Option(help="A running service; omitted = start an embedded one.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="TESSERA_API_KEY")] = None,
+    data_dir: Annotated[Path, typer.Option()] = Path("data/demo"),
+    preset: Annotated[str, typer.Option()] = "tiny",
+    out: Annotated[Path, typer.Option(help="Where to save the generated images.")] = Path("data/demo-output"),
+) -> None:
+    """Upload sample images, train two concepts, generate one image with both, over HTTP."""
+    from services.demo import run_demo
+    from services.embedded import Stack
+
+    if url is not None:
+        if api_key is None:
+            raise typer.BadParameter("--api-key (or TESSERA_API_KEY) is required with --url", param_hint="--api-key")
+        sys.exit(run_demo(url, api_key, out=out, preset=preset))
+    with Stack(data_dir=data_dir, preset=preset) as stack:
+        typer.echo(f"embedded service at {stack.url} (logs in {stack.data_dir / 'logs'})")
+        code = run_demo(stack.url, stack.api_key, out=out, preset=preset)
+    sys.exit(code)
+
+
+@models_app.command("init")
+def models_init(
+    preset: Annotated[str, typer.Option()] = "tiny",
+    root: Annotated[Path | None, typer.Option(help="Models root; default TESSERA_MODELS__ROOT.")] = None,
+) -> None:
+    """Build the tiny preset (deterministic), or check that a preset's folder is complete."""
+    from core.config import get_settings
+    from core.ml.components import init_preset
+
+    path = init_preset(preset, root or get_settings().models.root)
+    typer.echo(f"preset {preset} ready in {path}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""The job queue on Celery: settings shared by the producer (API) and the consumer (worker), and enqueueing by name.
+
+The API sends by task name, so it never imports worker code (nor torch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from core.config import Settings
+from core.jobs import JobRecord
+from core.tasks import QUEUES, TASK_FOR_KIND
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration for GPU work on a Redis broker."""
+    longest = max(settings.worker.train_time_limit_seconds, settings.worker.generate_time_limit_seconds)
+    return {
+        "broker_url": settings.redis.url,
+        # Our Redis job record is the source of truth; Celery's result backend is never read.
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_queues": [Queue(q, routing_key=q) for q in QUEUES],
+        "task_create_missing_queues": False,
+        "task_default_queue": QUEUES[0],
+        # One GPU job at a time per process, acknowledged only when finished: a worker that dies
+        # mid-job leaves the message to be delivered again.
+        "worker_prefetch_multiplier": 1,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # An unacknowledged message reappears only after this long: it must exceed the longest job.
+        "broker_transport_options": {"visibility_timeout": max(settings.worker.visibility_timeout_seconds, longest + 60)},
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+    }
+
+
+def make_producer(settings: Settings) -> Celery:
+    """A Celery app used only to send messages (no task modules, no torch)."""
+    app = Celery("tessera-api")
+    app.conf.update(celery_config(settings))
+    return app
+
+
+class CeleryTaskQueue:
+    """Enqueue a job: the message carries the job id only; the worker re-reads everything else."""
+
+    def __init__(self, app: Celery) -> None:
+        self._app = app
+
+    def __call__(self, record: JobRecord) -> None:
+        self._app.send_task(
+            TASK_FOR_KIND[record.kind], kwargs={"job_id": record.id}, task_id=record.id, queue=record.queue
+        )

@@ -1,0 +1,1 @@
+"""The GPU worker: Celery tasks that run trainings and generations, one at a time per process."""

@@ -1,0 +1,40 @@
+"""What a worker process builds once and every task uses."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+import redis
+
+from core.config import Settings
+from core.stores.catalog import Catalog
+from core.stores.jobs import JobStore
+from core.stores.objects import ObjectStore, make_object_store
+from services.worker.models import AdapterCache, ModelCache
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    jobs: JobStore
+    catalog: Catalog
+    objects: ObjectStore
+    models: ModelCache
+    adapters: AdapterCache
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+
+    @classmethod
+    def build(cls, settings: Settings) -> WorkerContext:
+        client = redis.Redis.from_url(settings.redis.url, socket_timeout=30, health_check_interval=30)
+        objects = make_object_store(settings.storage)
+        return cls(
+            settings=settings,
+            jobs=JobStore(client, ttl_seconds=settings.job_ttl_seconds, lease_seconds=settings.worker.lease_seconds),
+            catalog=Catalog(client),
+            objects=objects,
+            models=ModelCache(settings.models),
+            adapters=AdapterCache(settings.models.adapter_cache_dir, objects),
+        )

@@ -1,0 +1,88 @@
+"""Per-process caches: the base model components (loaded lazily, once) and ED-LoRA files on local disk."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.config import ModelSettings
+from core.errors import ModelLoadError
+from core.stores.objects import ObjectStore
+
+if TYPE_CHECKING:
+    from core.ml.components import SDComponents
+    from core.ml.edlora.adapter import EDLoRAWeights
+
+logger = logging.getLogger(__name__)
+
+
+class ModelCache:
+    """Loads the configured preset on first use and keeps it for the life of the process.
+
+    Loading happens inside the first task, never at worker start-up, so a slow load cannot trip
+    Celery's process-init timeout and a worker with no jobs holds no GPU memory.
+    """
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._components: SDComponents | None = None
+
+    def device_and_dtype(self) -> tuple[str, str]:
+        import torch
+
+        device = self._settings.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = self._settings.dtype
+        if dtype == "auto":
+            dtype = "float16" if device.startswith("cuda") else "float32"
+        return device, dtype
+
+    def components(self) -> SDComponents:
+        with self._lock:
+            if self._components is None:
+                import torch
+
+                from core.ml.components import load_components
+
+                device, dtype = self.device_and_dtype()
+                logger.info("loading preset %s on %s (%s)", self._settings.preset, device, dtype)
+                self._components = load_components(
+                    self._settings.preset, self._settings.root, device=device, dtype=getattr(torch, dtype)
+                )
+            return self._components
+
+
+class AdapterCache:
+    """ED-LoRA files kept on local disk by content hash, so a concept is downloaded once per machine."""
+
+    def __init__(self, root: Path, objects: ObjectStore) -> None:
+        self._root = root
+        self._objects = objects
+        self._loaded: dict[str, EDLoRAWeights] = {}
+
+    def get(self, key: str, sha256: str | None) -> EDLoRAWeights:
+        from core.ml.edlora.adapter import load_adapter
+
+        name = sha256 or hashlib.sha256(key.encode()).hexdigest()
+        if name in self._loaded:
+            return self._loaded[name]
+        path = self._root / f"{name}.safetensors"
+        if not path.exists():
+            self._root.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.part")
+            self._objects.get_to_path(key, tmp)
+            if sha256 is not None and hashlib.sha256(tmp.read_bytes()).hexdigest() != sha256:
+                tmp.unlink(missing_ok=True)
+                raise ModelLoadError(f"adapter {key} does not match its recorded sha256")
+            os.replace(tmp, path)
+        weights = load_adapter(path)
+        if len(self._loaded) >= 32:
+            self._loaded.pop(next(iter(self._loaded)))
+        self._loaded[name] = weights
+        return weights

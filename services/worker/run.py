@@ -1,0 +1,170 @@
+"""One run of one job on a worker: claim it, keep its lease alive, report progress, record the outcome.
+
+Claiming is compare-and-set ``queued -> running``: a redelivered message whose job is already running
+elsewhere or finished does nothing. While the job runs a heartbeat renews its lease; if the process
+dies, the lease expires and the reaper (``services.worker.reaper``) hands the job back to the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from core.errors import InvalidTransitionError, JobCanceledError, NotFoundError, ServiceError
+from core.jobs import JobRecord
+from core.progress import Progress, StepCallback
+from core.schemas import JobError
+from services.worker.context import WorkerContext
+
+logger = logging.getLogger(__name__)
+
+# Progress writes and cancel checks hit Redis at most this often per job (steps can take milliseconds).
+REPORT_INTERVAL_S = 0.2
+
+
+class JobRun:
+    """A claimed job: stage timing, progress reports and cooperative cancellation."""
+
+    def __init__(self, ctx: WorkerContext, record: JobRecord) -> None:
+        self.ctx = ctx
+        self.record = record
+        self.stages: dict[str, float] = {}
+        self._last_report = 0.0
+        self._last_cancel_check = 0.0
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage into ``metrics.stages`` and report it as the current stage."""
+        started = time.time()
+        self.ctx.jobs.report_progress(self.record.id, Progress(name, 0, 1), stage_started=started)
+        try:
+            yield
+        finally:
+            self.stages[name] = round(self.stages.get(name, 0.0) + time.time() - started, 3)
+
+    def check_cancel(self, *, force: bool = True) -> None:
+        """Raise ``JobCanceledError`` when a client asked to cancel this job."""
+        now = time.monotonic()
+        if not force and now - self._last_cancel_check < REPORT_INTERVAL_S:
+            return
+        self._last_cancel_check = now
+        if self.ctx.jobs.cancel_requested(self.record.id):
+            raise JobCanceledError(f"job {self.record.id} canceled")
+
+    def reporter(self, stage: str) -> StepCallback:
+        """A pipeline callback: records progress (throttled; the last step always) and checks for cancel."""
+        started = time.time()
+
+        def on_step(progress: Progress) -> None:
+            now = time.monotonic()
+            if progress.step >= progress.total_steps or now - self._last_report >= REPORT_INTERVAL_S:
+                self._last_report = now
+                self.ctx.jobs.report_progress(
+                    self.record.id, Progress(stage, progress.step, progress.total_steps), stage_started=started
+                )
+            self.check_cancel(force=False)
+
+        return on_step
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, ctx: WorkerContext, job_id: str) -> None:
+        super().__init__(name=f"lease-{job_id}", daemon=True)
+        self._ctx, self._job_id = ctx, job_id
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        interval = self._ctx.jobs.lease_seconds / 3
+        while not self._stop.wait(interval):
+            try:
+                if not self._ctx.jobs.renew_lease(self._job_id, self._ctx.worker_id):
+                    logger.warning("lost the lease of job %s", self._job_id)
+            except Exception:
+                logger.exception("lease renewal of job %s failed", self._job_id)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _claim(ctx: WorkerContext, job_id: str) -> JobRecord | None:
+    try:
+        record = ctx.jobs.get(job_id)
+    except NotFoundError:
+        logger.warning("job %s does not exist (expired?); message dropped", job_id)
+        return None
+    if record.status != "queued":
+        logger.info("job %s is %s; nothing to do for this delivery", job_id, record.status)
+        return None
+    if ctx.jobs.cancel_requested(job_id):
+        try:
+            ctx.jobs.transition(job_id, "queued", "canceled")
+        except InvalidTransitionError:
+            pass
+        return None
+    # Take the lease first (only if nobody holds it), then the status: the reaper never sees a
+    # running job without a lease.
+    if not ctx.jobs.acquire_lease(job_id, ctx.worker_id):
+        logger.info("job %s is leased by another worker", job_id)
+        return None
+    try:
+        return ctx.jobs.transition(job_id, "queued", "running")
+    except InvalidTransitionError:
+        ctx.jobs.release_lease(job_id, ctx.worker_id)
+        return None
+
+
+def execute(
+    ctx: WorkerContext,
+    job_id: str,
+    body: Callable[[JobRun], dict[str, Any]],
+    *,
+    on_abort: Callable[[JobRecord], None] | None = None,
+) -> None:
+    """Run ``body`` for ``job_id`` if this delivery may claim it, and record how it ended.
+
+    ``body`` returns the job's output. ``on_abort`` undoes side effects when the job fails or is canceled.
+    """
+    record = _claim(ctx, job_id)
+    if record is None:
+        return
+    heartbeat = _Heartbeat(ctx, job_id)
+    heartbeat.start()
+    run = JobRun(ctx, record)
+    status, output, error = "succeeded", None, None
+    try:
+        output = body(run)
+    except JobCanceledError:
+        status = "canceled"
+    except ServiceError as exc:
+        status, error = "failed", JobError(code=exc.code, message=exc.message)
+        logger.warning("job %s failed: %s", job_id, exc.message)
+    except Exception as exc:
+        status = "failed"
+        error = JobError(code="internal_error", message=_internal_message(exc))
+        logger.exception("job %s failed unexpectedly", job_id)
+    finally:
+        heartbeat.stop()
+
+    def update(r: JobRecord) -> None:
+        r.output, r.error = output, error
+        r.stages = run.stages
+
+    try:
+        if status != "succeeded" and on_abort is not None:
+            on_abort(record)
+        ctx.jobs.transition(job_id, "running", status, update=update)  # type: ignore[arg-type]
+    except InvalidTransitionError as exc:
+        logger.warning("job %s could not be finished as %s: %s", job_id, status, exc)
+    finally:
+        ctx.jobs.release_lease(job_id, ctx.worker_id)
+
+
+def _internal_message(exc: Exception) -> str:
+    name = type(exc).__name__
+    if name == "OutOfMemoryError":
+        return "the worker ran out of GPU memory; try a smaller size or fewer concepts"
+    return f"internal error ({name}); the operator's logs have the details"

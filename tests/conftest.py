@@ -1,0 +1,41 @@
+"""Shared fixtures: a private redis-server per test session, settings for tests, and offline hubs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+# Any accidental download of weights fails at once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from services.processes import start_redis  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server on a free port for the whole session (the machine's own Redis is not used)."""
+    child, url = start_redis(tmp_path_factory.mktemp("redis"), persist=False)
+    try:
+        yield url
+    finally:
+        child.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"

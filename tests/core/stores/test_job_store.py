@@ -1,0 +1,124 @@
+"""The Redis job store: compare-and-set, progress, cancel flags, leases, queue positions, pagination."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from core.errors import InvalidTransitionError, NotFoundError
+from core.jobs import JobRecord, new_id
+from core.progress import Progress
+from core.stores.jobs import JobStore
+
+
+def _job(tenant: str = "t1", kind: str = "training", queue: str = "train") -> JobRecord:
+    return JobRecord(id=new_id("job"), tenant=tenant, kind=kind, queue=queue, input={})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> JobStore:
+    return JobStore(redis_client, lease_seconds=1.0)
+
+
+def test_create_get_and_tenant_isolation(store: JobStore) -> None:
+    job = _job()
+    store.create(job)
+    assert store.get(job.id).status == "queued"
+    assert store.get_for_tenant("t1", job.id).id == job.id
+    with pytest.raises(NotFoundError):
+        store.get_for_tenant("t2", job.id)
+    with pytest.raises(NotFoundError):
+        store.get("job_missing")
+
+
+def test_compare_and_set_allows_exactly_one_winner(store: JobStore) -> None:
+    job = _job()
+    store.create(job)
+    wins, losses = [], []
+
+    def claim() -> None:
+        try:
+            store.transition(job.id, "queued", "running")
+            wins.append(1)
+        except InvalidTransitionError:
+            losses.append(1)
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (len(wins), len(losses)) == (1, 7)
+    record = store.get(job.id)
+    assert record.status == "running" and record.started_at is not None
+
+
+def test_terminal_is_final_and_times_are_set(store: JobStore) -> None:
+    job = _job()
+    store.create(job)
+    store.transition(job.id, "queued", "running")
+    done = store.transition(job.id, "running", "succeeded", update=lambda r: setattr(r, "output", {"x": 1}))
+    assert done.completed_at is not None and done.output == {"x": 1}
+    with pytest.raises(InvalidTransitionError):
+        store.transition(job.id, ["running", "succeeded"], "failed")
+    assert store.get(job.id).status == "succeeded"
+
+
+def test_queue_positions_follow_the_queue(store: JobStore) -> None:
+    jobs = [_job() for _ in range(3)]
+    for j in jobs:
+        store.create(j)
+        time.sleep(0.001)
+    assert [store.queue_position(store.get(j.id)) for j in jobs] == [1, 2, 3]
+    store.transition(jobs[0].id, "queued", "running")
+    assert store.queue_position(store.get(jobs[0].id)) is None
+    assert store.queue_position(store.get(jobs[2].id)) == 2
+    assert store.queue_depth("train") == 2
+
+
+def test_progress_and_cancel_flag(store: JobStore) -> None:
+    job = _job()
+    store.create(job)
+    assert store.get_progress(job.id) is None
+    store.report_progress(job.id, Progress("training", 5, 20), stage_started=time.time() - 1.0)
+    progress = store.get_progress(job.id)
+    assert progress is not None and progress.fraction == 0.25 and progress.eta_seconds is not None
+    assert progress.eta_seconds > 0
+    assert not store.cancel_requested(job.id)
+    store.request_cancel(job.id)
+    assert store.cancel_requested(job.id)
+
+
+def test_leases_expire_and_orphans_are_found(store: JobStore) -> None:
+    job = _job()
+    store.create(job)
+    assert store.acquire_lease(job.id, "w1")
+    assert not store.acquire_lease(job.id, "w2")
+    store.transition(job.id, "queued", "running")
+    assert store.orphaned_jobs() == []
+    assert store.renew_lease(job.id, "w1") and not store.renew_lease(job.id, "w2")
+    time.sleep(1.2)
+    assert store.orphaned_jobs() == [job.id]
+    store.transition(job.id, "running", "queued")
+    assert store.orphaned_jobs() == []
+
+
+def test_list_newest_first_with_filters_and_cursor(store: JobStore) -> None:
+    created = []
+    for i in range(5):
+        j = _job(kind="training" if i % 2 else "generation", queue="train" if i % 2 else "generate")
+        store.create(j)
+        created.append(j.id)
+        time.sleep(0.001)
+    store.create(_job(tenant="other"))
+    page, cursor = store.list("t1", kind=None, status=None, limit=2, cursor=None)
+    assert [r.id for r in page] == created[::-1][:2] and cursor
+    page2, cursor2 = store.list("t1", kind=None, status=None, limit=2, cursor=cursor)
+    assert [r.id for r in page2] == created[::-1][2:4] and cursor2
+    page3, cursor3 = store.list("t1", kind=None, status=None, limit=2, cursor=cursor2)
+    assert [r.id for r in page3] == created[:1] and cursor3 is None
+    trainings, _ = store.list("t1", kind="training", status=None, limit=10, cursor=None)
+    assert [r.id for r in trainings] == [created[3], created[1]]
