@@ -45,6 +45,8 @@ __all__ = ["ACCEPTED_CONTENT_TYPES", "ValidatedImage", "load_image", "validate_i
 # Pillow format name -> the content type we store and report.
 ACCEPTED_CONTENT_TYPES: dict[str, str] = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _PILLOW_FORMATS = tuple(ACCEPTED_CONTENT_TYPES)
+# Pillow's JPEG opener hands back "MPO" for multi-picture JPEGs (many phone cameras); it is still a JPEG file.
+_FORMAT_CONTENT_TYPES = {**ACCEPTED_CONTENT_TYPES, "MPO": "image/jpeg"}
 _FIELD = "file"
 
 # What Pillow raises for bad data besides OSError (which includes UnidentifiedImageError and decoder errors).
@@ -101,13 +103,16 @@ def validate_image(data: bytes, limits: LimitSettings) -> ValidatedImage:
     if not data:
         raise InvalidImageError("file is empty (0 bytes); expected a PNG, JPEG or WebP image", field=_FIELD)
 
-    # libwebp allocates the whole canvas when Pillow merely opens a WebP, so read its size ourselves first.
-    webp_size = _webp_header_size(data)
-    if webp_size is not None:
-        _check_dimensions(*webp_size, limits)
+    # Our own header parse runs before Pillow's: libwebp allocates the whole canvas when Pillow merely
+    # opens a WebP, and Pillow's bomb check would otherwise answer first with its own (higher) limit.
+    header_size = _header_size(data)
+    if header_size is not None:
+        _check_dimensions(*header_size, limits)
 
     with _open(data) as header:
         image_format = str(header.format)
+        if image_format not in _FORMAT_CONTENT_TYPES:
+            raise UnsupportedMediaError(f"file is a {image_format} image; accepted: PNG, JPEG, WebP", field=_FIELD)
         _check_dimensions(header.width, header.height, limits)
         # verify() checks structure (PNG chunk CRCs) without decoding; Pillow allows nothing else on a
         # verified object, so the full decode below needs a fresh one.
@@ -116,7 +121,7 @@ def validate_image(data: bytes, limits: LimitSettings) -> ValidatedImage:
         _decode(image.load)
         orientation = _orientation(image)
         if orientation == _UPRIGHT:
-            stored, content_type, (width, height) = data, ACCEPTED_CONTENT_TYPES[image_format], image.size
+            stored, content_type, (width, height) = data, _FORMAT_CONTENT_TYPES[image_format], image.size
         else:
             upright = _decode(lambda: ImageOps.exif_transpose(image))
             stored, content_type, (width, height) = _encode_png(upright), "image/png", upright.size
@@ -235,6 +240,48 @@ def _signature_format(data: bytes) -> str | None:
         return "JPEG"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WebP"
+    return None
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the file's header without Pillow, or ``None`` when it cannot be read this way."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        # IHDR is always the first chunk: length, "IHDR", then 32-bit big-endian width and height.
+        if len(data) >= 24 and data[12:16] == b"IHDR":
+            return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        return None
+    if data.startswith(b"\xff\xd8"):
+        return _jpeg_header_size(data)
+    return _webp_header_size(data)
+
+
+# Start-of-frame markers carry the size: SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC).
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_header_size(data: bytes) -> tuple[int, int] | None:
+    """Walk the JPEG marker segments up to the first start-of-frame and read its size."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker in {0x01, 0xD8} or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in _JPEG_SOF:
+            if i + 9 > len(data):
+                return None
+            height = int.from_bytes(data[i + 5 : i + 7], "big")
+            width = int.from_bytes(data[i + 7 : i + 9], "big")
+            return width, height
+        if length < 2:
+            return None
+        i += 2 + length
     return None
 
 
