@@ -137,15 +137,17 @@ def validate_image(data: bytes, limits: LimitSettings) -> ValidatedImage:
     )
 
 
-def load_image(data: bytes) -> Image.Image:
+def load_image(data: bytes, *, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
     """Decode stored image bytes into an upright RGB image (for the worker).
 
     EXIF orientation is applied (a no-op for files that went through ``validate_image``) and
-    transparent pixels are composited onto white, so a cut-out subject does not sit on whatever
-    colour its invisible pixels happen to hold.
+    transparent pixels are composited onto ``background``, so a cut-out subject does not sit on
+    whatever colour its invisible pixels happen to hold.
 
     Args:
         data: PNG, JPEG or WebP bytes, normally ones ``validate_image`` accepted.
+        background: the colour under transparent pixels. White suits photos; pass ``(0, 0, 0)`` for
+            masks, where white means "the concept" and a transparent area should not.
 
     Returns:
         A fully loaded ``PIL.Image.Image`` in mode ``RGB``.
@@ -161,8 +163,8 @@ def load_image(data: bytes) -> Image.Image:
         upright = upright.convert("RGBA")
     if upright.mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
         rgba = upright.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+        under = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(under, rgba).convert("RGB")
     return upright.convert("RGB")
 
 

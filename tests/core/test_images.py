@@ -263,6 +263,8 @@ def test_load_image_returns_rgb_and_composites_alpha_on_white() -> None:
     assert loaded.mode == "RGB"
     assert loaded.getpixel((0, 0)) == (255, 255, 255)
     assert loaded.getpixel((7, 0)) == (255, 0, 0)
+    # Masks ask for black, so a transparent area is not mistaken for the concept.
+    assert load_image(encode(image, "PNG"), background=(0, 0, 0)).getpixel((0, 0)) == (0, 0, 0)
 
 
 def test_load_image_applies_orientation_and_converts_grayscale() -> None:
