@@ -242,7 +242,8 @@ class LocalObjectStore:
                 raise ObjectNotFoundError(f"object {key!r} not found in {self._root}")
             try:
                 meta = json.loads(meta_path.read_bytes())
-            except FileNotFoundError:
+            except (FileNotFoundError, ValueError):
+                # Written before metadata existed, or damaged by hand: serve bytes rather than fail.
                 return DEFAULT_CONTENT_TYPE
         value = meta.get("content_type") if isinstance(meta, dict) else None
         return value if isinstance(value, str) else DEFAULT_CONTENT_TYPE
