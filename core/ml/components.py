@@ -161,10 +161,14 @@ def load_components(
     torch_device = torch.device(device)
     try:
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True, dtype=dtype)
+        text_encoder = CLIPTextModel.from_pretrained(
+            folder, subfolder="text_encoder", local_files_only=True, dtype=dtype
+        )
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True, torch_dtype=dtype)
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True, torch_dtype=dtype)
-        scheduler_config = DPMSolverMultistepScheduler.load_config(folder, subfolder="scheduler", local_files_only=True)
+        scheduler_config = DPMSolverMultistepScheduler.load_config(
+            folder, subfolder="scheduler", local_files_only=True
+        )
         scheduler = DPMSolverMultistepScheduler.from_config(scheduler_config)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"could not load preset {preset!r} from {folder}: {exc}") from exc

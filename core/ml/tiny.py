@@ -2,7 +2,7 @@
 
 Images are noise, but every code path (tokenizer, text encoder, VAE, UNet, scheduler, LoRA, attention processors)
 is the real one, so CPU tests exercise the same code as a GPU worker. Sizes follow diffusers' pipeline tests
-(``get_dummy_components``): 64×64 images, 8×8 latents, a 2-layer 32-wide CLIP text model.
+(``get_dummy_components``): 64x64 images, 8x8 latents, a 2-layer 32-wide CLIP text model.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def _build_unet() -> UNet2DConditionModel:
 
 
 def _build_vae() -> AutoencoderKL:
-    # Four blocks: three 2× downsamplings, the SD scale factor of 8 (64×64 pixels ↔ 8×8 latents).
+    # Four blocks: three 2x downsamplings, the SD scale factor of 8 (64x64 pixels ↔ 8x8 latents).
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,

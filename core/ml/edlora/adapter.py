@@ -2,9 +2,10 @@
 
 Tensor keys:
 
-- ``token_embeddings``: ``[2, n_layers, hidden]``, the concept's two words × one row per UNet cross-attention layer.
+- ``token_embeddings``: ``[2, n_layers, hidden]``, the concept's two words x one row per UNet cross-attention layer.
 - ``text_encoder.<peft key>``: LoRA of the CLIP attention projections, peft naming with the adapter name stripped,
-  e.g. ``text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight`` (``[r, in]``) / ``lora_B`` (``[out, r]``).
+  e.g. ``text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight`` (``[r, in]``); ``lora_B``
+  is ``[out, r]``.
 - ``unet.<peft key>``: LoRA of ``to_q/to_k/to_v/to_out.0`` of every ``attn1``/``attn2``, same naming.
 
 ``__metadata__`` (all strings): ``format``, ``format_version``, ``base_model``, ``rank``, ``alpha``,
@@ -43,7 +44,7 @@ class EDLoRAWeights:
         class_word: the plain word for the concept's class ("dog"); the base path of fusion uses it.
         token_embeddings: ``[2, n_layers, hidden]`` float tensor: word 1 (``V_rand``) and word 2 (``V_class``),
             one row per UNet cross-attention layer in down → mid → up order.
-        text_encoder_lora: peft LoRA state dict of the text encoder (``lora_A``: ``[r, in]``, ``lora_B``: ``[out, r]``).
+        text_encoder_lora: peft LoRA state dict of the text encoder (``lora_A`` ``[r, in]``, ``lora_B`` ``[out, r]``).
         unet_lora: peft LoRA state dict of the UNet, same naming.
         rank: LoRA rank r.
         alpha: LoRA multiplier used in training (direct, Mix-of-Show style: delta = alpha·B·A).

@@ -62,7 +62,7 @@ class EDLoRAAttnProcessor:
 
 @contextmanager
 def layerwise_cross_attention(unet: UNet2DConditionModel) -> Iterator[int]:
-    """Within the block, ``unet`` accepts ``[B, n_layers, seq, dim]`` encoder states; its processors are restored after.
+    """Within the block ``unet`` accepts ``[B, n_layers, seq, dim]`` encoder states; its processors are restored after.
 
     Yields:
         ``n_layers``, the number of cross-attention layers.

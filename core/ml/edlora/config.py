@@ -1,7 +1,7 @@
 """Training options of an ED-LoRA concept; also the public ``options`` schema of ``POST /v1/trainings``.
 
 This module imports no torch: the API validates requests with it. Defaults are Mix-of-Show's shipped ED-LoRA
-configs (embedding/text-encoder/UNet learning rates 1e-3/1e-5/1e-4, rank 4, α 1.0, noise offset 0.01, batch 4).
+configs (embedding/text-encoder/UNet learning rates 1e-3/1e-5/1e-4, rank 4, alpha 1.0, noise offset 0.01, batch 4).
 """
 
 from __future__ import annotations
@@ -37,9 +37,13 @@ class EDLoRAConfig(BaseModel):
             "the loss itself is added by a later release (training currently uses the masked diffusion loss only)."
         ),
     )
-    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed of every random draw in training (same seed, same adapter).")
+    seed: int = Field(
+        0, ge=0, le=2**63 - 1, description="Seed of every random draw in training (same seed, same adapter)."
+    )
     batch_size: int = Field(4, ge=1, le=16, description="Images per optimizer step (Mix-of-Show trains at 4).")
-    lr_embedding: float = Field(1e-3, gt=0.0, le=1.0, description="AdamW learning rate of the concept token embeddings.")
+    lr_embedding: float = Field(
+        1e-3, gt=0.0, le=1.0, description="AdamW learning rate of the concept token embeddings."
+    )
     lr_text_encoder: float = Field(1e-5, ge=0.0, le=1.0, description="AdamW learning rate of the text-encoder LoRA.")
     lr_unet: float = Field(1e-4, ge=0.0, le=1.0, description="AdamW learning rate of the UNet LoRA.")
     resolution: int | None = Field(

@@ -1,6 +1,6 @@
 """Layer-wise concept embeddings: their initialisation, and encoding prompts once per UNet cross-attention layer.
 
-Mix-of-Show adds ``2 × n_layers`` tokens to the tokenizer and rows to the embedding table. We reach the same
+Mix-of-Show adds ``2 x n_layers`` tokens to the tokenizer and rows to the embedding table. We reach the same
 encoder states without touching the shared tokenizer or text encoder: a concept slot is tokenized as a placeholder
 id, and a forward hook on the token-embedding module (a supported PyTorch extension point, not a patched
 ``forward``) writes the concept's layer-``l`` row over it in prompt copy ``l``.
@@ -49,7 +49,9 @@ def init_concept_embeddings(
     return words[:, None, :].repeat(1, num_layers, 1).contiguous()
 
 
-def tokenize_parts(tokenizer: CLIPTokenizer, parts: Sequence[PromptPart]) -> tuple[list[int], list[tuple[int, str, int]]]:
+def tokenize_parts(
+    tokenizer: CLIPTokenizer, parts: Sequence[PromptPart]
+) -> tuple[list[int], list[tuple[int, str, int]]]:
     """Token ids of a bound prompt, padded to ``tokenizer.model_max_length``, and where its concept words sit.
 
     Each ``ConceptSlot`` takes two positions (the concept's two words). Text beyond the length limit is cut, as

@@ -2,12 +2,13 @@
 
 Targets are Mix-of-Show's (``where: CLIPAttention`` / ``where: Attention``): q/k/v/out of every CLIP attention
 layer, and ``to_q/to_k/to_v/to_out.0`` of every UNet ``attn1`` and ``attn2``. Mix-of-Show's LoRA multiplies
-directly (``y = Wx + α·B(A(x))``); peft scales by ``lora_alpha / r``, so adapters are created with
+directly (``y = Wx + alpha·B(A(x))``); peft scales by ``lora_alpha / r``, so adapters are created with
 ``lora_alpha = r`` and the multiplier is set per adapter with ``set_scale`` (scaling = multiplier).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -47,10 +48,15 @@ def add_lora(
     """
     config = lora_config(rank, targets)
     loading = state_dict is not None
-    inject_adapter_in_model(config, model, adapter_name=adapter_name, low_cpu_mem_usage=loading)
+    with warnings.catch_warnings():
+        # Several named adapters in one model is what we want; peft warns about it on every injection after the first.
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+        inject_adapter_in_model(config, model, adapter_name=adapter_name, low_cpu_mem_usage=loading)
     if state_dict is not None:
         try:
-            result = set_peft_model_state_dict(model, dict(state_dict), adapter_name=adapter_name, low_cpu_mem_usage=True)
+            result = set_peft_model_state_dict(
+                model, dict(state_dict), adapter_name=adapter_name, low_cpu_mem_usage=True
+            )
         except RuntimeError as exc:
             raise ModelLoadError(f"adapter does not fit {type(model).__name__}: {exc}") from exc
         missing = [k for k in result.missing_keys if f".{adapter_name}." in k]
@@ -107,7 +113,7 @@ def remove_lora(model: torch.nn.Module) -> None:
 
 @contextmanager
 def lora_scope(*models: torch.nn.Module) -> Iterator[None]:
-    """Within the block, adapters may be added to ``models``; afterwards they are removed and ``requires_grad`` restored."""
+    """Adapters added to ``models`` within the block are removed afterwards, and ``requires_grad`` restored."""
     flags = [{n: p.requires_grad for n, p in m.named_parameters()} for m in models]
     try:
         yield

@@ -61,9 +61,13 @@ def _check_inputs(
             f"concept.name must match ^[a-z0-9][a-z0-9_-]{{0,39}}$, got {concept_name!r}", field="concept.name"
         )
     if not class_word.strip() or len(class_word.split()) != 1:
-        raise InvalidRequestError(f"concept.class_word must be one plain word, got {class_word!r}", field="concept.class_word")
+        raise InvalidRequestError(
+            f"concept.class_word must be one plain word, got {class_word!r}", field="concept.class_word"
+        )
     if masks is not None and len(masks) != len(images):
-        raise InvalidRequestError(f"masks must hold one mask per image ({len(images)}), got {len(masks)}", field="masks")
+        raise InvalidRequestError(
+            f"masks must hold one mask per image ({len(images)}), got {len(masks)}", field="masks"
+        )
     if captions is not None and len(captions) != len(images):
         raise InvalidRequestError(
             f"captions must hold one caption per image ({len(images)}), got {len(captions)}", field="captions"
@@ -90,11 +94,15 @@ def _prepare_data(
     latent_masks = None
     if masks is not None:
         latent_size = mean.shape[-1]
-        latent_masks = torch.stack([mask_to_tensor(m, resolution, size=img.size) for m, img in zip(masks, images, strict=True)])
+        latent_masks = torch.stack(
+            [mask_to_tensor(m, resolution, size=img.size) for m, img in zip(masks, images, strict=True)]
+        )
         latent_masks = F.interpolate(latent_masks, size=(latent_size, latent_size), mode="area")  # [N, 1, h, w]
         for i, area in enumerate(latent_masks.sum(dim=(1, 2, 3)).tolist()):
             if area <= 0:
-                raise InvalidRequestError(f"masks[{i}] must mark the concept in white, got an all-black mask", field=f"masks[{i}]")
+                raise InvalidRequestError(
+                    f"masks[{i}] must mark the concept in white, got an all-black mask", field=f"masks[{i}]"
+                )
     bound = None
     if captions is not None:
         bound = [bind_caption(c, concept_name, field=f"captions[{i}]") for i, c in enumerate(captions)]
@@ -171,7 +179,9 @@ def train_edlora(
         embeddings = torch.nn.Parameter(init.to(device))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # LoRA A matrices are Kaiming-initialised from the global RNG
-            add_lora(text_encoder, TRAIN_ADAPTER, rank=config.rank, targets=TEXT_ENCODER_TARGETS, multiplier=config.alpha)
+            add_lora(
+                text_encoder, TRAIN_ADAPTER, rank=config.rank, targets=TEXT_ENCODER_TARGETS, multiplier=config.alpha
+            )
             add_lora(unet, TRAIN_ADAPTER, rank=config.rank, targets=UNET_TARGETS, multiplier=config.alpha)
         text_encoder.train()
         unet.train()
@@ -193,6 +203,7 @@ def train_edlora(
         num_timesteps = int(noise_scheduler.config.num_train_timesteps)
         batches = _batches(len(images), config.batch_size, generator)
         embeddings_frozen = False
+        loss_value = math.nan
 
         # 4. Denoising-loss steps.
         for step in range(1, total + 1):
@@ -214,14 +225,17 @@ def train_edlora(
                 picks = torch.randint(0, len(CAPTION_TEMPLATES), (len(index),), generator=generator).tolist()
                 prompts = [bind_caption(CAPTION_TEMPLATES[p], concept_name) for p in picks]
 
-            states = encode_layerwise(components.tokenizer, text_encoder, prompts, {concept_name: embeddings}, num_layers)
+            states = encode_layerwise(
+                components.tokenizer, text_encoder, prompts, {concept_name: embeddings}, num_layers
+            )
             prediction = unet(
                 noisy.to(device, components.dtype), timesteps.to(device), encoder_hidden_states=states
             ).sample
             mask = None if data.masks is None else data.masks[index].to(device)
             loss = _diffusion_loss(prediction, target.to(device), mask)
-            if not math.isfinite(loss.item()):
-                raise PipelineError(f"ED-LoRA training diverged at step {step}: loss is {loss.item()}")
+            loss_value = float(loss.item())
+            if not math.isfinite(loss_value):
+                raise PipelineError(f"ED-LoRA training diverged at step {step}: loss is {loss_value}")
 
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -234,7 +248,7 @@ def train_edlora(
             if not embeddings_frozen and norm >= EMBEDDING_NORM_THRESHOLD:
                 embeddings_frozen = True
                 logger.info("concept embeddings reached mean norm %.3f at step %d; frozen from now on", norm, step)
-            logger.debug("step %d/%d loss %.5f embedding norm %.3f", step, total, loss.item(), norm)
+            logger.debug("step %d/%d loss %.5f embedding norm %.3f", step, total, loss_value, norm)
             on_step(Progress("training", step, total))
 
         # 5. Collect the learned weights (CPU, float32).
@@ -253,5 +267,6 @@ def train_edlora(
                 "num_images": len(images),
                 "masked_loss": masks is not None,
                 "num_layer_embeddings": num_layers,
+                "final_loss": loss_value,
             },
         )
