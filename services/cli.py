@@ -59,8 +59,15 @@ def api(
 
     _logging()
     typer.echo(f"Tessera API listening on http://{host}:{port}")
-    uvicorn.run("services.api.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=False)
+    uvicorn.run(
+        "services.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        access_log=False,
+    )
 
 
 @app.command()
@@ -74,8 +81,18 @@ def worker(
     _logging()
     celery = make_celery()
     typer.echo(f"Tessera worker consuming {queues}")
-    celery.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--queues={queues}",
-                        f"--loglevel={loglevel}", "--without-gossip", "--without-mingle", "--hostname=tessera@%h"])
+    celery.worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            f"--queues={queues}",
+            f"--loglevel={loglevel}",
+            "--without-gossip",
+            "--without-mingle",
+            "--hostname=tessera@%h",
+        ]
+    )
 
 
 @app.command()

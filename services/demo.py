@@ -74,8 +74,10 @@ def _timeline(jobs: list[tuple[str, dict[str, Any]]]) -> None:
     for label, job in jobs:
         m = job["metrics"]
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in m.get("stages", {}).items())
-        typer.echo(f"  {label:<22} {job['status']:<10} queued {m['queue_seconds'] or 0:.1f}s "
-                   f"ran {m['run_seconds'] or 0:.1f}s  [{stages}]")
+        typer.echo(
+            f"  {label:<22} {job['status']:<10} queued {m['queue_seconds'] or 0:.1f}s "
+            f"ran {m['run_seconds'] or 0:.1f}s  [{stages}]"
+        )
 
 
 def run_demo(url: str, api_key: str, *, out: Path, preset: str = "tiny") -> int:
@@ -92,11 +94,13 @@ def run_demo(url: str, api_key: str, *, out: Path, preset: str = "tiny") -> int:
                 name = f"{kind}-{suffix}"
                 files = [client.upload_file(d)["id"] for d in sample_images(kind, size, 4)]
                 typer.echo(f"uploaded {len(files)} images of <{name}>")
-                job = client.create_training({
-                    "concept": {"name": name, "class_word": class_word},
-                    "images": files,
-                    "options": {"max_train_steps": defaults["train_steps"], "seed": 0},
-                })
+                job = client.create_training(
+                    {
+                        "concept": {"name": name, "class_word": class_word},
+                        "images": files,
+                        "options": {"max_train_steps": defaults["train_steps"], "seed": 0},
+                    }
+                )
                 concepts.append((name, job))
             for name, job in concepts:
                 final = _follow(client, job, f"train <{name}>")
@@ -105,16 +109,21 @@ def run_demo(url: str, api_key: str, *, out: Path, preset: str = "tiny") -> int:
                     typer.echo(f"training of <{name}> ended {final['status']}: {final['error']}", err=True)
                     return 1
             (a, _), (b, _) = concepts
-            job = client.create_generation({
-                "prompt": f"a <{a}> on the left and a <{b}> on the right",
-                "concepts": [
-                    {"concept": a, "region": {"box": [0.0, 0.0, 0.5, 1.0]}},
-                    {"concept": b, "region": {"box": [0.5, 0.0, 1.0, 1.0]}},
-                ],
-                "fusion": "regional",
-                "width": size, "height": size,
-                "num_inference_steps": defaults["steps"], "guidance_scale": defaults["guidance"], "seed": 7,
-            })
+            job = client.create_generation(
+                {
+                    "prompt": f"a <{a}> on the left and a <{b}> on the right",
+                    "concepts": [
+                        {"concept": a, "region": {"box": [0.0, 0.0, 0.5, 1.0]}},
+                        {"concept": b, "region": {"box": [0.5, 0.0, 1.0, 1.0]}},
+                    ],
+                    "fusion": "regional",
+                    "width": size,
+                    "height": size,
+                    "num_inference_steps": defaults["steps"],
+                    "guidance_scale": defaults["guidance"],
+                    "seed": 7,
+                }
+            )
             final = _follow(client, job, "generate")
             finished.append(("generate", final))
             if final["status"] != "succeeded":

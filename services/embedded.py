@@ -95,8 +95,11 @@ class Stack:
                 log=self._log("api"),
             )
             self.children["api"] = api
-            wait_for(lambda: httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200,
-                     what=f"the API at {self.url}", child=api)
+            wait_for(
+                lambda: httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200,
+                what=f"the API at {self.url}",
+                child=api,
+            )
             self.start_worker()
         except BaseException:
             self.stop()

@@ -56,10 +56,11 @@ def redis_server_binary() -> str:
 class Child:
     """One started process, stopped politely (SIGTERM to its group), then firmly (SIGKILL)."""
 
-    def __init__(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-                 log: Path | None = None) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None, log: Path | None = None
+    ) -> None:
         self.name = name
-        self._log: IO[bytes] | None = open(log, "ab") if log else None  # noqa: SIM115 - closed in stop()
+        self._log: IO[bytes] | None = open(log, "ab") if log else None
         self.popen = subprocess.Popen(
             list(argv),
             env={**os.environ, **(env or {})},
@@ -98,16 +99,29 @@ class Child:
             self._log = None
 
 
-def start_redis(data_dir: Path, *, port: int | None = None, persist: bool = True,
-                log: Path | None = None) -> tuple[Child, str]:
+def start_redis(
+    data_dir: Path, *, port: int | None = None, persist: bool = True, log: Path | None = None
+) -> tuple[Child, str]:
     """Start a private redis-server on 127.0.0.1; returns it and its URL once it answers."""
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
-        redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-        "--save", "", "--appendonly", "yes" if persist else "no", "--daemonize", "no",
+        redis_server_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if persist else "no",
+        "--daemonize",
+        "no",
         # Job records and queued messages must never be evicted.
-        "--maxmemory-policy", "noeviction",
+        "--maxmemory-policy",
+        "noeviction",
     ]
     child = Child("redis", argv, log=log)
     url = f"redis://127.0.0.1:{port}/0"

@@ -33,7 +33,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         # An unacknowledged message reappears only after this long: it must exceed the longest job.
-        "broker_transport_options": {"visibility_timeout": max(settings.worker.visibility_timeout_seconds, longest + 60)},
+        "broker_transport_options": {
+            "visibility_timeout": max(settings.worker.visibility_timeout_seconds, longest + 60)
+        },
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,

@@ -13,7 +13,7 @@ import redis
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from services.processes import start_redis  # noqa: E402
+from services.processes import start_redis
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ Keys (prefix ``tessera:``): ``file:{id}``, ``concept:{id}``, ``tenant:{t}:files`
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 from pydantic import BaseModel, Field
@@ -113,7 +113,7 @@ class Catalog:
             raw_id = self._r.get(self._name_key(tenant, ref))
             if raw_id is None:
                 raise NotFoundError(f"no concept {ref}")
-            concept_id = raw_id.decode()
+            concept_id = cast(bytes, raw_id).decode()
         raw = self._r.get(f"{PREFIX}concept:{concept_id}")
         record = None if raw is None else ConceptRecord.model_validate_json(raw)
         if record is None or record.tenant != tenant:

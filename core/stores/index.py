@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from typing import cast
 
 import redis
 
@@ -46,7 +47,7 @@ class TimeIndex:
     def _newest_first(self, cursor: str | None, batch: int) -> Iterator[tuple[str, str]]:
         upper = "(" + decode_cursor(cursor) if cursor else "+"
         while True:
-            members: list[bytes] = self._r.zrevrangebylex(self.key, upper, "-", start=0, num=batch)
+            members = cast(list[bytes], self._r.zrevrangebylex(self.key, upper, "-", start=0, num=batch))
             if not members:
                 return
             for raw in members:

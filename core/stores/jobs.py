@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import redis
 
@@ -39,6 +40,10 @@ class JobStore:
         self._r = client
         self.ttl_seconds = ttl_seconds
         self.lease_seconds = lease_seconds
+        # Delete the lease only if it still names this owner, atomically.
+        self._release = client.register_script(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+        )
 
     # ---- keys
     @staticmethod
@@ -77,7 +82,7 @@ class JobStore:
             raise NotFoundError(f"no job {job_id}")
         return record
 
-    def list(
+    def list_jobs(
         self, tenant: str, *, kind: JobKind | None, status: JobStatus | None, limit: int, cursor: str | None
     ) -> tuple[list[JobRecord], str | None]:
         """A tenant's jobs, newest first, filtered by kind and status."""
@@ -145,8 +150,15 @@ class JobStore:
                     pipe.expire(self._key(job_id, suffix), 3600)
             return record
 
-        result: JobRecord = self._r.transaction(apply, key, value_from_callable=True)
-        return result
+        with self._r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    record = apply(pipe)
+                    pipe.execute()
+                    return record
+                except redis.WatchError:
+                    continue  # the record changed between read and write: read it again
 
     # ---- progress
     def report_progress(self, job_id: str, progress: Progress, *, stage_started: float) -> None:
@@ -181,8 +193,8 @@ class JobStore:
         if record.status != "queued":
             return None
         member = f"{int(record.created_at.timestamp() * 1_000_000):020d}:{record.id}"
-        rank = self._r.zrank(self._queue_index(record.queue).key, member)
-        return None if rank is None else int(rank) + 1
+        rank = cast(int | None, self._r.zrank(self._queue_index(record.queue).key, member))
+        return None if rank is None else rank + 1
 
     def queue_depth(self, queue: str) -> int:
         return int(self._r.zcard(self._queue_index(queue).key))
@@ -195,15 +207,14 @@ class JobStore:
     def release_lease(self, job_id: str, owner: str) -> None:
         """Drop the lease if ``owner`` holds it."""
         key = self._key(job_id, ":lease")
-        if self._r.get(key) == owner.encode():
-            self._r.delete(key)
+        self._release(keys=[key], args=[owner])
 
     def renew_lease(self, job_id: str, owner: str) -> bool:
         """Extend the lease if ``owner`` still holds it."""
         key = self._key(job_id, ":lease")
         with self._r.pipeline() as pipe:
             try:
-                pipe.watch(key)
+                pipe.watch(key)  # type: ignore[no-untyped-call]
                 if pipe.get(key) != owner.encode():
                     return False
                 pipe.multi()
@@ -218,5 +229,5 @@ class JobStore:
 
     def orphaned_jobs(self) -> list[str]:
         """Running jobs whose lease expired: their worker died without finishing them."""
-        ids = [raw.decode() for raw in self._r.smembers(f"{PREFIX}running")]
+        ids = [raw.decode() for raw in cast(set[bytes], self._r.smembers(f"{PREFIX}running"))]
         return [job_id for job_id in ids if not self.lease_alive(job_id)]

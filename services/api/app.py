@@ -15,9 +15,9 @@ from core.stores.jobs import JobStore
 from core.stores.objects import make_object_store
 from core.submissions import Enqueue
 from services.api import errors
-from services.queue import CeleryTaskQueue, make_producer
 from services.api.routes import concepts, files, health, jobs, objects
 from services.api.state import ApiState
+from services.queue import CeleryTaskQueue, make_producer
 
 logger = logging.getLogger(__name__)
 

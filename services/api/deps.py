@@ -22,9 +22,7 @@ def get_state(request: Request) -> ApiState:
 State = Annotated[ApiState, Depends(get_state)]
 
 
-def get_tenant(
-    state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> str:
+def get_tenant(state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
     """The tenant of the bearer key; ``401`` when the key is missing or unknown."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthError("missing API key: send Authorization: Bearer <key>", code="missing_api_key")

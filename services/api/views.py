@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from core.errors import NotFoundError
+from core.jobs import JobRecord
 from core.schemas import AdapterInfo, Concept, FileObject, Job
 from core.stores.catalog import ConceptRecord, FileRecord
-from core.jobs import JobRecord
 from services.api.state import ApiState
 
 

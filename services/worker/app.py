@@ -35,7 +35,10 @@ def make_celery(settings: Settings | None = None) -> Celery:
         execute(ctx, job_id, run_training, on_abort=lambda record: abort_training(ctx, record))
 
     @app.task(
-        name=GENERATE_TASK, queue=GENERATE_QUEUE, acks_late=True, time_limit=settings.worker.generate_time_limit_seconds
+        name=GENERATE_TASK,
+        queue=GENERATE_QUEUE,
+        acks_late=True,
+        time_limit=settings.worker.generate_time_limit_seconds,
     )
     def generate(job_id: str) -> None:
         execute(ctx, job_id, run_generation)
@@ -48,5 +51,5 @@ def make_celery(settings: Settings | None = None) -> Celery:
     def _stop_reaper(**_: Any) -> None:
         reaper.stop()
 
-    app.tessera_context = ctx  # type: ignore[attr-defined]
+    app.tessera_context = ctx
     return app

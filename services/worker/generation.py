@@ -47,7 +47,9 @@ def run_generation(run: JobRun) -> dict[str, Any]:
             if item["region"] and "box" in item["region"]:
                 region = tuple(item["region"]["box"])
             elif item["region"] and "mask_key" in item["region"]:
-                region = load_image(ctx.objects.get_bytes(item["region"]["mask_key"])).convert("L")
+                region = load_image(ctx.objects.get_bytes(item["region"]["mask_key"]), background=(0, 0, 0)).convert(
+                    "L"
+                )
             weights = ctx.adapters.get(item["adapter_key"], item["adapter_sha256"])
             placements.append(ConceptPlacement(weights=weights, region=region, weight=item["weight"]))
     run.check_cancel()

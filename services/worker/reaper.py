@@ -18,6 +18,17 @@ from core.stores.jobs import JobStore
 logger = logging.getLogger(__name__)
 
 
+def _count_redelivery(record: JobRecord) -> None:
+    record.redeliveries += 1
+
+
+def _set_error(error: JobError) -> Callable[[JobRecord], None]:
+    def update(record: JobRecord) -> None:
+        record.error = error
+
+    return update
+
+
 def reap_orphans(jobs: JobStore, enqueue: Callable[[JobRecord], None], *, max_redeliveries: int) -> list[str]:
     """Re-queue (or fail) every orphaned running job once; returns the ids handled."""
     handled = []
@@ -32,11 +43,9 @@ def reap_orphans(jobs: JobStore, enqueue: Callable[[JobRecord], None], *, max_re
                     code="worker_lost",
                     message=f"the worker running this job died {record.redeliveries + 1} times; giving up",
                 )
-                jobs.transition(job_id, "running", "failed", update=lambda r, e=error: setattr(r, "error", e))
+                jobs.transition(job_id, "running", "failed", update=_set_error(error))
             else:
-                requeued = jobs.transition(
-                    job_id, "running", "queued", update=lambda r: setattr(r, "redeliveries", r.redeliveries + 1)
-                )
+                requeued = jobs.transition(job_id, "running", "queued", update=_count_redelivery)
                 enqueue(requeued)
                 logger.warning("job %s lost its worker; queued again (redelivery %d)", job_id, requeued.redeliveries)
             handled.append(job_id)

@@ -23,7 +23,9 @@ def run_training(run: JobRun) -> dict[str, object]:
         images = [load_image(ctx.objects.get_bytes(key)) for key in plan["image_keys"]]
         masks = None
         if plan.get("mask_keys"):
-            masks = [load_image(ctx.objects.get_bytes(key)).convert("L") for key in plan["mask_keys"]]
+            masks = [
+                load_image(ctx.objects.get_bytes(key), background=(0, 0, 0)).convert("L") for key in plan["mask_keys"]
+            ]
     run.check_cancel()
     with run.stage("loading"):
         components = ctx.models.components()

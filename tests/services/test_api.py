@@ -34,17 +34,22 @@ def png(size: tuple[int, int] = (64, 64), color: tuple[int, int, int] = (200, 30
 
 def bomb_png(side: int = 60_000) -> bytes:
     """A valid-looking PNG whose header claims side×side pixels; its payload is tiny."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
+        + chunk(b"IEND", b"")
     )
 
 
 @pytest.fixture
 def settings(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> Settings:
+    redis_client.flushdb()  # requested for the clean database, not used further
     return Settings(
         redis={"url": redis_url},
         storage={"backend": "local", "root": tmp_path / "objects", "public_base_url": "http://testserver"},
@@ -72,8 +77,17 @@ def upload(client: TestClient, data: bytes, headers: dict[str, str] = A) -> dict
 def make_ready_concept(settings: Settings, tenant: str, name: str) -> None:
     catalog = Catalog(redis.Redis.from_url(settings.redis.url))
     catalog.reserve_concept(
-        ConceptRecord(id=f"cpt_{name}", tenant=tenant, name=name, class_word="dog", training_job_id="job_x",
-                      status="ready", adapter_bytes=1, adapter_sha256="0" * 64, adapter_format="tessera.edlora")
+        ConceptRecord(
+            id=f"cpt_{name}",
+            tenant=tenant,
+            name=name,
+            class_word="dog",
+            training_job_id="job_x",
+            status="ready",
+            adapter_bytes=1,
+            adapter_sha256="0" * 64,
+            adapter_format="tessera.edlora",
+        )
     )
 
 
@@ -106,7 +120,9 @@ def test_upload_then_get_with_signed_url(client: TestClient) -> None:
     ],
     ids=["not-an-image", "truncated-png", "decompression-bomb"],
 )
-def test_bad_uploads_store_nothing(client: TestClient, settings: Settings, data: bytes, status: int, code: str) -> None:
+def test_bad_uploads_store_nothing(
+    client: TestClient, settings: Settings, data: bytes, status: int, code: str
+) -> None:
     r = client.post("/v1/files", files={"file": ("x.png", data, "image/png")}, headers=A)
     assert r.status_code == status, r.text
     body = r.json()
@@ -126,8 +142,9 @@ def test_other_tenants_objects_are_404(client: TestClient) -> None:
     f = upload(client, png())
     assert client.get(f"/v1/files/{f['id']}", headers=B).status_code == 404
     assert client.delete(f"/v1/files/{f['id']}", headers=B).status_code == 404
-    job = client.post("/v1/trainings", json={"concept": {"name": "rex", "class_word": "dog"}, "images": [f["id"]]},
-                      headers=A).json()
+    job = client.post(
+        "/v1/trainings", json={"concept": {"name": "rex", "class_word": "dog"}, "images": [f["id"]]}, headers=A
+    ).json()
     assert client.get(f"/v1/jobs/{job['id']}", headers=B).status_code == 404
     assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=B).status_code == 404
     assert client.get("/v1/concepts/rex", headers=B).status_code == 404
@@ -136,8 +153,9 @@ def test_other_tenants_objects_are_404(client: TestClient) -> None:
 
 def test_training_with_another_tenants_file_is_refused(client: TestClient) -> None:
     f = upload(client, png(), headers=B)
-    r = client.post("/v1/trainings", json={"concept": {"name": "rex", "class_word": "dog"}, "images": [f["id"]]},
-                    headers=A)
+    r = client.post(
+        "/v1/trainings", json={"concept": {"name": "rex", "class_word": "dog"}, "images": [f["id"]]}, headers=A
+    )
     assert r.status_code == 422 and r.json()["code"] == "unknown_file"
     assert r.json()["errors"][0]["field"] == "images[0]"
     assert client.get("/v1/concepts/rex", headers=A).status_code == 404
@@ -149,10 +167,11 @@ def test_training_validation_names_the_field(client: TestClient) -> None:
     cases = [
         ({"concept": {"name": "rex", "class_word": "dog"}, "images": []}, "images"),
         ({"concept": {"name": "Rex!", "class_word": "dog"}, "images": [f["id"]]}, "concept.name"),
-        ({"concept": {"name": "rex", "class_word": "dog"}, "images": [f["id"]], "options": {"rank": 500}},
-         "options.rank"),
-        ({"concept": {"name": "rex", "class_word": "dog"}, "images": [f["id"]], "options": {"lr": 1}},
-         "options.lr"),
+        (
+            {"concept": {"name": "rex", "class_word": "dog"}, "images": [f["id"]], "options": {"rank": 500}},
+            "options.rank",
+        ),
+        ({"concept": {"name": "rex", "class_word": "dog"}, "images": [f["id"]], "options": {"lr": 1}}, "options.lr"),
     ]
     for body, field in cases:
         r = client.post("/v1/trainings", json=body, headers=A)
@@ -162,16 +181,20 @@ def test_training_validation_names_the_field(client: TestClient) -> None:
 
 def test_training_creates_queued_job_and_concept(client: TestClient) -> None:
     files = [upload(client, png())["id"] for _ in range(3)]
-    r = client.post("/v1/trainings", json={"concept": {"name": "rex", "class_word": "dog"}, "images": files,
-                                           "metadata": {"order": 7}}, headers=A)
+    r = client.post(
+        "/v1/trainings",
+        json={"concept": {"name": "rex", "class_word": "dog"}, "images": files, "metadata": {"order": 7}},
+        headers=A,
+    )
     assert r.status_code == 202 and r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
     job = r.json()
     assert job["status"] == "queued" and job["kind"] == "training" and job["queue_position"] >= 1
     assert job["metadata"] == {"order": 7} and job["input"]["options"]["max_train_steps"] == 500
     concept = client.get("/v1/concepts/rex", headers=A).json()
     assert concept["status"] == "training" and concept["training_job_id"] == job["id"]
-    again = client.post("/v1/trainings", json={"concept": {"name": "rex", "class_word": "dog"}, "images": files},
-                        headers=A)
+    again = client.post(
+        "/v1/trainings", json={"concept": {"name": "rex", "class_word": "dog"}, "images": files}, headers=A
+    )
     assert again.status_code == 409 and again.json()["code"] == "concept_name_taken"
     # Cancel while queued: at once, and idempotent.
     canceled = client.post(f"/v1/jobs/{job['id']}/cancel", headers=A).json()
@@ -208,8 +231,9 @@ def test_generation_of_other_tenants_concept_is_unknown(client: TestClient, sett
 
 def test_generation_accepted_records_the_seed(client: TestClient, settings: Settings) -> None:
     make_ready_concept(settings, "tenant-a", "rex")
-    job = client.post("/v1/generations", json={"prompt": "a <rex> on the beach", "width": 64, "height": 64},
-                      headers=A).json()
+    job = client.post(
+        "/v1/generations", json={"prompt": "a <rex> on the beach", "width": 64, "height": 64}, headers=A
+    ).json()
     assert job["status"] == "queued" and isinstance(job["input"]["seed"], int)
     listed = client.get("/v1/jobs?kind=generation", headers=A).json()["data"]
     assert [j["id"] for j in listed] == [job["id"]]
@@ -224,13 +248,22 @@ def test_health_ready_and_request_id(client: TestClient) -> None:
 
 def test_readyz_names_what_is_down(settings: Settings) -> None:
     broken = settings.model_copy(update={"redis": settings.redis.model_copy(update={"url": "redis://127.0.0.1:1/0"})})
-    with TestClient(create_app(broken, enqueue=lambda record: None)) as c:
+    with TestClient(create_app(broken, enqueue=lambda _record: None)) as c:
         r = c.get("/readyz")
     assert r.status_code == 503 and "redis" in r.json()["down"]
 
 
 def test_openapi_lists_the_endpoints(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/v1/files", "/v1/files/{file_id}", "/v1/trainings", "/v1/generations", "/v1/jobs",
-                 "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/concepts", "/v1/concepts/{ref}"):
+    for path in (
+        "/v1/files",
+        "/v1/files/{file_id}",
+        "/v1/trainings",
+        "/v1/generations",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/cancel",
+        "/v1/concepts",
+        "/v1/concepts/{ref}",
+    ):
         assert path in paths

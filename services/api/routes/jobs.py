@@ -41,7 +41,7 @@ def list_jobs(
     cursor: str | None = None,
 ) -> JobList:
     """The tenant's jobs, newest first."""
-    records, next_cursor = state.jobs.list(tenant, kind=kind, status=status, limit=limit, cursor=cursor)
+    records, next_cursor = state.jobs.list_jobs(tenant, kind=kind, status=status, limit=limit, cursor=cursor)
     return JobList(data=[render_job(state, r) for r in records], next_cursor=next_cursor)
 
 

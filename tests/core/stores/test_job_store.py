@@ -114,11 +114,11 @@ def test_list_newest_first_with_filters_and_cursor(store: JobStore) -> None:
         created.append(j.id)
         time.sleep(0.001)
     store.create(_job(tenant="other"))
-    page, cursor = store.list("t1", kind=None, status=None, limit=2, cursor=None)
+    page, cursor = store.list_jobs("t1", kind=None, status=None, limit=2, cursor=None)
     assert [r.id for r in page] == created[::-1][:2] and cursor
-    page2, cursor2 = store.list("t1", kind=None, status=None, limit=2, cursor=cursor)
+    page2, cursor2 = store.list_jobs("t1", kind=None, status=None, limit=2, cursor=cursor)
     assert [r.id for r in page2] == created[::-1][2:4] and cursor2
-    page3, cursor3 = store.list("t1", kind=None, status=None, limit=2, cursor=cursor2)
+    page3, cursor3 = store.list_jobs("t1", kind=None, status=None, limit=2, cursor=cursor2)
     assert [r.id for r in page3] == created[:1] and cursor3 is None
-    trainings, _ = store.list("t1", kind="training", status=None, limit=10, cursor=None)
+    trainings, _ = store.list_jobs("t1", kind="training", status=None, limit=10, cursor=None)
     assert [r.id for r in trainings] == [created[3], created[1]]

@@ -1,0 +1,45 @@
+# Two commands on a fresh Linux machine with Python 3.11: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PRESET ?= tiny
+# Every install goes through the lock, so no step can pull a different torch.
+PIP    := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
+
+.PHONY: demo serve test lint test-fast eval clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q --upgrade pip
+
+$(VENV)/.installed-run: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) -e '.[api,worker]'
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-run
+	$(PIP) -e '.[api,worker,dev]'
+	touch $@
+
+## demo: start the embedded service, train two concepts and generate an image with both, over HTTP
+demo: $(VENV)/.installed-run
+	HF_HUB_OFFLINE=1 $(BIN)/tessera demo --preset $(PRESET)
+
+## serve: run the embedded service (private Redis + API + worker) until Ctrl-C
+serve: $(VENV)/.installed-run
+	HF_HUB_OFFLINE=1 $(BIN)/tessera serve --preset $(PRESET)
+
+## lint: ruff and mypy on the code
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check core services tests bench
+	$(BIN)/mypy
+
+## test: lint, then the whole suite (unit + integration, real Redis / S3 / Celery processes)
+test: lint
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+## test-fast: the suite without the slow integration tests
+test-fast: $(VENV)/.installed-dev
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,137 @@
+"""The whole path over real HTTP: `tessera serve`'s stack (private redis-server, uvicorn API, Celery worker
+process, local object store) on the tiny preset: upload → train → generate, cancel, and a worker crash."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.client import TesseraClient
+from services.demo import sample_images
+from services.embedded import Stack
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    # A short lease so that a killed worker's job is handed back within seconds.
+    s = Stack(
+        data_dir=tmp_path_factory.mktemp("stack"),
+        preset="tiny",
+        extra_env={"TESSERA_WORKER__LEASE_SECONDS": "2", "OMP_NUM_THREADS": "1"},
+    )
+    with s:
+        yield s
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[TesseraClient]:
+    with TesseraClient(stack.url, stack.api_key) as c:
+        yield c
+
+
+def _train(client: TesseraClient, name: str, steps: int, kind: str = "star") -> dict[str, Any]:
+    files = [client.upload_file(d)["id"] for d in sample_images(kind, 64, 3)]
+    return client.create_training(
+        {
+            "concept": {"name": name, "class_word": "star"},
+            "images": files,
+            "options": {"max_train_steps": steps, "batch_size": 1, "seed": 1},
+        }
+    )
+
+
+def _wait_running(client: TesseraClient, job_id: str, min_step: int = 1, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get_job(job_id)
+        if (
+            job["status"] == "running"
+            and (job["progress"] or {}).get("stage") == "training"
+            and job["progress"]["step"] >= min_step
+        ):
+            return job
+        assert job["status"] in ("queued", "running"), job
+        time.sleep(0.1)
+    raise TimeoutError(f"job {job_id} never got to training step {min_step}")
+
+
+def _pixels(client: TesseraClient, job: dict[str, Any]) -> np.ndarray:
+    data = client.download(job["output"]["images"][0]["url"])
+    assert data.startswith(b"\x89PNG")
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def test_upload_train_generate_end_to_end(client: TesseraClient) -> None:
+    jobs = {name: _train(client, name, steps=12, kind=kind) for name, kind in (("star-a", "star"), ("ring-b", "ring"))}
+    fractions: list[float] = []
+    final = client.wait(
+        jobs["star-a"]["id"],
+        poll=0.05,
+        timeout=300,
+        on_update=lambda j: fractions.append((j["progress"] or {}).get("fraction", 0.0)),
+    )
+    assert final["status"] == "succeeded", final["error"]
+    training_fractions = [f for f in fractions if f > 0]
+    assert training_fractions == sorted(training_fractions) or max(training_fractions) == 1.0
+    assert final["output"]["concept_id"].startswith("cpt_")
+    assert final["metrics"]["stages"]["training"] > 0
+    assert client.wait(jobs["ring-b"]["id"], timeout=300)["status"] == "succeeded"
+    concept = client.get_concept("star-a")
+    assert concept["status"] == "ready" and concept["adapter"]["format"] == "tessera.edlora"
+
+    body = {
+        "prompt": "a <star-a> on the left and a <ring-b> on the right",
+        "concepts": [
+            {"concept": "star-a", "region": {"box": [0, 0, 0.5, 1]}},
+            {"concept": "ring-b", "region": {"box": [0.5, 0, 1, 1]}},
+        ],
+        "fusion": "regional",
+        "width": 64,
+        "height": 48,
+        "num_inference_steps": 4,
+        "guidance_scale": 4.0,
+        "seed": 3,
+    }
+    first = client.wait(client.create_generation(body)["id"], timeout=300)
+    assert first["status"] == "succeeded", first["error"]
+    image = _pixels(client, first)
+    assert image.shape[:2] == (48, 64)
+    assert len(first["output"]["masks"]) == 2 and first["output"]["images"][0]["seed"] == 3
+    second = client.wait(client.create_generation(body)["id"], timeout=300)
+    assert np.array_equal(image, _pixels(client, second)), "same seed must give the same pixels"
+
+
+def test_cancel_running_training(client: TesseraClient, stack: Stack) -> None:
+    job = _train(client, "long-cancel", steps=5000)
+    _wait_running(client, job["id"], min_step=2)
+    asked = time.monotonic()
+    client.cancel(job["id"])
+    final = client.wait(job["id"], poll=0.05, timeout=30)
+    assert final["status"] == "canceled" and time.monotonic() - asked < 5
+    concept = client.get_concept("long-cancel")
+    assert concept["status"] == "failed" and concept["adapter"] is None
+    adapters = list((stack.data_dir / "objects").rglob("*long-cancel*")) + [
+        p for p in (stack.data_dir / "objects").rglob("adapter.safetensors") if concept["id"] in str(p)
+    ]
+    assert adapters == []
+
+
+def test_worker_killed_mid_training_is_rerun(client: TesseraClient, stack: Stack) -> None:
+    job = _train(client, "survivor", steps=150)
+    _wait_running(client, job["id"], min_step=3)
+    stack.children["worker"].kill()
+    assert client.get_job(job["id"])["status"] in ("running", "queued")
+    stack.start_worker()
+    final = client.wait(job["id"], timeout=300)
+    assert final["status"] == "succeeded", final["error"]
+    assert client.get_concept("survivor")["status"] == "ready"
+    listed = [j for j in client._json(client._http.get("/v1/jobs?limit=100"))["data"] if j["id"] == job["id"]]
+    assert len(listed) == 1
