@@ -1,0 +1,569 @@
+"""Trains the ``shapes`` preset from scratch on a CPU: VAE, then text encoder and UNet together.
+
+Stage 1 trains an ``AutoencoderKL`` (64x64x3 <-> 8x8x4) on the *wide* world (random hues, extra shapes,
+stripes), so it can represent the held-out concepts as well. Stage 2 pre-encodes base-world latents once and
+trains a ``CLIPTextModel`` and a ``UNet2DConditionModel`` jointly with SD 1.5's noise schedule, epsilon
+prediction, Min-SNR-5 weighting, caption dropout and an EMA of the weights. The result is written as a
+diffusers folder that ``StableDiffusionPipeline`` loads like SD 1.5.
+
+Run ``python -m core.ml.shapes.training --help``; partial runs leave usable checkpoints in ``--work-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from core.ml.shapes import world
+from core.ml.shapes.tokenizer import MAX_LENGTH, write_tokenizer
+
+logger = logging.getLogger(__name__)
+
+StepCallback = Callable[[str, int, int, float], None]
+"""Called as ``on_step(stage, step, total_steps, loss)`` after every optimizer step."""
+
+NUM_TRAIN_TIMESTEPS = 1000
+PRESET_DIR = Path(__file__).resolve().parents[1] / "presets" / "shapes"
+
+
+@dataclass(frozen=True)
+class ShapesTrainingConfig:
+    """Hyperparameters of the shapes preset; the defaults made the shipped weights."""
+
+    seed: int = field(default=0, metadata={"help": "seeds data, initialisation, noise and dropout"})
+    threads: int = field(default=2, metadata={"help": "torch intra-op threads"})
+    # Stage 1: VAE.
+    vae_steps: int = field(default=1200, metadata={"help": "VAE optimizer steps"})
+    vae_batch_size: int = 32
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    vae_base_fraction: float = field(default=0.3, metadata={"help": "share of base-world images in VAE batches"})
+    vae_foreground_weight: float = field(default=4.0, metadata={"help": "extra loss weight on object pixels"})
+    # Stage 2: text encoder + UNet.
+    num_images: int = field(default=30000, metadata={"help": "base-world images encoded once for stage 2"})
+    unet_steps: int = field(default=3000, metadata={"help": "UNet + text encoder optimizer steps"})
+    batch_size: int = 64
+    lr: float = 5e-4
+    warmup_steps: int = 200
+    weight_decay: float = 1e-2
+    min_snr_gamma: float = 5.0
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    checkpoint_every: int = field(default=500, metadata={"help": "write a usable preset every N UNet steps"})
+    # Model sizes.
+    text_vocab_size: int = field(default=256, metadata={"help": "embedding rows; those past the tokenizer are spare"})
+    text_hidden_size: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    unet_channels: tuple[int, ...] = (64, 128, 128)
+    vae_channels: tuple[int, ...] = (16, 32, 64, 64)
+
+    def __post_init__(self) -> None:
+        for name in ("vae_steps", "unet_steps", "batch_size", "vae_batch_size", "num_images", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be at least 1 but is {getattr(self, name)}.")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ValueError(f"`caption_dropout` must be in [0, 1) but is {self.caption_dropout}.")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"`ema_decay` must be in (0, 1) but is {self.ema_decay}.")
+
+
+@dataclass
+class TrainingReport:
+    """What a run did: seconds per stage, steps, losses and the VAE latent scaling factor."""
+
+    config: dict[str, object]
+    seconds: dict[str, float] = field(default_factory=dict)
+    vae_loss: float = float("nan")
+    vae_psnr_db: float = float("nan")
+    scaling_factor: float = float("nan")
+    unet_steps_done: int = 0
+    unet_loss: float = float("nan")
+
+
+def build_vae(config: ShapesTrainingConfig) -> AutoencoderKL:
+    """The VAE: 64x64x3 images to 8x8x4 latents (downscale 8, as SD 1.5)."""
+    n = len(config.vae_channels)
+    vae: AutoencoderKL = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=config.vae_channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=world.RESOLUTION,
+    )
+    return vae
+
+
+def build_text_encoder(config: ShapesTrainingConfig, tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    """A small ``CLIPTextModel`` whose embedding table has spare rows for concept tokens."""
+    if config.text_vocab_size < len(tokenizer):
+        raise ValueError(f"`text_vocab_size` must be at least {len(tokenizer)} but is {config.text_vocab_size}.")
+    text_config = CLIPTextConfig(
+        vocab_size=config.text_vocab_size,
+        hidden_size=config.text_hidden_size,
+        intermediate_size=4 * config.text_hidden_size,
+        projection_dim=config.text_hidden_size,
+        num_hidden_layers=config.text_layers,
+        num_attention_heads=config.text_heads,
+        max_position_embeddings=MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(text_config)
+
+
+def build_unet(config: ShapesTrainingConfig) -> UNet2DConditionModel:
+    """The UNet on 8x8x4 latents: plain first level, cross-attention on the two lower ones."""
+    unet: UNet2DConditionModel = UNet2DConditionModel(
+        sample_size=world.RESOLUTION // 8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=config.unet_channels,
+        layers_per_block=1,
+        cross_attention_dim=config.text_hidden_size,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    return unet
+
+
+def build_scheduler() -> DDPMScheduler:
+    """SD 1.5's training noise schedule (scaled_linear 0.00085-0.012, 1000 steps, epsilon)."""
+    scheduler: DDPMScheduler = DDPMScheduler(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        clip_sample=False,
+        steps_offset=1,
+    )
+    return scheduler
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``(n, 64, 64, 3)`` to float ``(n, 3, 64, 64)`` in [-1, 1], the range SD's VAE expects."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _cosine_lr(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _vae_batches(config: ShapesTrainingConfig) -> Iterator[np.ndarray]:
+    """Fresh VAE batches forever: a mix of wide-world and base-world scenes, each index drawn once."""
+    index = 0
+    rng = np.random.default_rng([config.seed, 1])
+    while True:
+        batch = np.empty((config.vae_batch_size, world.RESOLUTION, world.RESOLUTION, 3), dtype=np.uint8)
+        for i in range(config.vae_batch_size):
+            scene_rng = world.scene_rng(config.seed + 1000, index)
+            use_base = rng.random() < config.vae_base_fraction
+            scene = world.sample_base_scene(scene_rng) if use_base else world.sample_wide_scene(scene_rng)
+            batch[i] = np.asarray(world.render_scene(scene))
+            index += 1
+        yield batch
+
+
+def train_vae(config: ShapesTrainingConfig, *, on_step: StepCallback | None = None) -> tuple[AutoencoderKL, float]:
+    """Trains the VAE with MSE + 0.5 L1 (object pixels weighted up) + a tiny KL term.
+
+    Returns:
+        the trained VAE (eval mode) and its final smoothed loss.
+    """
+    torch.manual_seed(config.seed)
+    vae = build_vae(config)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _cosine_lr(s, config.vae_steps, min(100, config.vae_steps // 10 + 1))
+    )
+    batches = _vae_batches(config)
+    smoothed = float("nan")
+    vae.train()
+    for step in range(config.vae_steps):
+        x = _to_tensor(next(batches))
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        # Objects cover a small share of the image; weighting their pixels up keeps held-out hues saturated.
+        background = x[:, :, :1, :1]
+        foreground = ((x - background).abs().amax(dim=1, keepdim=True) > 0.1).float()
+        weight = 1.0 + config.vae_foreground_weight * foreground
+        error = recon - x
+        loss = (weight * (error.pow(2) + 0.5 * error.abs())).mean() + config.vae_kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(loss)
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        smoothed = loss.item() if math.isnan(smoothed) else 0.98 * smoothed + 0.02 * loss.item()
+        if on_step is not None:
+            on_step("vae", step + 1, config.vae_steps, smoothed)
+    vae.train(False)
+    return vae, smoothed
+
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+    """Encodes and decodes ``images`` (uint8 ``(n, 64, 64, 3)``) through the latent mean; same shape back."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = _to_tensor(images[start : start + batch_size])
+        y = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        out.append(((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
+def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two uint8 image stacks, in dB."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 10.0 * math.log10(255.0**2 / max(mse, 1e-12))
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, images: np.ndarray, *, batch_size: int = 256) -> torch.Tensor:
+    """The posterior mean and std of ``images``, unscaled.
+
+    Returns:
+        float32 tensor of shape ``(n, 2, 4, 8, 8)``: ``[:, 0]`` the mean, ``[:, 1]`` the std.
+    """
+    out = []
+    for start in range(0, len(images), batch_size):
+        dist = vae.encode(_to_tensor(images[start : start + batch_size])).latent_dist
+        out.append(torch.stack([dist.mean, dist.std], dim=1))
+    return torch.cat(out)
+
+
+class _EMA:
+    """An exponential moving average of a module's parameters (the weights the preset ships)."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], decay: float) -> None:
+        self.params = list(params)
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        # Warm-up form of the decay, so early EMA weights are not dominated by the random initialisation.
+        decay = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - decay)
+
+    @torch.no_grad()
+    def copy_to(self, params: Sequence[torch.nn.Parameter]) -> None:
+        for target, value in zip(params, self.shadow, strict=True):
+            target.copy_(value)
+
+
+def _min_snr_weight(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for epsilon prediction: ``min(snr, gamma) / snr``, shape ``(batch,)``."""
+    alphas_cumprod = scheduler.alphas_cumprod[timesteps]
+    snr: torch.Tensor = alphas_cumprod / (1.0 - alphas_cumprod)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def train_denoiser(
+    config: ShapesTrainingConfig,
+    latents: torch.Tensor,
+    input_ids: torch.Tensor,
+    tokenizer: CLIPTokenizer,
+    *,
+    on_step: StepCallback | None = None,
+    on_checkpoint: Callable[[UNet2DConditionModel, CLIPTextModel, int], None] | None = None,
+) -> tuple[UNet2DConditionModel, CLIPTextModel, float]:
+    """Trains the UNet and text encoder jointly on pre-encoded, already *scaled* latents.
+
+    Args:
+        latents: ``(n, 2, 4, 8, 8)`` posterior mean and std, both multiplied by the VAE scaling factor.
+        input_ids: ``(n, MAX_LENGTH)`` token ids of the captions.
+        tokenizer: the world tokenizer (its empty-caption ids replace dropped captions).
+        on_checkpoint: called every ``checkpoint_every`` steps with EMA copies of both models.
+
+    Returns:
+        the EMA UNet, the EMA text encoder (both eval mode) and the final smoothed loss.
+    """
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    unet = build_unet(config)
+    text_encoder = build_text_encoder(config, tokenizer)
+    noise_scheduler = build_scheduler()
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _cosine_lr(s, config.unet_steps, config.warmup_steps)
+    )
+    ema = _EMA(params, config.ema_decay)
+    empty_ids = tokenizer("", padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids
+    smoothed = float("nan")
+    unet.train()
+    text_encoder.train()
+
+    def ema_copies() -> tuple[UNet2DConditionModel, CLIPTextModel]:
+        ema_unet, ema_text = build_unet(config), build_text_encoder(config, tokenizer)
+        ema.copy_to([*ema_unet.parameters(), *ema_text.parameters()])
+        return ema_unet.train(False), ema_text.train(False)
+
+    for step in range(config.unet_steps):
+        index = torch.randint(len(latents), (config.batch_size,), generator=generator)
+        mean, std = latents[index, 0], latents[index, 1]
+        x0 = mean + std * torch.randn(mean.shape, generator=generator)
+        ids = input_ids[index].clone()
+        dropped = torch.rand(config.batch_size, generator=generator) < config.caption_dropout
+        ids[dropped] = empty_ids
+        noise = torch.randn(x0.shape, generator=generator)
+        timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (config.batch_size,), generator=generator)
+        noisy = noise_scheduler.add_noise(x0, noise, cast(torch.IntTensor, timesteps))
+        hidden = text_encoder(ids).last_hidden_state
+        prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+        per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * _min_snr_weight(noise_scheduler, timesteps, config.min_snr_gamma)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(loss)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        ema.update(step)
+        plain = per_sample.mean().item()
+        smoothed = plain if math.isnan(smoothed) else 0.99 * smoothed + 0.01 * plain
+        if on_step is not None:
+            on_step("unet", step + 1, config.unet_steps, smoothed)
+        if on_checkpoint is not None and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.unet_steps:
+            on_checkpoint(*ema_copies(), step + 1)
+    ema_unet, ema_text = ema_copies()
+    return ema_unet, ema_text, smoothed
+
+
+def save_preset(
+    directory: Path,
+    *,
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel,
+    tokenizer_dir: Path,
+    unet: UNet2DConditionModel,
+    unet_dtype: torch.dtype = torch.float16,
+    extra: dict[str, object] | None = None,
+) -> None:
+    """Writes a diffusers folder laid out like SD 1.5 (plus ``preset.json``) to ``directory``.
+
+    The UNet is stored in ``unet_dtype`` (fp16 halves the largest file); the VAE and text encoder stay fp32,
+    so they also load in full precision when the caller passes no dtype.
+    """
+    staging = directory.with_name(directory.name + ".tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    vae.save_pretrained(staging / "vae", safe_serialization=True)
+    text_encoder.save_pretrained(staging / "text_encoder", safe_serialization=True)
+    # torch's own ``to``: diffusers' wrapper is untyped and warns about fp32-only modules this UNet lacks.
+    unet_copy = torch.nn.Module.to(build_unet_like(unet), dtype=unet_dtype)
+    unet_copy.save_pretrained(staging / "unet", safe_serialization=True)
+    shutil.copytree(tokenizer_dir, staging / "tokenizer")
+    build_scheduler().save_pretrained(staging / "scheduler")
+    model_index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": "0.42.1",
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (staging / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+    preset = {
+        "name": "shapes",
+        "resolution": world.RESOLUTION,
+        "recommended_guidance_scale": 4.0,
+        "recommended_steps": 20,
+        "vocabulary": {
+            "colours": list(world.BASE_COLOURS),
+            "shapes": list(world.BASE_SHAPES),
+            "positions": list(world.POSITIONS),
+            "words": list(world.VOCABULARY),
+        },
+        "held_out_concepts": [
+            {"name": c.name, "prompt": c.spec.noun_phrase, **dataclasses.asdict(c.spec)}
+            for c in world.HELD_OUT_CONCEPTS
+        ],
+        "held_out_pairs": sorted(
+            f"{a.noun_phrase} on the left and {b.noun_phrase} on the right" for a, b in world.HELD_OUT_PAIRS
+        ),
+        **(extra or {}),
+    }
+    (staging / "preset.json").write_text(json.dumps(preset, indent=2) + "\n")
+    if directory.exists():
+        # Replace only the files this function writes; a README beside them is kept.
+        for name in ("vae", "text_encoder", "unet", "tokenizer", "scheduler", "model_index.json", "preset.json"):
+            path = directory / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        for item in staging.iterdir():
+            item.rename(directory / item.name)
+        staging.rmdir()
+    else:
+        staging.rename(directory)
+
+
+def build_unet_like(unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    """A copy of ``unet`` (same config and weights), so casting it leaves the original untouched."""
+    copy: UNet2DConditionModel = UNet2DConditionModel.from_config(unet.config)
+    copy.load_state_dict(unet.state_dict())
+    return copy.train(False)
+
+
+def _log_step(every: int) -> StepCallback:
+    started = time.monotonic()
+
+    def log(stage: str, step: int, total: int, loss: float) -> None:
+        if step % every == 0 or step == total:
+            elapsed = time.monotonic() - started
+            logger.info(
+                "%s step %d/%d loss %.4f (%.0f s, %.2f it/s)",
+                stage,
+                step,
+                total,
+                loss,
+                elapsed,
+                step / max(elapsed, 1e-9),
+            )
+
+    return log
+
+
+def train_shapes(
+    output_dir: Path = PRESET_DIR,
+    *,
+    config: ShapesTrainingConfig | None = None,
+    work_dir: Path = Path(".cache/shapes"),
+    reuse_vae: bool = True,
+    on_step: StepCallback | None = None,
+) -> TrainingReport:
+    """Trains the shapes preset from scratch and writes it to ``output_dir``.
+
+    Args:
+        output_dir: the preset folder to write (``core/ml/presets/shapes`` by default).
+        config: hyperparameters; the defaults reproduce the shipped weights.
+        work_dir: scratch space for the tokenizer, the stage-1 VAE, latents, checkpoints and ``report.json``.
+        reuse_vae: skip stage 1 when ``work_dir/vae`` already holds a VAE (resume after an interrupted run).
+        on_step: progress callback; defaults to logging every 50 steps.
+
+    Returns:
+        the run's :class:`TrainingReport` (also written to ``work_dir/report.json``).
+    """
+    config = config or ShapesTrainingConfig()
+    on_step = on_step or _log_step(50)
+    torch.set_num_threads(config.threads)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    report = TrainingReport(config=dataclasses.asdict(config))
+    tokenizer = write_tokenizer(world.VOCABULARY, work_dir / "tokenizer")
+
+    started = time.monotonic()
+    vae_dir = work_dir / "vae"
+    if reuse_vae and (vae_dir / "config.json").exists():
+        logger.info("reusing the VAE in %s", vae_dir)
+        vae = AutoencoderKL.from_pretrained(vae_dir).train(False)
+    else:
+        vae, report.vae_loss = train_vae(config, on_step=on_step)
+        vae.save_pretrained(vae_dir, safe_serialization=True)
+    report.seconds["vae"] = time.monotonic() - started
+
+    started = time.monotonic()
+    images, captions = world.draw_base_dataset(config.num_images, config.seed)
+    report.seconds["draw_dataset"] = time.monotonic() - started
+    started = time.monotonic()
+    held = world.draw_base_dataset(256, config.seed + 7)[0]
+    report.vae_psnr_db = psnr_db(held, reconstruct(vae, held))
+    latents = encode_latents(vae, images)
+    report.scaling_factor = float(1.0 / latents[:, 0].std())
+    vae.register_to_config(scaling_factor=report.scaling_factor)
+    vae.save_pretrained(vae_dir, safe_serialization=True)
+    latents = latents * report.scaling_factor
+    input_ids = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids
+    report.seconds["encode_latents"] = time.monotonic() - started
+    logger.info(
+        "VAE PSNR %.2f dB on held-out base images; scaling factor %.4f", report.vae_psnr_db, report.scaling_factor
+    )
+
+    def checkpoint(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, step: int) -> None:
+        save_preset(
+            work_dir / "checkpoint",
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer_dir=work_dir / "tokenizer",
+            unet=unet,
+            extra={"training_steps": step},
+        )
+        logger.info("checkpoint at step %d written to %s", step, work_dir / "checkpoint")
+
+    started = time.monotonic()
+    unet, text_encoder, report.unet_loss = train_denoiser(
+        config, latents, input_ids, tokenizer, on_step=on_step, on_checkpoint=checkpoint
+    )
+    report.seconds["unet"] = time.monotonic() - started
+    report.unet_steps_done = config.unet_steps
+    save_preset(
+        output_dir,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer_dir=work_dir / "tokenizer",
+        unet=unet,
+        extra={"training_steps": config.unet_steps, "seed": config.seed},
+    )
+    (work_dir / "report.json").write_text(json.dumps(dataclasses.asdict(report), indent=2) + "\n")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m core.ml.shapes.training``: trains the preset and logs progress to stderr."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", type=Path, default=PRESET_DIR)
+    parser.add_argument("--work-dir", type=Path, default=Path(".cache/shapes"))
+    parser.add_argument("--fresh-vae", action="store_true", help="retrain the VAE even if work-dir has one")
+    defaults = ShapesTrainingConfig()
+    for name in ("seed", "threads", "vae_steps", "unet_steps", "num_images", "batch_size", "checkpoint_every"):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = dataclasses.replace(
+        defaults,
+        **{
+            n: getattr(args, n)
+            for n in ("seed", "threads", "vae_steps", "unet_steps", "num_images", "batch_size", "checkpoint_every")
+        },
+    )
+    report = train_shapes(args.output_dir, config=config, work_dir=args.work_dir, reuse_vae=not args.fresh_vae)
+    logger.info("done: %s", json.dumps(dataclasses.asdict(report)["seconds"]))
+
+
+if __name__ == "__main__":
+    main()
