@@ -1,0 +1,48 @@
+"""The training options schema (also the API's ``options``): bounds, unknown names, no torch import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from core.ml.edlora.config import EDLoRAConfig
+
+
+def test_defaults_follow_mix_of_show() -> None:
+    config = EDLoRAConfig()
+    assert (config.rank, config.alpha, config.max_train_steps) == (4, 1.0, 500)
+    assert (config.lr_embedding, config.lr_text_encoder, config.lr_unet) == (1e-3, 1e-5, 1e-4)
+    assert config.noise_offset == 0.01 and config.separation_loss_weight == 0.01
+    assert all(field.description for field in EDLoRAConfig.model_fields.values())
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"max_train_steps": 0}, "max_train_steps"),
+        ({"max_train_steps": 5001}, "max_train_steps"),
+        ({"rank": 129}, "rank"),
+        ({"separation_loss_weight": 1.5}, "separation_loss_weight"),
+        ({"resolution": 100}, "resolution"),
+        ({"resolution": 32}, "resolution"),
+        ({"learning_rate": 1e-4}, "learning_rate"),
+    ],
+)
+def test_out_of_bounds_and_unknown_options_name_the_field(options: dict[str, object], field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        EDLoRAConfig.model_validate(options)
+    assert info.value.errors()[0]["loc"] == (field,)
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(ValidationError):
+        EDLoRAConfig().rank = 8  # type: ignore[misc]
+
+
+def test_config_modules_import_no_torch() -> None:
+    code = "import sys, core.ml, core.ml.edlora, core.ml.edlora.config; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
