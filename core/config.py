@@ -52,7 +52,6 @@ class LimitSettings(BaseModel):
     max_file_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted upload, in bytes.")
     max_image_side: int = Field(4096, ge=64, description="Largest accepted image width or height, in pixels.")
     max_image_pixels: int = Field(16_000_000, ge=4096, description="Largest accepted image area, in pixels.")
-    max_training_images: int = Field(50, ge=1, description="Most images one training may use.")
 
 
 class WorkerSettings(BaseModel):
@@ -100,3 +99,27 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Read the settings from the environment (composition roots only)."""
     return Settings()
+
+
+def _rows(model: type[BaseModel], env_prefix: str) -> list[tuple[str, str, str]]:
+    rows = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows += _rows(annotation, f"{env_prefix}{name.upper()}__")
+            continue
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, SecretStr):
+            default = "(secret)" if default.get_secret_value() else ""
+        shown = "" if default is None else str(default)
+        description = (info.description or "").replace("|", "\\|")
+        rows.append((f"{env_prefix}{name.upper()}", shown, description))
+    return rows
+
+
+def settings_reference() -> str:
+    """The configuration reference as a Markdown table, generated from ``Settings`` (the README embeds it)."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for env, default, description in _rows(Settings, "TESSERA_"):
+        lines.append(f"| `{env}` | `{default}` | {description} |" if default else f"| `{env}` | | {description} |")
+    return "\n".join(lines) + "\n"

@@ -44,5 +44,5 @@ def test_serve_stops_everything_it_started(tmp_path: Path, sig: signal.Signals) 
             proc.kill()
     assert proc.returncode == 0, out
     assert f"listening on http://127.0.0.1:{port}" in out
-    gone, alive = psutil.wait_procs(children, timeout=10)
+    _gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == [], [p.cmdline() for p in alive]
