@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from typing import Any
 
 from core.images import load_image
 from core.jobs import new_id
+from core.ml.fusion.regional import ConceptPlacement, generate_regional
 from core.schemas import GenerationRequest
 from core.stores.catalog import FileRecord
 from services.worker.run import JobRun
 
 
 def _store_png(run: JobRun, image: Any, seed: int | None) -> dict[str, Any]:
-    import hashlib
-
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     data = buffer.getvalue()
@@ -35,8 +35,6 @@ def _store_png(run: JobRun, image: Any, seed: int | None) -> dict[str, Any]:
 
 def run_generation(run: JobRun) -> dict[str, Any]:
     """Generate the images of ``run.record`` and store them as output files."""
-    from core.ml.fusion.regional import ConceptPlacement, generate_regional
-
     ctx, record = run.ctx, run.record
     request = GenerationRequest.model_validate(record.input)
     with run.stage("loading"):

@@ -7,15 +7,14 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import torch
 
 from core.config import ModelSettings
 from core.errors import ModelLoadError
+from core.ml.components import SDComponents, load_components
+from core.ml.edlora.adapter import EDLoRAWeights, load_adapter
 from core.stores.objects import ObjectStore
-
-if TYPE_CHECKING:
-    from core.ml.components import SDComponents
-    from core.ml.edlora.adapter import EDLoRAWeights
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +32,6 @@ class ModelCache:
         self._components: SDComponents | None = None
 
     def device_and_dtype(self) -> tuple[str, str]:
-        import torch
-
         device = self._settings.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -46,10 +43,6 @@ class ModelCache:
     def components(self) -> SDComponents:
         with self._lock:
             if self._components is None:
-                import torch
-
-                from core.ml.components import load_components
-
                 device, dtype = self.device_and_dtype()
                 logger.info("loading preset %s on %s (%s)", self._settings.preset, device, dtype)
                 self._components = load_components(
@@ -67,8 +60,6 @@ class AdapterCache:
         self._loaded: dict[str, EDLoRAWeights] = {}
 
     def get(self, key: str, sha256: str | None) -> EDLoRAWeights:
-        from core.ml.edlora.adapter import load_adapter
-
         name = sha256 or hashlib.sha256(key.encode()).hexdigest()
         if name in self._loaded:
             return self._loaded[name]

@@ -6,6 +6,8 @@ import hashlib
 
 from core.images import load_image
 from core.jobs import JobRecord
+from core.ml.edlora.adapter import ADAPTER_FORMAT, adapter_to_bytes
+from core.ml.edlora.trainer import train_edlora
 from core.schemas import TrainingRequest
 from services.worker.context import WorkerContext
 from services.worker.run import JobRun
@@ -13,9 +15,6 @@ from services.worker.run import JobRun
 
 def run_training(run: JobRun) -> dict[str, object]:
     """Train the concept of ``run.record`` and publish its adapter."""
-    from core.ml.edlora.adapter import ADAPTER_FORMAT, adapter_to_bytes
-    from core.ml.edlora.trainer import train_edlora
-
     ctx, record = run.ctx, run.record
     request = TrainingRequest.model_validate(record.input)
     plan = record.plan
