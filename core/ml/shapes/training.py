@@ -501,7 +501,7 @@ def train_shapes(
     images, captions = world.draw_base_dataset(config.num_images, config.seed)
     report.seconds["draw_dataset"] = time.monotonic() - started
     started = time.monotonic()
-    held = world.draw_base_dataset(256, config.seed + 7)[0]
+    held = world.draw_base_dataset(min(256, config.num_images), config.seed + 7)[0]
     report.vae_psnr_db = psnr_db(held, reconstruct(vae, held))
     latents = encode_latents(vae, images)
     report.scaling_factor = float(1.0 / latents[:, 0].std())
