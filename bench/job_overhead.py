@@ -1,0 +1,138 @@
+"""What running work as a job costs over calling the pipeline directly, measured side by side.
+
+Runs the same tiny-preset training and the same 2-concept generation (a) as direct calls of
+``core.ml`` in this process and (b) through a running embedded stack (HTTP API → Redis → Celery
+worker → local object store), both warm, alternating, and prints the wall times and their ratio.
+
+    .venv/bin/python -m bench.job_overhead [--repeats 3] [--train-steps 20] [--sample-steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from PIL import Image
+
+from core.ml.components import load_components
+from core.ml.edlora.config import EDLoRAConfig
+from core.ml.edlora.trainer import train_edlora
+from core.ml.fusion.regional import ConceptPlacement, generate_regional
+from services.client import TesseraClient
+from services.demo import sample_images
+from services.embedded import Stack
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--train-steps", type=int, default=20)
+    parser.add_argument("--sample-steps", type=int, default=10)
+    args = parser.parse_args()
+    # Same thread budget in both arms: the worker process gets what this process has.
+    threads = torch.get_num_threads()
+    images = {k: sample_images(k, 64, 3) for k in ("star", "ring")}
+    options = {"max_train_steps": args.train_steps, "seed": 0, "batch_size": 2}
+    generation = {
+        "prompt": "a <star> on the left and a <ring> on the right",
+        "width": 64,
+        "height": 64,
+        "num_inference_steps": args.sample_steps,
+        "guidance_scale": 4.0,
+        "seed": 1,
+        "fusion": "regional",
+    }
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        components = load_components("tiny", root / "direct-models")
+        pil = {k: [Image.open(io.BytesIO(d)).convert("RGB") for d in v] for k, v in images.items()}
+
+        def direct_train(name: str) -> object:
+            return train_edlora(
+                components, pil[name], concept_name=name, class_word=name, config=EDLoRAConfig(**options)
+            )
+
+        stack = Stack(data_dir=root / "stack", preset="tiny", extra_env={"OMP_NUM_THREADS": str(threads)})
+        with stack, TesseraClient(stack.url, stack.api_key) as client:
+            files = {k: [client.upload_file(d)["id"] for d in v] for k, v in images.items()}
+            counter = iter(range(10_000))
+
+            def service_train(name: str) -> str:
+                concept = f"{name}-{next(counter)}"
+                job = client.create_training(
+                    {"concept": {"name": concept, "class_word": name}, "images": files[name], "options": options}
+                )
+                final = client.wait(job["id"], poll=0.02)
+                assert final["status"] == "succeeded", final["error"]
+                return concept
+
+            # Warm both arms: model load, first-call allocations, adapter caches.
+            weights = {k: direct_train(k) for k in ("star", "ring")}
+            concepts = {k: service_train(k) for k in ("star", "ring")}
+            placements = [
+                ConceptPlacement(weights=weights["star"], region=(0, 0, 0.5, 1)),  # type: ignore[arg-type]
+                ConceptPlacement(weights=weights["ring"], region=(0.5, 0, 1, 1)),
+            ]  # type: ignore[arg-type]
+            service_body = {
+                **generation,
+                "prompt": f"a <{concepts['star']}> on the left and a <{concepts['ring']}> on the right",
+                "concepts": [
+                    {"concept": concepts["star"], "region": {"box": [0, 0, 0.5, 1]}},
+                    {"concept": concepts["ring"], "region": {"box": [0.5, 0, 1, 1]}},
+                ],
+            }
+
+            def direct_generate() -> None:
+                generate_regional(
+                    components,
+                    prompt=generation["prompt"],
+                    negative_prompt="",
+                    placements=placements,
+                    width=64,
+                    height=64,
+                    num_inference_steps=args.sample_steps,
+                    guidance_scale=4.0,
+                    seed=1,
+                )
+
+            def service_generate() -> None:
+                final = client.wait(client.create_generation(service_body)["id"], poll=0.02)
+                assert final["status"] == "succeeded", final["error"]
+
+            direct_generate()
+            service_generate()
+            times: dict[str, list[float]] = {
+                k: [] for k in ("train direct", "train service", "gen direct", "gen service")
+            }
+            for _ in range(args.repeats):
+                for label, fn in (
+                    ("train direct", lambda: direct_train("star")),
+                    ("train service", lambda: service_train("star")),
+                    ("gen direct", direct_generate),
+                    ("gen service", service_generate),
+                ):
+                    start = time.perf_counter()
+                    fn()
+                    times[label].append(time.perf_counter() - start)
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"tiny preset, {args.train_steps} training steps, {args.sample_steps} sampling steps, "
+        f"{args.repeats} alternating repeats, medians:"
+    )
+    for kind in ("train", "gen"):
+        d, s = med[f"{kind} direct"], med[f"{kind} service"]
+        print(f"  {kind:<5} direct {d:7.3f}s  service {s:7.3f}s  ratio {s / d:5.2f}  overhead {s - d:+.3f}s")
+
+
+if __name__ == "__main__":
+    main()
