@@ -89,8 +89,20 @@ def adapter_to_bytes(weights: EDLoRAWeights) -> bytes:
         "class_word": weights.class_word,
         "training_options": json.dumps(weights.training_options, sort_keys=True),
     }
-    data: bytes = st_save(tensors, metadata=metadata)
-    return data
+    return _canonical(st_save(tensors, metadata=metadata))
+
+
+def _canonical(data: bytes) -> bytes:
+    """The same file with its JSON header keys sorted.
+
+    safetensors writes ``__metadata__`` from a hash map, so its key order (and the file's sha256) changes from
+    run to run; sorting makes equal adapters byte-identical. Tensor data and offsets are untouched.
+    """
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + header_len])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads the header with spaces to an 8-byte boundary
+    return struct.pack("<Q", len(text)) + text + data[8 + header_len :]
 
 
 def read_adapter_metadata(data: bytes) -> dict[str, str]:

@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import numpy as np  # noqa: E402
-import PIL.Image  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import PIL.Image
+import pytest
+import torch
 
-from core.ml.components import SDComponents, load_components  # noqa: E402
-from core.ml.edlora.adapter import EDLoRAWeights  # noqa: E402
-from core.ml.edlora.config import EDLoRAConfig  # noqa: E402
-from core.ml.edlora.trainer import train_edlora  # noqa: E402
+from core.ml.components import SDComponents, load_components
+from core.ml.edlora.adapter import EDLoRAWeights
+from core.ml.edlora.config import EDLoRAConfig
+from core.ml.edlora.trainer import train_edlora
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread; on a busy shared CPU, OpenMP workers spinning against each other
+    make a 20 ms UNet call take over a second. Every model fixture depends on this, so all CPU results in a run
+    come from the same thread count (float reductions, hence exact pixels, depend on it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +38,7 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def components(models_root: Path) -> SDComponents:
+def components(models_root: Path, _one_torch_thread: None) -> SDComponents:
     return load_components("tiny", models_root)
 
 
@@ -96,9 +107,7 @@ def take_snapshot(components: SDComponents) -> Snapshot:
     with torch.no_grad():
         unet_output = components.unet(sample, 10, encoder_hidden_states=context).sample
         text_output = components.text_encoder(ids).last_hidden_state
-    return Snapshot(
-        state, grads, dict(components.unet.attn_processors), types, attributes, unet_output, text_output
-    )
+    return Snapshot(state, grads, dict(components.unet.attn_processors), types, attributes, unet_output, text_output)
 
 
 def assert_same(before: Snapshot, after: Snapshot) -> None:

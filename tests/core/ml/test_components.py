@@ -20,7 +20,8 @@ def _weight_digests(folder: Path) -> dict[str, str]:
     }
 
 
-def test_tiny_build_is_deterministic(models_root: Path, components: SDComponents, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("components")
+def test_tiny_build_is_deterministic(models_root: Path, tmp_path: Path) -> None:
     first = models_root / "tiny"
     second = init_preset("tiny", tmp_path)
     digests = _weight_digests(first)
@@ -39,7 +40,8 @@ def test_tiny_layout_and_sizes(models_root: Path, components: SDComponents) -> N
     assert not any(p.requires_grad for p in components.unet.parameters())
 
 
-def test_init_preset_is_idempotent(models_root: Path, components: SDComponents) -> None:
+@pytest.mark.usefixtures("components")
+def test_init_preset_is_idempotent(models_root: Path) -> None:
     folder = models_root / "tiny"
     stamp = (folder / PRESET_MARKER).stat().st_mtime_ns
     assert init_preset("tiny", models_root) == folder
