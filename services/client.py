@@ -45,6 +45,9 @@ class TesseraClient:
     def upload_file(self, data: bytes, filename: str = "image.png", content_type: str = "image/png") -> dict[str, Any]:
         return self._json(self._http.post("/v1/files", files={"file": (filename, data, content_type)}))
 
+    def get_file(self, file_id: str) -> dict[str, Any]:
+        return self._json(self._http.get(f"/v1/files/{file_id}"))
+
     def create_training(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._json(self._http.post("/v1/trainings", json=body))
 
