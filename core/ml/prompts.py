@@ -7,7 +7,7 @@ text encoder side (``core.ml.edlora.embeddings``) turns parts into token ids plu
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from core.errors import InvalidRequestError, UnknownConceptError
@@ -117,8 +117,3 @@ def bind_caption(caption: str, concept_name: str, *, field: str = "captions") ->
         if piece:
             parts.append(piece)
     return parts
-
-
-def render_parts(parts: Sequence[PromptPart], words: Mapping[str, str]) -> str:
-    """Text of a bound prompt with each slot written as ``words[name]`` (for logs and metadata)."""
-    return "".join(p if isinstance(p, str) else words.get(p.name, f"<{p.name}>") for p in parts)
