@@ -21,11 +21,12 @@ from core.ml.edlora.config import EDLoRAConfig
 from core.ml.edlora.trainer import train_edlora
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def _one_torch_thread() -> Iterator[None]:
     """Tiny models run fastest on one thread; on a busy shared CPU, OpenMP workers spinning against each other
-    make a 20 ms UNet call take over a second. Every model fixture depends on this, so all CPU results in a run
-    come from the same thread count (float reductions, hence exact pixels, depend on it)."""
+    make a 20 ms UNet call take over a second. ``components`` (so every model fixture) depends on this, so all
+    results compared in a run come from the same thread count (float reductions, hence exact pixels, depend on
+    it). Not autouse: tests elsewhere keep their thread count until the first model fixture is made."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
