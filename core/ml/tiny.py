@@ -32,6 +32,8 @@ _TINY_WORDS = (
 )  # fmt: skip
 
 
+# Adapted from CLIP's simple_tokenizer.bytes_to_unicode (openai/CLIP; transformers==5.23 builds the same alphabet):
+# identical mapping, returned sorted by byte.
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP byte-level alphabet: every byte maps to one printable unicode character."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))

@@ -29,6 +29,8 @@ def cross_attention_layer_names(unet: UNet2DConditionModel) -> list[str]:
     return sorted(names, key=lambda n: next(i for i, p in enumerate(_BLOCK_ORDER) if n.startswith(p)))
 
 
+# Adapted from mixofshow.models.edlora.EDLoRA_AttnProcessor (Mix-of-Show@51270fd): picks the layer slice, then
+# delegates to the wrapped diffusers processor instead of carrying its own copy of the attention math.
 class EDLoRAAttnProcessor:
     """Feeds cross-attention layer ``layer_index`` its own slice of 4-D encoder states, then runs ``inner``.
 
