@@ -67,7 +67,8 @@ class GenerationResult:
     Args:
         images: ``num_outputs`` RGB images of ``width x height``.
         masks: one L-mode ``width x height`` mask per concept: the region it was composed in (latent grid, scaled up).
-        seeds: the seed of each image (``seed, seed + 1, …``); generating with that seed alone gives the same image.
+        seeds: the seed of each image (``seed, seed + 1, …``); that seed alone gives the same image up to float
+            rounding of the batched pass (within 1/255 on CPU).
     """
 
     images: list[PIL.Image.Image]
