@@ -1,6 +1,7 @@
 """The frozen image and text encoders the evaluation metrics embed with, loaded from a local folder.
 
-Layout of the encoders root (what ``tessera models pull`` fetches; ``core.ml.metrics.tiny`` writes a toy copy)::
+Layout of the encoders root (DESIGN.md lists both encoders in the ``sd15`` model set, so its preset folder can serve
+as the root; ``tessera models pull`` fetches them, ``core.ml.metrics.tiny`` writes a toy copy)::
 
     <root>/
       clip-vit-b32/    openai/clip-vit-base-patch32: config.json, weights, tokenizer files, preprocessor_config.json
@@ -101,7 +102,7 @@ def _model_folder(root: Path, name: str) -> Path:
     if not (folder / "config.json").is_file():
         raise ModelLoadError(
             f"evaluation encoder folder {folder} is missing or has no config.json; "
-            "run `tessera models pull` to fetch the CLIP ViT-B/32 and DINO ViT-S/16 weights"
+            "run `tessera models pull` to fetch the CLIP ViT-B/32 and DINO ViT-S/16 weights (part of the sd15 set)"
         )
     return folder
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -77,3 +78,17 @@ def test_transform_matches_the_clip_processor(encoders_root: Path, encoders: Eva
     larger = [pattern_image(1, size=(80, 64))]
     expected = processor(images=larger, return_tensors="pt")["pixel_values"]
     assert float((encoders.clip.transform(larger) - expected).abs().mean()) < 0.1
+
+
+def test_published_processor_configs_with_integer_sizes_load(encoders_root: Path, tmp_path: Path) -> None:
+    # openai/clip-vit-base-patch32 and facebook/dino-vits16 still ship the feature-extractor format: "size": 224.
+    root = tmp_path / "encoders"
+    shutil.copytree(encoders_root, root)
+    clip_config = root / CLIP_FOLDER / "preprocessor_config.json"
+    legacy = {"crop_size": 32, "size": 32, "resample": 3, "feature_extractor_type": "CLIPFeatureExtractor"}
+    clip_config.write_text(json.dumps({**json.loads(clip_config.read_text()), **legacy}))
+    dino_config = root / DINO_FOLDER / "preprocessor_config.json"
+    dino_config.write_text(json.dumps({**json.loads(dino_config.read_text()), "size": 32, "resample": 2}))
+    encoders = load_eval_encoders(root)
+    assert (encoders.clip.transform.resize, encoders.clip.transform.crop) == (32, 32)
+    assert (encoders.dino.transform.resize, encoders.dino.transform.crop) == (37, 32)
