@@ -6,11 +6,12 @@ from pathlib import Path
 
 import PIL.Image
 import pytest
+import torch
 
 from core.errors import InvalidRequestError, ModelLoadError
 from core.ml.metrics.clip_score import CLIPSCORE_PREFIX, clip_i, clip_t
 from core.ml.metrics.dino import dino_score
-from core.ml.metrics.encoders import EvalEncoders
+from core.ml.metrics.encoders import EvalEncoders, load_eval_encoders
 from core.ml.metrics.evaluation import evaluate_concept_images, run_concept_eval
 
 
@@ -59,3 +60,14 @@ def test_run_concept_eval_refuses_missing_inputs(encoders_root: Path, tmp_path: 
     PIL.Image.new("RGB", (8, 8)).save(image_dir / "0.png")
     with pytest.raises(ModelLoadError, match="tessera models pull"):
         run_concept_eval(tmp_path / "no-encoders", image_dir, image_dir, "a <corgi>", "dog")
+
+
+def test_inputs_follow_the_model_dtype(
+    encoders_root: Path, encoders: EvalEncoders, generated: list[PIL.Image.Image], references: list[PIL.Image.Image]
+) -> None:
+    # bfloat16 stands in for the GPU's half precision: pixels and tokens must be cast to the weights' dtype, and
+    # the scores (computed in float64 from float32 embeddings) stay close to the fp32 ones.
+    half = load_eval_encoders(encoders_root, dtype=torch.bfloat16)
+    assert half.clip.model.dtype == half.dino.model.dtype == torch.bfloat16
+    args = (generated, references, ["a <corgi>"], {"corgi": "dog"})
+    assert evaluate_concept_images(half, *args) == pytest.approx(evaluate_concept_images(encoders, *args), abs=1e-2)
