@@ -70,4 +70,4 @@ def test_inputs_follow_the_model_dtype(
     half = load_eval_encoders(encoders_root, dtype=torch.bfloat16)
     assert half.clip.model.dtype == half.dino.model.dtype == torch.bfloat16
     args = (generated, references, ["a <corgi>"], {"corgi": "dog"})
-    assert evaluate_concept_images(half, *args) == pytest.approx(evaluate_concept_images(encoders, *args), abs=1e-2)
+    assert evaluate_concept_images(half, *args) == pytest.approx(evaluate_concept_images(encoders, *args), abs=3e-2)
