@@ -31,6 +31,8 @@ def test_api_imports_no_torch() -> None:
         "core.ml.components",
         "core.ml.edlora.trainer",
         "core.ml.fusion.regional",
+        "core.ml.metrics.evaluation",
+        "core.ml.shapes.scorer",
     ],
 )
 def test_core_imports_no_web_or_queue_framework(module: str) -> None:
