@@ -14,6 +14,8 @@ import typer
 app = typer.Typer(help="Tessera: multi-concept image personalization as a service.", no_args_is_help=True)
 models_app = typer.Typer(help="Model presets: build, check and train them.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+eval_app = typer.Typer(help="Measure quality: concept fidelity, prompt following, leakage.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 
 
 def _logging() -> None:
@@ -128,6 +130,34 @@ def models_init(
 
     path = init_preset(preset, root or get_settings().models.root)
     typer.echo(f"preset {preset} ready in {path}")
+
+
+@models_app.command("train-shapes", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def models_train_shapes(ctx: typer.Context) -> None:
+    """Train the `shapes` toy preset from scratch (options: see `--help` of core.ml.shapes.training)."""
+    from core.ml.shapes.training import main as train_main
+
+    _logging()
+    train_main(list(ctx.args))
+
+
+@eval_app.command("concept")
+def eval_concept(
+    encoders: Annotated[Path, typer.Option(help="Folder with clip-vit-b32/ and dino-vits16/.")],
+    generated: Annotated[Path, typer.Option(help="Folder of generated images.")],
+    references: Annotated[Path, typer.Option(help="Folder of the concept's training images.")],
+    prompt: Annotated[
+        str, typer.Option(help='The prompt the images were generated from, e.g. "a <corgi> on the beach".')
+    ],
+    class_word: Annotated[str, typer.Option(help="The concept's class word (replaces <name> for CLIP-T).")],
+) -> None:
+    """CLIP-T, CLIP-I and DINO of generated images against a concept's references (Custom Diffusion protocol)."""
+    import json
+
+    from core.ml.metrics import run_concept_eval
+
+    scores = run_concept_eval(encoders, generated, references, prompt, class_word)
+    typer.echo(json.dumps(scores, indent=2))
 
 
 def main() -> None:
