@@ -61,8 +61,38 @@ class WorkerSettings(BaseModel):
     lease_seconds: float = Field(
         20.0, ge=1.0, le=600.0, description="A running job whose worker sent no heartbeat for this long is re-queued."
     )
+    metrics_port: int = Field(
+        9100, ge=0, le=65535, description="Port of the worker's Prometheus metrics (0 = off); answers during jobs."
+    )
     visibility_timeout_seconds: int = Field(
         5 * 3600, ge=60, description="Broker visibility timeout; must exceed the longest task."
+    )
+
+
+class QuotaSettings(BaseModel):
+    max_active_jobs: int = Field(100, ge=1, description="Queued plus running jobs a tenant may have at once.")
+    requests_per_minute: int = Field(600, ge=1, description="Requests one API key may make per minute.")
+
+
+class WebhookSettings(BaseModel):
+    allow_private: bool = Field(
+        False, description="Allow webhook targets on loopback/private/link-local addresses (local development only)."
+    )
+    allow_http: bool = Field(False, description="Allow plain-http webhook targets (local development only).")
+    timeout_seconds: float = Field(15.0, gt=0, le=60, description="Time a receiver has to answer one delivery.")
+    retry_delays_seconds: list[float] = Field(
+        [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400],
+        description="Delays between attempts of a failed delivery (Standard Webhooks schedule), ±20% jitter each.",
+    )
+
+
+class RetentionSettings(BaseModel):
+    input_seconds: int = Field(30 * 24 * 3600, ge=60, description="Uploaded files are deleted this long after upload.")
+    output_seconds: int = Field(
+        7 * 24 * 3600, ge=60, description="Generated images and masks are deleted this long after the job made them."
+    )
+    sweep_interval_seconds: float = Field(
+        300.0, gt=0, description="How often a worker deletes expired files (S3 also gets lifecycle rules)."
     )
 
 
@@ -76,6 +106,9 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     api_keys: SecretStr = Field(
         SecretStr(""), description='Static keys, "tenant-a:key-a,tenant-b:key-b". Empty = no access.'
     )

@@ -11,8 +11,12 @@ ServiceError
 ├── NotFoundError              an id that does not exist for this tenant
 ├── ConflictError
 │   ├── InvalidTransitionError a job state change that the state machine forbids
-│   └── ConceptNameTakenError
+│   ├── ConceptNameTakenError
+│   └── IdempotencyConflictError a request with the same Idempotency-Key is still being processed
 ├── AuthError                  missing or unknown API key
+├── LimitExceededError         a quota or rate limit (carries ``retry_after`` seconds)
+│   ├── QuotaExceededError     too many queued+running jobs
+│   └── RateLimitedError       too many requests per minute
 ├── ForbiddenError             a signed URL that is expired or tampered with
 ├── ObjectStoreError           the object store failed (retryable infrastructure)
 │   └── ObjectNotFoundError
@@ -86,8 +90,28 @@ class ConceptNameTakenError(ConflictError):
     code = "concept_name_taken"
 
 
+class IdempotencyConflictError(ConflictError):
+    code = "idempotency_request_in_flight"
+
+
 class AuthError(ServiceError):
     code = "unauthorized"
+
+
+class LimitExceededError(ServiceError):
+    code = "limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class QuotaExceededError(LimitExceededError):
+    code = "quota_exceeded"
+
+
+class RateLimitedError(LimitExceededError):
+    code = "rate_limited"
 
 
 class ForbiddenError(ServiceError):

@@ -8,23 +8,42 @@ Keys (prefix ``tessera:``):
 - ``tenant:{t}:jobs``      time index for listing
 - ``queue:{q}``            time index of queued jobs, for queue positions
 - ``running``              set of running job ids, scanned for expired leases
+- ``job:{id}:events``      stream of job snapshots, one entry per change (SSE replay)
+- ``tenant:{t}:active``    queued and running jobs of a tenant (quota)
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import cast
 
 import redis
 
-from core.errors import InvalidTransitionError, NotFoundError
+from core.errors import InvalidTransitionError, NotFoundError, QuotaExceededError
 from core.jobs import TERMINAL, JobRecord, check_transition, utcnow
 from core.progress import Progress
 from core.schemas import JobKind, JobProgress, JobStatus
+from core.stores import stats
 from core.stores.index import TimeIndex
 
+logger = logging.getLogger(__name__)
+
 PREFIX = "tessera:"
+# Events kept per job for replay; a job has a few status changes and throttled progress reports.
+EVENTS_MAXLEN = 5000
+
+# What a change is, for listeners (webhooks): "start", "progress", "completed" or "requeued".
+JobListener = Callable[[JobRecord | None, str, str], None]
+
+
+def event_for(new: JobStatus) -> str:
+    if new == "running":
+        return "start"
+    if new in TERMINAL:
+        return "completed"
+    return "requeued"
 
 
 class JobStore:
@@ -40,6 +59,8 @@ class JobStore:
         self._r = client
         self.ttl_seconds = ttl_seconds
         self.lease_seconds = lease_seconds
+        # Called after each committed change with (record or None for progress, job id, event).
+        self.listeners: list[JobListener] = []
         # Delete the lease only if it still names this owner, atomically.
         self._release = client.register_script(
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
@@ -57,13 +78,48 @@ class JobStore:
         return TimeIndex(self._r, f"{PREFIX}queue:{queue}")
 
     # ---- records
-    def create(self, record: JobRecord) -> None:
-        """Store a new queued job (and index it)."""
+    def _active_key(self, tenant: str) -> str:
+        return f"{PREFIX}tenant:{tenant}:active"
+
+    def events_key(self, job_id: str) -> str:
+        return self._key(job_id, ":events")
+
+    def _append_event(self, pipe: redis.client.Pipeline, record: JobRecord, progress: JobProgress | None) -> None:
+        fields = {"record": record.model_dump_json(), "progress": progress.model_dump_json() if progress else ""}
+        pipe.xadd(self.events_key(record.id), fields, maxlen=EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
+        pipe.expire(self.events_key(record.id), self.ttl_seconds)
+
+    def create(self, record: JobRecord, *, max_active: int | None = None) -> None:
+        """Store a new queued job (and index it).
+
+        With ``max_active``, refuse (``QuotaExceededError``) when the tenant already has that many queued or
+        running jobs; the count and the insert are one atomic step, so concurrent creates cannot overshoot.
+        """
+        active = self._active_key(record.tenant)
         with self._r.pipeline() as pipe:
-            pipe.set(self._key(record.id), record.model_dump_json(), nx=True)
-            self._tenant_index(record.tenant).add(record.created_at, record.id, pipe)
-            self._queue_index(record.queue).add(record.created_at, record.id, pipe)
-            pipe.execute()
+            while True:
+                try:
+                    pipe.watch(active)  # type: ignore[no-untyped-call]
+                    if max_active is not None and int(pipe.scard(active)) >= max_active:
+                        raise QuotaExceededError(
+                            f"the tenant has {max_active} queued or running jobs, the limit "
+                            "(quotas.max_active_jobs); retry when one finishes",
+                            retry_after=10,
+                        )
+                    pipe.multi()
+                    pipe.set(self._key(record.id), record.model_dump_json(), nx=True)
+                    pipe.sadd(active, record.id)
+                    self._tenant_index(record.tenant).add(record.created_at, record.id, pipe)
+                    self._queue_index(record.queue).add(record.created_at, record.id, pipe)
+                    stats.count_created(pipe, record.kind)
+                    self._append_event(pipe, record, None)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
+    def active_jobs(self, tenant: str) -> int:
+        return int(self._r.scard(self._active_key(tenant)))
 
     def get(self, job_id: str) -> JobRecord:
         """The record of ``job_id``; ``NotFoundError`` when there is none."""
@@ -148,6 +204,16 @@ class JobStore:
             if new in TERMINAL:
                 for suffix in (":progress", ":cancel", ":lease"):
                     pipe.expire(self._key(job_id, suffix), 3600)
+                pipe.srem(self._active_key(record.tenant), job_id)
+                stats.count_finished(pipe, record.kind, new)
+                if record.started_at is not None and record.completed_at is not None:
+                    run = (record.completed_at - record.started_at).total_seconds()
+                    stats.observe(pipe, "run_seconds", record.kind, run)
+            if new == "running" and old == "queued" and record.started_at is not None and record.redeliveries == 0:
+                stats.observe(
+                    pipe, "queue_seconds", record.kind, (record.started_at - record.created_at).total_seconds()
+                )
+            self._append_event(pipe, record, None)
             return record
 
         with self._r.pipeline() as pipe:
@@ -156,9 +222,19 @@ class JobStore:
                     pipe.watch(key)  # type: ignore[no-untyped-call]
                     record = apply(pipe)
                     pipe.execute()
-                    return record
+                    break
                 except redis.WatchError:
                     continue  # the record changed between read and write: read it again
+        self._notify(record, record.id, event_for(new))
+        return record
+
+    def _notify(self, record: JobRecord | None, job_id: str, event: str) -> None:
+        for listener in self.listeners:
+            try:
+                listener(record, job_id, event)
+            except Exception:
+                # A listener (webhook bookkeeping) must never undo or block a committed state change.
+                logger.exception("job listener failed for %s (%s)", job_id, event)
 
     # ---- progress
     def report_progress(self, job_id: str, progress: Progress, *, stage_started: float) -> None:
@@ -174,7 +250,13 @@ class JobStore:
             fraction=round(progress.fraction, 4),
             eta_seconds=eta,
         )
-        self._r.set(self._key(job_id, ":progress"), value.model_dump_json(), ex=self.ttl_seconds)
+        raw = self._r.get(self._key(job_id))
+        with self._r.pipeline() as pipe:
+            pipe.set(self._key(job_id, ":progress"), value.model_dump_json(), ex=self.ttl_seconds)
+            if raw is not None:
+                self._append_event(pipe, JobRecord.model_validate_json(raw), value)
+            pipe.execute()
+        self._notify(None, job_id, "progress")
 
     def get_progress(self, job_id: str) -> JobProgress | None:
         raw = self._r.get(self._key(job_id, ":progress"))

@@ -10,12 +10,12 @@ import redis
 from fastapi import FastAPI, Request, Response
 
 from core.config import Settings, get_settings
+from core.presenter import Presenter
 from core.stores.catalog import Catalog
 from core.stores.jobs import JobStore
 from core.stores.objects import make_object_store
 from core.submissions import Enqueue
-from services.api import errors
-from services.api.routes import concepts, files, health, jobs, objects
+from services.api import errors, routes
 from services.api.state import ApiState
 from services.queue import CeleryTaskQueue, make_producer
 
@@ -36,17 +36,27 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         version="1.0",
         summary="Multi-concept image personalization: learn concepts, generate scenes that combine them.",
     )
+    jobs = JobStore(client, ttl_seconds=settings.job_ttl_seconds)
+    catalog = Catalog(client)
+    objects = make_object_store(settings.storage)
     app.state.tessera = ApiState(
         settings=settings,
         redis=client,
-        jobs=JobStore(client, ttl_seconds=settings.job_ttl_seconds),
-        catalog=Catalog(client),
-        objects=make_object_store(settings.storage),
+        jobs=jobs,
+        catalog=catalog,
+        objects=objects,
         enqueue=enqueue or CeleryTaskQueue(make_producer(settings)),
         tenant_by_key=settings.tenant_keys(),
+        presenter=Presenter(
+            jobs=jobs,
+            catalog=catalog,
+            objects=objects,
+            public_base_url=settings.storage.public_base_url,
+            url_expiry_seconds=settings.storage.url_expiry_seconds,
+        ),
     )
     errors.install(app)
-    for module in (files, jobs, concepts, objects, health):
+    for module in (routes.files, routes.jobs, routes.concepts, routes.objects, routes.health):
         app.include_router(module.router)
 
     @app.middleware("http")

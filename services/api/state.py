@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import redis
 
 from core.config import Settings
+from core.presenter import Presenter
 from core.stores.catalog import Catalog
 from core.stores.jobs import JobStore
 from core.stores.objects import ObjectStore
@@ -22,3 +23,4 @@ class ApiState:
     objects: ObjectStore
     enqueue: Enqueue
     tenant_by_key: dict[str, str]
+    presenter: Presenter

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Query, Response
 
 from core.schemas import Concept, ConceptList
 from services.api.deps import State, Tenant
-from services.api.views import render_concept
 
 router = APIRouter(prefix="/v1/concepts", tags=["concepts"])
 
@@ -19,13 +18,13 @@ def list_concepts(
 ) -> ConceptList:
     """The tenant's concepts, newest first."""
     records, next_cursor = state.catalog.list_concepts(tenant, limit=limit, cursor=cursor)
-    return ConceptList(data=[render_concept(state, r) for r in records], next_cursor=next_cursor)
+    return ConceptList(data=[state.presenter.concept(r) for r in records], next_cursor=next_cursor)
 
 
 @router.get("/{ref}", response_model=Concept)
 def get_concept(ref: str, state: State, tenant: Tenant) -> Concept:
     """A concept by id or by name."""
-    return render_concept(state, state.catalog.get_concept(tenant, ref))
+    return state.presenter.concept(state.catalog.get_concept(tenant, ref))
 
 
 @router.delete("/{ref}", status_code=204)

@@ -10,7 +10,6 @@ from core.jobs import new_id
 from core.schemas import FileObject
 from core.stores.catalog import FileRecord
 from services.api.deps import State, Tenant
-from services.api.views import render_file
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -35,13 +34,13 @@ async def upload_file(file: UploadFile, state: State, tenant: Tenant) -> FileObj
     # Bytes first, record second: a crash between the two leaves an unreferenced object, never a dangling record.
     state.objects.put_bytes(record.key, image.data, image.content_type)
     state.catalog.add_file(record)
-    return render_file(state, record)
+    return state.presenter.file(record)
 
 
 @router.get("/{file_id}", response_model=FileObject)
 def get_file(file_id: str, state: State, tenant: Tenant) -> FileObject:
     """A file, with a short-lived URL to its bytes."""
-    return render_file(state, state.catalog.get_file(tenant, file_id), with_url=True)
+    return state.presenter.file(state.catalog.get_file(tenant, file_id), with_url=True)
 
 
 @router.delete("/{file_id}", status_code=204)

@@ -10,7 +10,6 @@ from core.errors import InvalidTransitionError
 from core.schemas import GenerationRequest, Job, JobKind, JobList, JobStatus, TrainingRequest
 from core.submissions import submit_generation, submit_training
 from services.api.deps import State, Tenant
-from services.api.views import render_job
 
 router = APIRouter(tags=["jobs"])
 
@@ -20,7 +19,7 @@ def create_training(body: TrainingRequest, state: State, tenant: Tenant, respons
     """Teach the service a concept from a few images (an ED-LoRA training job)."""
     record = submit_training(tenant, body, catalog=state.catalog, jobs=state.jobs, enqueue=state.enqueue)
     response.headers["Location"] = f"/v1/jobs/{record.id}"
-    return render_job(state, record)
+    return state.presenter.job(record)
 
 
 @router.post("/v1/generations", status_code=202, response_model=Job)
@@ -28,7 +27,7 @@ def create_generation(body: GenerationRequest, state: State, tenant: Tenant, res
     """Generate images that combine ready concepts."""
     record = submit_generation(tenant, body, catalog=state.catalog, jobs=state.jobs, enqueue=state.enqueue)
     response.headers["Location"] = f"/v1/jobs/{record.id}"
-    return render_job(state, record)
+    return state.presenter.job(record)
 
 
 @router.get("/v1/jobs", response_model=JobList)
@@ -42,13 +41,13 @@ def list_jobs(
 ) -> JobList:
     """The tenant's jobs, newest first."""
     records, next_cursor = state.jobs.list_jobs(tenant, kind=kind, status=status, limit=limit, cursor=cursor)
-    return JobList(data=[render_job(state, r) for r in records], next_cursor=next_cursor)
+    return JobList(data=[state.presenter.job(r) for r in records], next_cursor=next_cursor)
 
 
 @router.get("/v1/jobs/{job_id}", response_model=Job)
 def get_job(job_id: str, state: State, tenant: Tenant) -> Job:
     """A job as it stands."""
-    return render_job(state, state.jobs.get_for_tenant(tenant, job_id))
+    return state.presenter.job(state.jobs.get_for_tenant(tenant, job_id))
 
 
 @router.post("/v1/jobs/{job_id}/cancel", response_model=Job)
@@ -63,7 +62,7 @@ def cancel_job(job_id: str, state: State, tenant: Tenant) -> Job:
         except InvalidTransitionError:
             # Running (the worker sees the flag at its next step) or it finished meanwhile.
             record = state.jobs.get(job_id)
-    return render_job(state, record)
+    return state.presenter.job(record)
 
 
 def _release_concept(state: State, tenant: str, concept_id: str | None) -> None:

@@ -1,0 +1,149 @@
+"""Standard Webhooks: secrets, signing, verification for receivers, and the SSRF guard for targets.
+
+Signing follows the spec exactly (``webhook-id``, ``webhook-timestamp``, ``webhook-signature: v1,<base64
+HMAC-SHA256 of "{id}.{timestamp}.{body}">``, secrets ``whsec_<base64>``), so receivers can verify with the
+reference ``standardwebhooks`` library or with ``verify`` below.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import socket
+import time
+from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit
+
+from core.errors import InvalidRequestError, ServiceError
+
+SECRET_PREFIX = "whsec_"
+DEFAULT_TOLERANCE_SECONDS = 300
+# Cloud metadata endpoints that are not covered by the private/link-local ranges.
+_METADATA_ADDRESSES = {ipaddress.ip_address("fd00:ec2::254")}
+
+Resolver = Callable[[str, int], list[str]]
+
+
+class WebhookVerificationError(ServiceError):
+    code = "webhook_verification_failed"
+
+
+def new_secret() -> str:
+    """A fresh signing secret: ``whsec_`` + base64 of 32 random bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _key(secret: str) -> bytes:
+    return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header value for one delivery attempt."""
+    digest = hmac.new(_key(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signed_headers(secret: str, msg_id: str, body: bytes, *, timestamp: int | None = None) -> dict[str, str]:
+    """The three Standard Webhooks headers for ``body`` (the timestamp is that of this attempt)."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": sign(secret, msg_id, ts, body),
+        "content-type": "application/json",
+    }
+
+
+def verify(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS,
+    now: float | None = None,
+) -> None:
+    """For receivers: raise ``WebhookVerificationError`` unless ``body`` was signed with ``secret`` recently.
+
+    Verify the raw body before parsing it: re-serialised JSON does not match the signature.
+    """
+    lower = {k.lower(): v for k, v in headers.items()}
+    try:
+        msg_id, ts_text, signatures = lower["webhook-id"], lower["webhook-timestamp"], lower["webhook-signature"]
+        timestamp = int(ts_text)
+    except (KeyError, ValueError) as exc:
+        raise WebhookVerificationError("missing or malformed webhook headers") from exc
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance_seconds:
+        raise WebhookVerificationError("webhook timestamp outside the tolerance")
+    expected = sign(secret, msg_id, timestamp, body).split(",", 1)[1]
+    for entry in signatures.split():
+        version, _, value = entry.partition(",")
+        if version == "v1" and hmac.compare_digest(value, expected):
+            return
+    raise WebhookVerificationError("no matching webhook signature")
+
+
+def _forbidden(field: str, message: str) -> InvalidRequestError:
+    return InvalidRequestError(f"{field}: {message}", field=field, code="webhook_url_forbidden")
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to (A and AAAA)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def is_public_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or ip in _METADATA_ADDRESSES
+    )
+
+
+def vet_url(
+    url: str,
+    *,
+    allow_private: bool,
+    allow_http: bool,
+    resolver: Resolver = system_resolver,
+    field: str = "webhook",
+) -> list[str]:
+    """Check a webhook target and return the addresses it may be reached at.
+
+    Refuses non-https URLs (unless ``allow_http``), URLs with credentials, and hosts that resolve to any
+    loopback, private, link-local, reserved or metadata address (unless ``allow_private``). Call it when
+    the URL is given and again right before each delivery, then connect to a returned address: a DNS
+    answer that changed in between (rebinding) cannot reach an internal host.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise _forbidden(field, f"must be an absolute https URL, got {url!r}")
+    if parts.scheme == "http" and not allow_http:
+        raise _forbidden(field, "must use https (the operator has not enabled webhooks.allow_http)")
+    if parts.username or parts.password:
+        raise _forbidden(field, "must not carry credentials")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        addresses = resolver(parts.hostname, port)
+    except OSError as exc:
+        raise _forbidden(field, f"host {parts.hostname!r} does not resolve") from exc
+    if not addresses:
+        raise _forbidden(field, f"host {parts.hostname!r} does not resolve")
+    if not allow_private:
+        bad = [a for a in addresses if not is_public_address(a)]
+        if bad:
+            raise _forbidden(
+                field, f"host {parts.hostname!r} resolves to a non-public address ({bad[0]}); refused (SSRF guard)"
+            )
+    return addresses
