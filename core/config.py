@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     api_keys: SecretStr = Field(
         SecretStr(""), description='Static keys, "tenant-a:key-a,tenant-b:key-b". Empty = no access.'
     )
+    events_keepalive_seconds: float = Field(
+        15.0, gt=0, le=300, description="Interval of keep-alive comments on job event streams (SSE)."
+    )
     job_ttl_seconds: int = Field(30 * 24 * 3600, ge=60, description="How long finished job records are kept.")
 
     @field_validator("api_keys")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from core.errors import InvalidRequestError, NotFoundError, ServiceError, UnknownConceptError
@@ -16,8 +17,28 @@ from core.schemas import CONCEPT_REF_RE, GenerationRequest, JobError, TrainingRe
 from core.stores.catalog import Catalog, ConceptRecord
 from core.stores.jobs import JobStore
 from core.tasks import QUEUE_FOR_KIND
+from core.webhooks import Resolver, system_resolver, vet_url
 
 Enqueue = Callable[[JobRecord], None]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the operator allows: the active-job quota and which webhook targets are acceptable."""
+
+    max_active_jobs: int | None = None
+    allow_private_webhooks: bool = False
+    allow_http_webhooks: bool = False
+    resolver: Resolver = system_resolver
+
+    def check_webhook(self, url: str | None) -> None:
+        if url is not None:
+            vet_url(
+                url,
+                allow_private=self.allow_private_webhooks,
+                allow_http=self.allow_http_webhooks,
+                resolver=self.resolver,
+            )
 
 
 def _file_key(catalog: Catalog, tenant: str, file_id: str, field: str) -> str:
@@ -37,9 +58,16 @@ def _enqueue_or_fail(jobs: JobStore, record: JobRecord, enqueue: Enqueue) -> Non
 
 
 def submit_training(
-    tenant: str, request: TrainingRequest, *, catalog: Catalog, jobs: JobStore, enqueue: Enqueue
+    tenant: str,
+    request: TrainingRequest,
+    *,
+    catalog: Catalog,
+    jobs: JobStore,
+    enqueue: Enqueue,
+    policy: Policy = Policy(),
 ) -> JobRecord:
     """Validate a training request, reserve the concept name, store and enqueue the job."""
+    policy.check_webhook(request.webhook)
     image_keys = [_file_key(catalog, tenant, fid, f"images[{i}]") for i, fid in enumerate(request.images)]
     mask_keys = None
     if request.masks is not None:
@@ -53,7 +81,6 @@ def submit_training(
         training_job_id=job_id,
         metadata=request.metadata,
     )
-    catalog.reserve_concept(concept)
     record = JobRecord(
         id=job_id,
         tenant=tenant,
@@ -63,7 +90,12 @@ def submit_training(
         metadata=request.metadata,
         plan={"concept_id": concept.id, "image_keys": image_keys, "mask_keys": mask_keys},
     )
-    jobs.create(record)
+    catalog.reserve_concept(concept)
+    try:
+        jobs.create(record, max_active=policy.max_active_jobs)
+    except ServiceError:
+        catalog.delete_concept(concept)  # over quota: free the name again
+        raise
     try:
         _enqueue_or_fail(jobs, record, enqueue)
     except ServiceError:
@@ -91,9 +123,16 @@ def _not_yet(field: str, what: str) -> InvalidRequestError:
 
 
 def submit_generation(
-    tenant: str, request: GenerationRequest, *, catalog: Catalog, jobs: JobStore, enqueue: Enqueue
+    tenant: str,
+    request: GenerationRequest,
+    *,
+    catalog: Catalog,
+    jobs: JobStore,
+    enqueue: Enqueue,
+    policy: Policy = Policy(),
 ) -> JobRecord:
     """Validate a generation request against the tenant's ready concepts, store and enqueue the job."""
+    policy.check_webhook(request.webhook)
     if request.fusion != "regional":
         raise _not_yet("fusion", f'fusion "{request.fusion}" (use "regional")')
     for field in ("style", "control", "layout"):
@@ -142,6 +181,6 @@ def submit_generation(
         metadata=request.metadata,
         plan={"prompt": prompt, "concepts": plan_concepts},
     )
-    jobs.create(record)
+    jobs.create(record, max_active=policy.max_active_jobs)
     _enqueue_or_fail(jobs, record, enqueue)
     return record

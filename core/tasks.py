@@ -9,10 +9,14 @@ from typing import Final
 
 TRAIN_QUEUE: Final = "train"
 GENERATE_QUEUE: Final = "generate"
-QUEUES: Final = (TRAIN_QUEUE, GENERATE_QUEUE)
+# Webhook deliveries never run on a GPU worker: they have their own queue and worker.
+WEBHOOK_QUEUE: Final = "webhooks"
+GPU_QUEUES: Final = (TRAIN_QUEUE, GENERATE_QUEUE)
+QUEUES: Final = (TRAIN_QUEUE, GENERATE_QUEUE, WEBHOOK_QUEUE)
 
 TRAIN_TASK: Final = "tessera.train"
 GENERATE_TASK: Final = "tessera.generate"
+WEBHOOK_TASK: Final = "tessera.webhook.deliver"
 
 TASK_FOR_KIND: Final = {"training": TRAIN_TASK, "generation": GENERATE_TASK}
 QUEUE_FOR_KIND: Final = {"training": TRAIN_QUEUE, "generation": GENERATE_QUEUE}

@@ -147,3 +147,22 @@ def vet_url(
                 field, f"host {parts.hostname!r} resolves to a non-public address ({bad[0]}); refused (SSRF guard)"
             )
     return addresses
+
+
+def post_vetted(url: str, address: str, body: bytes, headers: Mapping[str, str], *, timeout: float) -> int:
+    """POST ``body`` to ``url`` over a connection to ``address`` (a vetted IP of its host); returns the status.
+
+    The Host header and TLS server name stay those of the URL, so virtual hosts and certificates work,
+    but no second DNS lookup happens. Redirects are not followed (a 3xx counts as a failure).
+    """
+    import httpx
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    target = httpx.URL(url).copy_with(host=address)
+    host_header = parts.netloc.rsplit("@", 1)[-1]
+    with httpx.Client(follow_redirects=False, timeout=timeout, trust_env=False) as client:
+        response = client.post(
+            target, content=body, headers={**headers, "host": host_header}, extensions={"sni_hostname": host}
+        )
+    return response.status_code

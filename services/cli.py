@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import threading
@@ -19,7 +18,9 @@ app.add_typer(eval_app, name="eval")
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from services import logs
+
+    logs.configure()
 
 
 def _wait_for_signal() -> None:
@@ -74,14 +75,17 @@ def api(
 
 @app.command()
 def worker(
-    queues: Annotated[str, typer.Option(help="Comma-separated queues to consume.")] = "train,generate",
+    queues: Annotated[
+        str, typer.Option(help="Comma-separated queues: train, generate (GPU) or webhooks (no GPU).")
+    ] = "train,generate",
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Run a GPU worker: one job at a time, models loaded on the first job."""
     from services.worker.app import make_celery
 
     _logging()
-    celery = make_celery()
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    celery = make_celery(queues=names)
     typer.echo(f"Tessera worker consuming {queues}")
     celery.worker_main(
         [

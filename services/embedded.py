@@ -37,6 +37,7 @@ class Stack:
     log_to_files: bool = True
     redis_url: str = ""
     children: dict[str, Child] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     _workers: int = 0
 
     @property
@@ -45,8 +46,8 @@ class Stack:
 
     @property
     def api_key(self) -> str:
-        assert self.api_keys is not None  # set in __post_init__
-        return self.api_keys.split(",")[0].split(":", 1)[1]
+        """The first configured key (the generated one unless ``api_keys`` was given)."""
+        return (self.api_keys or ":").split(",")[0].split(":", 1)[1]
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
@@ -101,16 +102,23 @@ class Stack:
                 child=api,
             )
             self.start_worker()
+            self.start_worker("webhooks")
         except BaseException:
             self.stop()
             raise
         return self
 
-    def start_worker(self) -> Child:
-        """Start one more worker process (``worker``, ``worker-2``, …)."""
-        self._workers += 1
-        name = "worker" if self._workers == 1 else f"worker-{self._workers}"
-        child = Child(name, python_module("services.cli", "worker"), env=self.env(), log=self._log(name))
+    def start_worker(self, queues: str = "train,generate") -> Child:
+        """Start one more worker process: a GPU worker (``worker``, ``worker-2``, …) or ``webhooks``."""
+        if queues == "webhooks":
+            name = "webhooks"
+        else:
+            self._workers += 1
+            name = "worker" if self._workers == 1 else f"worker-{self._workers}"
+        port = free_port()
+        self.metrics_ports[name] = port
+        env = {**self.env(), "TESSERA_WORKER__METRICS_PORT": str(port)}
+        child = Child(name, python_module("services.cli", "worker", "--queues", queues), env=env, log=self._log(name))
         self.children[name] = child
         return child
 

@@ -4,6 +4,7 @@ The API sends by task name, so it never imports worker code (nor torch)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -11,7 +12,7 @@ from kombu import Queue
 
 from core.config import Settings
 from core.jobs import JobRecord
-from core.tasks import QUEUES, TASK_FOR_KIND
+from core.tasks import GPU_QUEUES, QUEUES, TASK_FOR_KIND, WEBHOOK_QUEUE, WEBHOOK_TASK
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -26,7 +27,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "task_queues": [Queue(q, routing_key=q) for q in QUEUES],
         "task_create_missing_queues": False,
-        "task_default_queue": QUEUES[0],
+        "task_default_queue": GPU_QUEUES[0],
         # One GPU job at a time per process, acknowledged only when finished: a worker that dies
         # mid-job leaves the message to be delivered again.
         "worker_prefetch_multiplier": 1,
@@ -60,3 +61,12 @@ class CeleryTaskQueue:
         self._app.send_task(
             TASK_FOR_KIND[record.kind], kwargs={"job_id": record.id}, task_id=record.id, queue=record.queue
         )
+
+
+def delivery_sender(app: Celery) -> Callable[[str], None]:
+    """Enqueue one webhook delivery attempt by id on the webhooks queue."""
+
+    def send(delivery_id: str) -> None:
+        app.send_task(WEBHOOK_TASK, kwargs={"delivery_id": delivery_id}, queue=WEBHOOK_QUEUE)
+
+    return send

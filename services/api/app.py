@@ -7,17 +7,24 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import redis
+import redis.asyncio
 from fastapi import FastAPI, Request, Response
 
 from core.config import Settings, get_settings
+from core.notifier import WebhookNotifier
 from core.presenter import Presenter
 from core.stores.catalog import Catalog
+from core.stores.idempotency import IdempotencyStore
 from core.stores.jobs import JobStore
+from core.stores.keys import ApiKeyStore
+from core.stores.limits import RateLimiter
 from core.stores.objects import make_object_store
-from core.submissions import Enqueue
-from services.api import errors, routes
+from core.stores.webhooks import WebhookStore
+from core.submissions import Enqueue, Policy
+from services import logs
+from services.api import errors, metrics, routes
 from services.api.state import ApiState
-from services.queue import CeleryTaskQueue, make_producer
+from services.queue import CeleryTaskQueue, delivery_sender, make_producer
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +38,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     """
     settings = settings or get_settings()
     client = redis.Redis.from_url(settings.redis.url, socket_timeout=10, health_check_interval=30)
+    aclient = redis.asyncio.Redis.from_url(settings.redis.url, health_check_interval=30)
     app = FastAPI(
         title="Tessera",
         version="1.0",
@@ -39,31 +47,52 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     jobs = JobStore(client, ttl_seconds=settings.job_ttl_seconds)
     catalog = Catalog(client)
     objects = make_object_store(settings.storage)
-    app.state.tessera = ApiState(
-        settings=settings,
-        redis=client,
+    producer = make_producer(settings)
+    presenter = Presenter(
         jobs=jobs,
         catalog=catalog,
         objects=objects,
-        enqueue=enqueue or CeleryTaskQueue(make_producer(settings)),
+        public_base_url=settings.storage.public_base_url,
+        url_expiry_seconds=settings.storage.url_expiry_seconds,
+    )
+    webhooks = WebhookStore(client)
+    # A job canceled while queued completes here, in the API: its webhook is sent from here too.
+    jobs.listeners.append(WebhookNotifier(client, jobs, webhooks, presenter, delivery_sender(producer)))
+    app.state.tessera = ApiState(
+        settings=settings,
+        redis=client,
+        aredis=aclient,
+        jobs=jobs,
+        catalog=catalog,
+        objects=objects,
+        enqueue=enqueue or CeleryTaskQueue(producer),
         tenant_by_key=settings.tenant_keys(),
-        presenter=Presenter(
-            jobs=jobs,
-            catalog=catalog,
-            objects=objects,
-            public_base_url=settings.storage.public_base_url,
-            url_expiry_seconds=settings.storage.url_expiry_seconds,
+        presenter=presenter,
+        keys=ApiKeyStore(client),
+        rate_limiter=RateLimiter(client, per_minute=settings.quotas.requests_per_minute),
+        webhooks=webhooks,
+        idempotency=IdempotencyStore(client),
+        policy=Policy(
+            max_active_jobs=settings.quotas.max_active_jobs,
+            allow_private_webhooks=settings.webhooks.allow_private,
+            allow_http_webhooks=settings.webhooks.allow_http,
         ),
     )
     errors.install(app)
-    for module in (routes.files, routes.jobs, routes.concepts, routes.objects, routes.health):
+    for module in (routes.files, routes.jobs, routes.concepts, routes.webhooks, routes.objects, routes.health):
         app.include_router(module.router)
+
+    metrics.install(app, client, jobs)
 
     @app.middleware("http")
     async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        response = await call_next(request)
-        response.headers["X-Request-ID"] = rid
+        token = logs.request_id.set(rid[:128])
+        try:
+            response = await call_next(request)
+        finally:
+            logs.request_id.reset(token)
+        response.headers["X-Request-ID"] = rid[:128]
         return response
 
     return app

@@ -1,4 +1,4 @@
-"""Request dependencies: the app state and the authenticated tenant."""
+"""Request dependencies: the app state, the authenticated tenant (and its rate limit)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from core.errors import AuthError
+from core.stores.keys import key_hash
 from services.api.state import ApiState
 
 _bearer = HTTPBearer(auto_error=False)
@@ -23,17 +24,20 @@ State = Annotated[ApiState, Depends(get_state)]
 
 
 def get_tenant(state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
-    """The tenant of the bearer key; ``401`` when the key is missing or unknown."""
+    """The tenant of the bearer key; ``401`` when the key is missing or unknown, ``429`` over its rate limit."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthError("missing API key: send Authorization: Bearer <key>", code="missing_api_key")
-    given = credentials.credentials.encode()
+    given = credentials.credentials
     tenant = None
-    # Compare against every key in constant time so timing does not reveal a prefix match.
+    # Static keys: compare against every one in constant time so timing does not reveal a prefix match.
     for key, owner in state.tenant_by_key.items():
-        if hmac.compare_digest(given, key.encode()):
+        if hmac.compare_digest(given.encode(), key.encode()):
             tenant = owner
     if tenant is None:
+        tenant = state.keys.tenant_of(given)
+    if tenant is None:
         raise AuthError("unknown API key", code="invalid_api_key")
+    state.rate_limiter.hit(key_hash(given))
     return tenant
 
 

@@ -1,55 +1,68 @@
-"""The worker's composition root: ``make_celery(settings)`` registers the tasks on a configured app."""
+"""The worker's composition root: ``make_celery(settings, queues)`` registers the tasks those queues need.
+
+A GPU worker (train/generate) loads the ML stack; a webhooks worker imports no torch at all.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
 from core.config import Settings, get_settings
-from core.tasks import GENERATE_QUEUE, GENERATE_TASK, TRAIN_QUEUE, TRAIN_TASK
-from services.queue import CeleryTaskQueue, celery_config
-from services.worker.context import WorkerContext
-from services.worker.generation import run_generation
-from services.worker.reaper import Reaper
-from services.worker.run import execute
-from services.worker.training import abort_training, run_training
+from core.tasks import GPU_QUEUES, QUEUES, WEBHOOK_QUEUE
+from services.queue import celery_config, delivery_sender
+from services.worker import metrics
 
 logger = logging.getLogger(__name__)
 
 
-def make_celery(settings: Settings | None = None) -> Celery:
-    """A Celery app with the training and generation tasks, built for ``settings``."""
+class _Background:
+    """Threads that live as long as the worker (reaper, retry scheduler)."""
+
+    def __init__(self) -> None:
+        self.threads: list[Any] = []
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def stop(self) -> None:
+        for thread in self.threads:
+            thread.stop()
+
+
+def make_celery(settings: Settings | None = None, queues: Sequence[str] = QUEUES) -> Celery:
+    """A Celery app with the tasks of ``queues``, built for ``settings``."""
     settings = settings or get_settings()
+    unknown = set(queues) - set(QUEUES)
+    if unknown:
+        raise ValueError(f"unknown queues {sorted(unknown)}; known: {', '.join(QUEUES)}")
     app = Celery("tessera-worker")
     app.conf.update(celery_config(settings))
-    ctx = WorkerContext.build(settings)
-    enqueue = CeleryTaskQueue(app)
-    reaper = Reaper(ctx.jobs, enqueue, max_redeliveries=settings.worker.max_redeliveries)
+    background = _Background()
+    if set(queues) & set(GPU_QUEUES):
+        from services.worker.context import WorkerContext
+        from services.worker.gpu import register_gpu_tasks
 
-    # Task bodies live in services.worker.{training,generation}; these wrappers only bind the context.
-    @app.task(name=TRAIN_TASK, queue=TRAIN_QUEUE, acks_late=True, time_limit=settings.worker.train_time_limit_seconds)
-    def train(job_id: str) -> None:
-        execute(ctx, job_id, run_training, on_abort=lambda record: abort_training(ctx, record))
+        ctx = WorkerContext.build(settings, send_delivery=delivery_sender(app))
+        background.threads.append(register_gpu_tasks(app, ctx, settings))
+        app.tessera_context = ctx
+    if WEBHOOK_QUEUE in queues:
+        from services.worker.webhooks import register_webhook_tasks
 
-    @app.task(
-        name=GENERATE_TASK,
-        queue=GENERATE_QUEUE,
-        acks_late=True,
-        time_limit=settings.worker.generate_time_limit_seconds,
-    )
-    def generate(job_id: str) -> None:
-        execute(ctx, job_id, run_generation)
+        background.threads.append(register_webhook_tasks(app, settings))
 
     @worker_ready.connect(weak=False)
-    def _start_reaper(**_: Any) -> None:
-        reaper.start()
+    def _ready(**_: Any) -> None:
+        metrics.serve(settings.worker.metrics_port)
+        background.start()
 
     @worker_shutdown.connect(weak=False)
-    def _stop_reaper(**_: Any) -> None:
-        reaper.stop()
+    def _shutdown(**_: Any) -> None:
+        background.stop()
 
-    app.tessera_context = ctx
     return app

@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
 
 from core.config import Settings
+from core.notifier import WebhookNotifier
+from core.presenter import Presenter
 from core.stores.catalog import Catalog
 from core.stores.jobs import JobStore
 from core.stores.objects import ObjectStore, make_object_store
+from core.stores.webhooks import WebhookStore
 from services.worker.models import AdapterCache, ModelCache
 
 
@@ -27,13 +31,24 @@ class WorkerContext:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
 
     @classmethod
-    def build(cls, settings: Settings) -> WorkerContext:
+    def build(cls, settings: Settings, *, send_delivery: Callable[[str], None]) -> WorkerContext:
+        """Everything a GPU worker process needs; job changes also become webhook deliveries."""
         client = redis.Redis.from_url(settings.redis.url, socket_timeout=30, health_check_interval=30)
         objects = make_object_store(settings.storage)
+        jobs = JobStore(client, ttl_seconds=settings.job_ttl_seconds, lease_seconds=settings.worker.lease_seconds)
+        catalog = Catalog(client)
+        presenter = Presenter(
+            jobs=jobs,
+            catalog=catalog,
+            objects=objects,
+            public_base_url=settings.storage.public_base_url,
+            url_expiry_seconds=settings.storage.url_expiry_seconds,
+        )
+        jobs.listeners.append(WebhookNotifier(client, jobs, WebhookStore(client), presenter, send_delivery))
         return cls(
             settings=settings,
-            jobs=JobStore(client, ttl_seconds=settings.job_ttl_seconds, lease_seconds=settings.worker.lease_seconds),
-            catalog=Catalog(client),
+            jobs=jobs,
+            catalog=catalog,
             objects=objects,
             models=ModelCache(settings.models),
             adapters=AdapterCache(settings.models.adapter_cache_dir, objects),

@@ -18,6 +18,8 @@ from core.errors import InvalidTransitionError, JobCanceledError, NotFoundError,
 from core.jobs import JobRecord
 from core.progress import Progress, StepCallback
 from core.schemas import JobError
+from services import logs
+from services.worker import metrics
 from services.worker.context import WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -44,7 +46,9 @@ class JobRun:
         try:
             yield
         finally:
-            self.stages[name] = round(self.stages.get(name, 0.0) + time.time() - started, 3)
+            elapsed = time.time() - started
+            self.stages[name] = round(self.stages.get(name, 0.0) + elapsed, 3)
+            metrics.STAGE_SECONDS.labels(self.record.kind, name).observe(elapsed)
 
     def check_cancel(self, *, force: bool = True) -> None:
         """Raise ``JobCanceledError`` when a client asked to cancel this job."""
@@ -128,6 +132,19 @@ def execute(
 
     ``body`` returns the job's output. ``on_abort`` undoes side effects when the job fails or is canceled.
     """
+    token = logs.job_id.set(job_id)
+    try:
+        _execute(ctx, job_id, body, on_abort)
+    finally:
+        logs.job_id.reset(token)
+
+
+def _execute(
+    ctx: WorkerContext,
+    job_id: str,
+    body: Callable[[JobRun], dict[str, Any]],
+    on_abort: Callable[[JobRecord], None] | None,
+) -> None:
     record = _claim(ctx, job_id)
     if record is None:
         return
@@ -157,10 +174,14 @@ def execute(
         if status != "succeeded" and on_abort is not None:
             on_abort(record)
         ctx.jobs.transition(job_id, "running", status, update=update)  # type: ignore[arg-type]
+        metrics.JOBS_FINISHED.labels(record.kind, status).inc()
+        if error is not None:
+            metrics.FAILURES.labels(record.kind, error.code).inc()
     except InvalidTransitionError as exc:
         logger.warning("job %s could not be finished as %s: %s", job_id, status, exc)
     finally:
         ctx.jobs.release_lease(job_id, ctx.worker_id)
+        metrics.record_gpu_memory()
 
 
 def _internal_message(exc: Exception) -> str:

@@ -1,32 +1,142 @@
-"""/v1/trainings, /v1/generations and /v1/jobs: creating, reading, listing and canceling jobs."""
+"""/v1/trainings, /v1/generations and /v1/jobs: creating, reading, listing, canceling and following jobs."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
-from core.errors import InvalidTransitionError
-from core.schemas import GenerationRequest, Job, JobKind, JobList, JobStatus, TrainingRequest
+from core.errors import InvalidRequestError, InvalidTransitionError
+from core.jobs import JobRecord
+from core.schemas import GenerationRequest, Job, JobKind, JobList, JobProgress, JobStatus, TrainingRequest
+from core.stores.idempotency import fingerprint
+from core.stores.webhooks import DeliveryAttempt
 from core.submissions import submit_generation, submit_training
 from services.api.deps import State, Tenant
+from services.api.state import ApiState
 
 router = APIRouter(tags=["jobs"])
 
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", description="Makes a create call safe to retry (kept 24 h).")
+]
+_EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)")
+MAX_WAIT_SECONDS = 60
+
+
+def _create(
+    state: ApiState,
+    tenant: str,
+    request: Request,
+    response: Response,
+    body: BaseModel,
+    idempotency_key: str | None,
+    submit: Callable[[], JobRecord],
+) -> JobRecord:
+    """Run ``submit`` once per idempotency key: a replay answers 200 with the original job."""
+    if idempotency_key is None:
+        record = submit()
+    else:
+        digest = fingerprint(request.method, request.url.path, body.model_dump(mode="json"))
+        existing = state.idempotency.begin(tenant, idempotency_key, digest)
+        if existing is not None:
+            response.status_code = 200
+            return state.jobs.get_for_tenant(tenant, existing)
+        try:
+            record = submit()
+        except BaseException:
+            state.idempotency.abandon(tenant, idempotency_key)
+            raise
+        state.idempotency.complete(tenant, idempotency_key, digest, record.id)
+    response.headers["Location"] = f"/v1/jobs/{record.id}"
+    return record
+
 
 @router.post("/v1/trainings", status_code=202, response_model=Job)
-def create_training(body: TrainingRequest, state: State, tenant: Tenant, response: Response) -> Job:
+def create_training(
+    body: TrainingRequest,
+    state: State,
+    tenant: Tenant,
+    request: Request,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> Job:
     """Teach the service a concept from a few images (an ED-LoRA training job)."""
-    record = submit_training(tenant, body, catalog=state.catalog, jobs=state.jobs, enqueue=state.enqueue)
-    response.headers["Location"] = f"/v1/jobs/{record.id}"
+    record = _create(
+        state,
+        tenant,
+        request,
+        response,
+        body,
+        idempotency_key,
+        lambda: submit_training(
+            tenant, body, catalog=state.catalog, jobs=state.jobs, enqueue=state.enqueue, policy=state.policy
+        ),
+    )
     return state.presenter.job(record)
 
 
-@router.post("/v1/generations", status_code=202, response_model=Job)
-def create_generation(body: GenerationRequest, state: State, tenant: Tenant, response: Response) -> Job:
+def _wait_seconds(prefer: str | None) -> float:
+    match = _PREFER_WAIT.search(prefer or "")
+    return 0.0 if match is None else float(min(int(match.group(1)), MAX_WAIT_SECONDS))
+
+
+def _wait_for_terminal(state: ApiState, record: JobRecord, seconds: float) -> JobRecord:
+    """Block on the job's event stream until it is terminal or ``seconds`` passed."""
+    deadline = time.monotonic() + seconds
+    last = "0-0"
+    key = state.jobs.events_key(record.id)
+    while not record.terminal:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        entries = cast(list[Any], state.redis.xread({key: last}, block=max(1, int(remaining * 1000)), count=100))
+        for _, items in entries:
+            for entry_id, fields in items:
+                last = entry_id
+                record = JobRecord.model_validate_json(fields[b"record"])
+    return record
+
+
+@router.post(
+    "/v1/generations",
+    status_code=202,
+    response_model=Job,
+    responses={200: {"model": Job, "description": "Finished within the `Prefer: wait` time (or a replay)."}},
+)
+def create_generation(
+    body: GenerationRequest,
+    state: State,
+    tenant: Tenant,
+    request: Request,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Annotated[str | None, Header(description="wait=N (N ≤ 60): hold the answer until done.")] = None,
+) -> Job:
     """Generate images that combine ready concepts."""
-    record = submit_generation(tenant, body, catalog=state.catalog, jobs=state.jobs, enqueue=state.enqueue)
-    response.headers["Location"] = f"/v1/jobs/{record.id}"
+    record = _create(
+        state,
+        tenant,
+        request,
+        response,
+        body,
+        idempotency_key,
+        lambda: submit_generation(
+            tenant, body, catalog=state.catalog, jobs=state.jobs, enqueue=state.enqueue, policy=state.policy
+        ),
+    )
+    wait = _wait_seconds(prefer)
+    if wait > 0:
+        record = _wait_for_terminal(state, record, wait)
+        response.headers["Preference-Applied"] = f"wait={int(wait)}"
+        if record.terminal:
+            response.status_code = 200
     return state.presenter.job(record)
 
 
@@ -65,10 +175,63 @@ def cancel_job(job_id: str, state: State, tenant: Tenant) -> Job:
     return state.presenter.job(record)
 
 
-def _release_concept(state: State, tenant: str, concept_id: str | None) -> None:
+def _release_concept(state: ApiState, tenant: str, concept_id: str | None) -> None:
     """A training canceled before it ran leaves a failed concept, as one canceled while running does."""
     if concept_id is None:
         return
     concept = state.catalog.get_concept(tenant, concept_id)
     concept.status = "failed"
     state.catalog.save_concept(concept)
+
+
+class DeliveryList(BaseModel):
+    data: list[DeliveryAttempt]
+
+
+@router.get("/v1/jobs/{job_id}/webhook_deliveries", response_model=DeliveryList)
+def webhook_deliveries(job_id: str, state: State, tenant: Tenant) -> DeliveryList:
+    """Every webhook delivery attempt for this job: status code, latency, error, next retry."""
+    state.jobs.get_for_tenant(tenant, job_id)
+    return DeliveryList(data=state.webhooks.attempts(job_id))
+
+
+@router.get(
+    "/v1/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "The Job on every change."}},
+)
+async def job_events(
+    job_id: str,
+    state: State,
+    tenant: Tenant,
+    request: Request,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> StreamingResponse:
+    """Server-sent events: the Job on every change, resumable with Last-Event-ID, ending at a terminal status."""
+    state.jobs.get_for_tenant(tenant, job_id)
+    if last_event_id is not None and not _EVENT_ID.match(last_event_id):
+        raise InvalidRequestError(
+            f"Last-Event-ID must be an id this stream sent, got {last_event_id!r}", field="Last-Event-ID"
+        )
+    keepalive_ms = int(state.settings.events_keepalive_seconds * 1000)
+
+    async def stream() -> AsyncIterator[str]:
+        last = last_event_id or "0-0"
+        key = state.jobs.events_key(job_id)
+        while not await request.is_disconnected():
+            entries = cast(list[Any], await state.aredis.xread({key: last}, block=keepalive_ms, count=100))
+            if not entries:
+                yield ": keep-alive\n\n"
+                continue
+            for _, items in entries:
+                for entry_id, fields in items:
+                    last = entry_id.decode()
+                    record = JobRecord.model_validate_json(fields[b"record"])
+                    progress = JobProgress.model_validate_json(fields[b"progress"]) if fields[b"progress"] else None
+                    job = state.presenter.job(record, progress=progress, live=False)
+                    yield f"id: {last}\nevent: job\ndata: {job.model_dump_json()}\n\n"
+                    if record.terminal:
+                        return
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
