@@ -1,12 +1,25 @@
 """Training options of an ED-LoRA concept; also the public ``options`` schema of ``POST /v1/trainings``.
 
 This module imports no torch: the API validates requests with it. Defaults are Mix-of-Show's shipped ED-LoRA
-configs (embedding/text-encoder/UNet learning rates 1e-3/1e-5/1e-4, rank 4, alpha 1.0, noise offset 0.01, batch 4).
+configs (embedding/text-encoder/UNet learning rates 1e-3/1e-5/1e-4, rank 4, alpha 1.0, noise offset 0.01, batch 4,
+embedding-norm freeze at 0.55). The attention separation loss (``core.ml.edlora.separation``) defaults to the
+configuration the ablation in ``bench/separation_ablation.py`` found best; its terms are::
+
+    L = L_diff + separation_loss_weight · mean_{r, t}( w(t) · [leak + fill·[class word] + other·sep] )
+
+where ``leak`` is the concept tokens' attention mass outside the dilated concept mask, ``sep`` the mass on other
+objects' masks and ``fill`` a Break-A-Scene-style MSE between the class word's max-normalised map and the mask.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
+
+ConceptType = Literal["object", "human", "style"]
+TimestepWeighting = Literal["uniform", "linear"]
+DownsampleFactor = Literal[1, 2, 4, 8, 16]
 
 
 class EDLoRAConfig(BaseModel):
@@ -33,8 +46,8 @@ class EDLoRAConfig(BaseModel):
         ge=0.0,
         le=1.0,
         description=(
-            "Weight of the SAM-mask attention separation loss. Accepted and recorded in the adapter now; "
-            "the loss itself is added by a later release (training currently uses the masked diffusion loss only)."
+            "Weight (lambda) of the attention separation loss; 0 turns attention capture off. Needs masks "
+            "(uploaded or computed by the service)."
         ),
     )
     seed: int = Field(
@@ -55,4 +68,79 @@ class EDLoRAConfig(BaseModel):
     )
     noise_offset: float = Field(
         0.01, ge=0.0, le=1.0, description="Std of a per-channel constant added to the training noise (offset noise)."
+    )
+    concept_type: ConceptType = Field(
+        "object",
+        description=(
+            "Which default caption templates wrap the concept when no captions are given (Mix-of-Show EnhanceText): "
+            "object, human or style."
+        ),
+    )
+    embedding_norm_threshold: float | None = Field(
+        0.55,
+        gt=0.0,
+        le=100.0,
+        description=(
+            "Freeze the concept embeddings once their mean L2 norm reaches this (Mix-of-Show); null = never freeze."
+        ),
+    )
+    augmentation_views: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description=(
+            "Extra randomly resized/cropped/padded views per image (Mix-of-Show's resize-crop-pad), each with its "
+            "mask carried along; encoded once before training. Padded pixels never count in any loss."
+        ),
+    )
+    mask_background_weight: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Weight of background pixels in the masked diffusion loss (0 = concept pixels only).",
+    )
+    separation_leak_weight: float = Field(
+        1.0,
+        ge=0.0,
+        le=10.0,
+        description="Weight of the leakage term: concept-token attention mass outside the dilated concept mask.",
+    )
+    separation_fill_weight: float = Field(
+        0.0,
+        ge=0.0,
+        le=10.0,
+        description="Weight of the fill term: MSE between the class word's max-normalised attention map and the mask.",
+    )
+    separation_other_weight: float = Field(
+        2.0,
+        ge=0.0,
+        le=10.0,
+        description="Weight of the separation term: concept-token attention mass on other objects' masks.",
+    )
+    separation_dilation: float = Field(
+        0.03,
+        ge=0.0,
+        le=0.25,
+        description=(
+            "Dilation of the concept mask for the leakage term, as a fraction of the image side, so that SAM's "
+            "boundary errors are not punished."
+        ),
+    )
+    separation_downsample_factors: tuple[DownsampleFactor, ...] | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "Which cross-attention resolutions the loss uses, as downsampling factors from the latent grid "
+            "(SD 1.5: 1 = 64x64, 2 = 32x32, 4 = 16x16, 8 = 8x8); null = every resolution the UNet has."
+        ),
+    )
+    separation_max_timestep: int = Field(
+        1000,
+        ge=1,
+        le=1000,
+        description="Apply the attention terms only for training timesteps t < this (1000 = all timesteps).",
+    )
+    separation_timestep_weighting: TimestepWeighting = Field(
+        "uniform",
+        description="Weight of the attention terms per sample: uniform, or linear = 1 - t/1000 (diffuse maps less).",
     )

@@ -4,6 +4,10 @@ What is learned: two new words per concept (``V_rand``, ``V_class``), each with 
 cross-attention layer, plus LoRA on the text encoder's and the UNet's attention projections. The shared components
 are never modified: training runs on deep copies of the text encoder and UNet (the worker caches the originals
 across jobs), and everything random comes from one ``torch.Generator`` seeded with ``config.seed``.
+
+With masks, the diffusion loss is area-normalised inside the concept mask (``mask_background_weight`` lets the
+background count a little), and when ``separation_loss_weight`` > 0 the concept tokens' cross-attention is captured
+(``core.ml.edlora.capture``) and the separation loss (``core.ml.edlora.separation``) is added.
 """
 
 from __future__ import annotations
@@ -23,27 +27,35 @@ from core.errors import InvalidRequestError, PipelineError
 from core.ml.components import SDComponents
 from core.ml.edlora.adapter import EDLoRAWeights
 from core.ml.edlora.attention import layerwise_cross_attention
+from core.ml.edlora.augmentation import TrainingView, centre_view, random_view
+from core.ml.edlora.captions import caption_templates
+from core.ml.edlora.capture import ConceptAttentionStore, capture_concept_attention, concept_columns
 from core.ml.edlora.config import EDLoRAConfig
 from core.ml.edlora.embeddings import encode_layerwise, init_concept_embeddings
 from core.ml.edlora.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora, lora_parameters, lora_state_dict
-from core.ml.images import image_to_tensor, mask_to_tensor
-from core.ml.prompts import CAPTION_TEMPLATES, CONCEPT_REF, PromptPart, bind_caption
+from core.ml.edlora.separation import SeparationMasks, separation_loss, timestep_weight
+from core.ml.masks.cleanup import dilate_mask
+from core.ml.prompts import CONCEPT_REF, PromptPart, bind_caption
 from core.progress import Progress, StepCallback, no_progress
 
 logger = logging.getLogger(__name__)
 
 TRAIN_ADAPTER = "edlora"
-EMBEDDING_NORM_THRESHOLD = 0.55
-"""Once the mean L2 norm of the concept rows reaches this, embeddings stop training (Mix-of-Show main branch)."""
 ADAMW_WEIGHT_DECAY = 0.01
 _VAE_CHUNK = 4
 
 
 @dataclass
 class _TrainingData:
-    latent_mean: torch.Tensor  # [N, 4, h, w] float32, CPU
-    latent_std: torch.Tensor  # [N, 4, h, w]
-    masks: torch.Tensor | None  # [N, 1, h, w] in [0, 1]
+    """Encoded training views (``V`` = images x (1 + augmentation_views)), all on CPU, latent grid ``h x w``."""
+
+    latent_mean: torch.Tensor  # [V, 4, h, w] float32
+    latent_std: torch.Tensor  # [V, 4, h, w]
+    source: list[int]  # image index of each view
+    masks: torch.Tensor | None  # [V, 1, h, w] in [0, 1]: the concept
+    dilated: torch.Tensor | None  # [V, 1, h, w]: the concept dilated by separation_dilation (at pixel level)
+    others: torch.Tensor | None  # [V, 1, h, w]: other objects (zeros when none were given)
+    valid: torch.Tensor | None  # [V, 1, h, w]: 0 on padding; None when no view is padded
     captions: list[list[PromptPart]] | None
 
 
@@ -53,6 +65,7 @@ def _check_inputs(
     class_word: str,
     masks: Sequence[PIL.Image.Image] | None,
     captions: Sequence[str] | None,
+    other_masks: Sequence[PIL.Image.Image | None] | None = None,
 ) -> None:
     if not images:
         raise InvalidRequestError("images must hold at least 1 image, got 0", field="images")
@@ -68,10 +81,36 @@ def _check_inputs(
         raise InvalidRequestError(
             f"masks must hold one mask per image ({len(images)}), got {len(masks)}", field="masks"
         )
+    if other_masks is not None and (masks is None or len(other_masks) != len(images)):
+        raise InvalidRequestError(
+            f"other_masks need masks and one entry per image ({len(images)})", field="other_masks"
+        )
     if captions is not None and len(captions) != len(images):
         raise InvalidRequestError(
             f"captions must hold one caption per image ({len(images)}), got {len(captions)}", field="captions"
         )
+
+
+def _views(
+    images: Sequence[PIL.Image.Image],
+    masks: Sequence[PIL.Image.Image] | None,
+    other_masks: Sequence[PIL.Image.Image | None] | None,
+    resolution: int,
+    augmentation_views: int,
+    generator: torch.Generator,
+) -> tuple[list[TrainingView], list[int]]:
+    views, source = [], []
+    for i, image in enumerate(images):
+        layers: list[PIL.Image.Image] = []
+        if masks is not None:
+            other = other_masks[i] if other_masks is not None else None
+            layers = [masks[i], other if other is not None else PIL.Image.new("L", masks[i].size, 0)]
+        views.append(centre_view(image, layers, resolution))
+        source.append(i)
+        for _ in range(augmentation_views):
+            views.append(random_view(image, layers, resolution, generator))
+            source.append(i)
+    return views, source
 
 
 @torch.no_grad()
@@ -79,34 +118,47 @@ def _prepare_data(
     components: SDComponents,
     images: Sequence[PIL.Image.Image],
     masks: Sequence[PIL.Image.Image] | None,
+    other_masks: Sequence[PIL.Image.Image | None] | None,
     captions: Sequence[str] | None,
     concept_name: str,
     resolution: int,
+    config: EDLoRAConfig,
+    generator: torch.Generator,
 ) -> _TrainingData:
-    """Encode every image once with the frozen VAE; keep the latent distribution to sample from each step."""
-    pixels = torch.stack([image_to_tensor(img, resolution) for img in images])  # [N, 3, R, R] in [-1, 1]
+    """Encode every view once with the frozen VAE; keep the latent distribution to sample from each step."""
+    views, source = _views(images, masks, other_masks, resolution, config.augmentation_views, generator)
+    pixels = torch.stack([v.pixels for v in views])  # [V, 3, R, R] in [-1, 1]
     means, stds = [], []
     for chunk in pixels.split(_VAE_CHUNK):
         dist = components.vae.encode(chunk.to(components.device, components.dtype)).latent_dist
         means.append(dist.mean.float().cpu())
         stds.append(dist.std.float().cpu())
     mean = torch.cat(means)
-    latent_masks = None
+    latent_size = (mean.shape[-2], mean.shape[-1])
+
+    def to_latent(planes: torch.Tensor) -> torch.Tensor:  # [V, 1, R, R] -> [V, 1, h, w], soft edges
+        return F.interpolate(planes, size=latent_size, mode="area")
+
+    valid = None
+    if config.augmentation_views:
+        valid = to_latent(torch.stack([v.valid for v in views]))
+    latent_masks = dilated = others = None
     if masks is not None:
-        latent_size = mean.shape[-1]
-        latent_masks = torch.stack(
-            [mask_to_tensor(m, resolution, size=img.size) for m, img in zip(masks, images, strict=True)]
-        )
-        latent_masks = F.interpolate(latent_masks, size=(latent_size, latent_size), mode="area")  # [N, 1, h, w]
+        concept = torch.stack([v.masks[0] for v in views])  # [V, 1, R, R]
+        latent_masks = to_latent(concept)
         for i, area in enumerate(latent_masks.sum(dim=(1, 2, 3)).tolist()):
-            if area <= 0:
+            if area <= 0 and i % (1 + config.augmentation_views) == 0:
                 raise InvalidRequestError(
-                    f"masks[{i}] must mark the concept in white, got an all-black mask", field=f"masks[{i}]"
+                    f"masks[{source[i]}] must mark the concept in white, got an all-black mask",
+                    field=f"masks[{source[i]}]",
                 )
+        radius = round(config.separation_dilation * resolution)
+        dilated = to_latent(dilate_mask(concept, radius))
+        others = to_latent(torch.stack([v.masks[1] for v in views]))
     bound = None
     if captions is not None:
         bound = [bind_caption(c, concept_name, field=f"captions[{i}]") for i, c in enumerate(captions)]
-    return _TrainingData(mean, torch.cat(stds), latent_masks, bound)
+    return _TrainingData(mean, torch.cat(stds), source, latent_masks, dilated, others, valid, bound)
 
 
 def _batches(num_images: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
@@ -117,6 +169,17 @@ def _batches(num_images: int, batch_size: int, generator: torch.Generator) -> It
             pending += torch.randperm(num_images, generator=generator).tolist()
         yield pending[:batch_size]
         pending = pending[batch_size:]
+
+
+def _loss_weight(data: _TrainingData, index: list[int], background: float) -> torch.Tensor | None:
+    """Per-pixel weight ``[B, 1, h, w]`` of the diffusion loss: mask (+ background weight) times valid pixels."""
+    weight = None
+    if data.masks is not None:
+        mask = data.masks[index]
+        weight = mask + background * (1.0 - mask) if background else mask
+    if data.valid is not None:
+        weight = data.valid[index] if weight is None else weight * data.valid[index]
+    return weight
 
 
 def _diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -137,6 +200,7 @@ def train_edlora(
     class_word: str,
     config: EDLoRAConfig,
     masks: Sequence[PIL.Image.Image] | None = None,
+    other_masks: Sequence[PIL.Image.Image | None] | None = None,
     captions: Sequence[str] | None = None,
     on_step: StepCallback = no_progress,
 ) -> EDLoRAWeights:
@@ -144,8 +208,10 @@ def train_edlora(
 
     Each step: sample a batch of training latents, noise them at uniform random timesteps (plus offset noise),
     encode the batch's captions once per cross-attention layer (``[B, n_layers, seq, dim]``) and regress the
-    noise (or v) with the UNet; the loss is masked and area-normalised when ``masks`` are given. AdamW with three
-    parameter groups (embeddings, text-encoder LoRA, UNet LoRA), linear decay to 0, no warm-up.
+    noise (or v) with the UNet; the loss is masked and area-normalised when ``masks`` are given, plus
+    ``separation_loss_weight`` times the attention separation loss (needs ``masks``). AdamW with three parameter
+    groups (embeddings, text-encoder LoRA, UNet LoRA), linear decay to 0, no warm-up; the embeddings freeze once
+    their mean norm reaches ``embedding_norm_threshold``.
 
     Args:
         images: the concept's photos (any size; resized on the short side and centre-cropped to the resolution).
@@ -153,7 +219,9 @@ def train_edlora(
         class_word: one word for the concept's class ("dog"); initialises ``V_class``.
         config: hyperparameters (``config.resolution`` None = the model's native size).
         masks: optional, one L-mode mask per image, white = concept (resized like its image, then to latent size).
-        captions: optional, one per image, with ``<concept>`` where the concept goes; default: object templates.
+        other_masks: optional, per image the other objects' union (white) or None; used by the separation term.
+        captions: optional, one per image, with ``<concept>`` where the concept goes; default: the templates of
+            ``config.concept_type``.
         on_step: called with ``Progress("training", step, max_train_steps)`` after every optimizer step; raise
             ``JobCanceledError`` inside it to stop (it propagates).
 
@@ -165,16 +233,26 @@ def train_edlora(
         PipelineError: the loss became NaN or infinite.
     """
     # 1. Check inputs and prepare data (the only use of the shared VAE, read-only).
-    _check_inputs(images, concept_name, class_word, masks, captions)
+    _check_inputs(images, concept_name, class_word, masks, captions, other_masks)
     resolution = config.resolution or components.default_resolution
-    data = _prepare_data(components, images, masks, captions, concept_name, resolution)
-    device, total = components.device, config.max_train_steps
     generator = torch.Generator().manual_seed(config.seed)
+    data = _prepare_data(components, images, masks, other_masks, captions, concept_name, resolution, config, generator)
+    device, total = components.device, config.max_train_steps
+    templates = caption_templates(config.concept_type)
+    separating = config.separation_loss_weight > 0 and data.masks is not None
+    if config.separation_loss_weight > 0 and data.masks is None:
+        logger.info("separation loss skipped: it needs masks and none were given")
+    store = ConceptAttentionStore()
 
     # 2. Private copies of the trained models; the shared ones are never touched.
     text_encoder = copy.deepcopy(components.text_encoder).requires_grad_(False)
     unet = copy.deepcopy(components.unet).requires_grad_(False)
-    with layerwise_cross_attention(unet) as num_layers:
+    with (
+        layerwise_cross_attention(unet) as num_layers,
+        capture_concept_attention(
+            unet, store, config.separation_downsample_factors if separating else ()
+        ) as captured_layers,
+    ):
         init = init_concept_embeddings(components.tokenizer, text_encoder, class_word, num_layers, generator)
         embeddings = torch.nn.Parameter(init.to(device))
         with torch.random.fork_rng(devices=[]):
@@ -201,9 +279,17 @@ def train_edlora(
         noise_scheduler = DDPMScheduler.from_config(components.scheduler.config)
         scaling_factor = float(components.vae.config.scaling_factor)
         num_timesteps = int(noise_scheduler.config.num_train_timesteps)
-        batches = _batches(len(images), config.batch_size, generator)
+        batches = _batches(len(data.source), config.batch_size, generator)
         embeddings_frozen = False
         loss_value = math.nan
+        in_mask_sums: dict[int, float] = {}
+        in_mask_counts: dict[int, int] = {}
+        if separating and not captured_layers:
+            raise InvalidRequestError(
+                f"separation_downsample_factors {config.separation_downsample_factors} match no cross-attention "
+                "layer of this model",
+                field="options.separation_downsample_factors",
+            )
 
         # 4. Denoising-loss steps.
         for step in range(1, total + 1):
@@ -220,19 +306,32 @@ def train_edlora(
             else:
                 target = noise
             if data.captions is not None:
-                prompts = [data.captions[i] for i in index]
+                prompts = [data.captions[data.source[i]] for i in index]
             else:
-                picks = torch.randint(0, len(CAPTION_TEMPLATES), (len(index),), generator=generator).tolist()
-                prompts = [bind_caption(CAPTION_TEMPLATES[p], concept_name) for p in picks]
+                picks = torch.randint(0, len(templates), (len(index),), generator=generator).tolist()
+                prompts = [bind_caption(templates[p], concept_name) for p in picks]
 
             states = encode_layerwise(
                 components.tokenizer, text_encoder, prompts, {concept_name: embeddings}, num_layers
             )
+            store.clear()
+            if separating:
+                store.columns, present = concept_columns(components.tokenizer, prompts, concept_name)
             prediction = unet(
                 noisy.to(device, components.dtype), timesteps.to(device), encoder_hidden_states=states
             ).sample
-            mask = None if data.masks is None else data.masks[index].to(device)
-            loss = _diffusion_loss(prediction, target.to(device), mask)
+            weight = _loss_weight(data, index, config.mask_background_weight)
+            loss = _diffusion_loss(prediction, target.to(device), None if weight is None else weight.to(device))
+            if separating and data.masks is not None and data.dilated is not None and data.others is not None:
+                masks_b = SeparationMasks(data.masks[index], data.dilated[index], data.others[index])
+                weights_t = timestep_weight(timesteps, config, num_timesteps) * present
+                attention_loss, in_mask = separation_loss(
+                    store.by_resolution(), masks_b, weights=weights_t.to(device), config=config
+                )
+                loss = loss + config.separation_loss_weight * attention_loss.to(loss.device)
+                for side, share in in_mask.items():
+                    in_mask_sums[side] = in_mask_sums.get(side, 0.0) + float(share.mean())
+                    in_mask_counts[side] = in_mask_counts.get(side, 0) + 1
             loss_value = float(loss.item())
             if not math.isfinite(loss_value):
                 raise PipelineError(f"ED-LoRA training diverged at step {step}: loss is {loss_value}")
@@ -245,7 +344,8 @@ def train_edlora(
             scaler.update()
             schedule.step()
             norm = float(embeddings.detach().norm(dim=-1).mean())
-            if not embeddings_frozen and norm >= EMBEDDING_NORM_THRESHOLD:
+            threshold = config.embedding_norm_threshold
+            if not embeddings_frozen and threshold is not None and norm >= threshold:
                 embeddings_frozen = True
                 logger.info("concept embeddings reached mean norm %.3f at step %d; frozen from now on", norm, step)
             logger.debug("step %d/%d loss %.5f embedding norm %.3f", step, total, loss_value, norm)
@@ -266,6 +366,10 @@ def train_edlora(
                 "resolution": resolution,
                 "num_images": len(images),
                 "masked_loss": masks is not None,
+                "separation_loss": separating,
+                "attention_in_mask_during_training": {
+                    str(side): round(in_mask_sums[side] / in_mask_counts[side], 4) for side in in_mask_sums
+                },
                 "num_layer_embeddings": num_layers,
                 "final_loss": loss_value,
             },
