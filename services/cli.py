@@ -6,13 +6,18 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from core.stores.keys import ApiKeyStore
 
 app = typer.Typer(help="Tessera: multi-concept image personalization as a service.", no_args_is_help=True)
 models_app = typer.Typer(help="Model presets: build, check and train them.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+keys_app = typer.Typer(help="API keys per tenant (stored as hashes in Redis).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 eval_app = typer.Typer(help="Measure quality: concept fidelity, prompt following, leakage.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
@@ -162,6 +167,37 @@ def eval_concept(
 
     scores = run_concept_eval(encoders, generated, references, prompt, class_word)
     typer.echo(json.dumps(scores, indent=2))
+
+
+def _key_store() -> ApiKeyStore:
+    import redis
+
+    from core.config import get_settings
+    from core.stores.keys import ApiKeyStore
+
+    return ApiKeyStore(redis.Redis.from_url(get_settings().redis.url))
+
+
+@keys_app.command("create")
+def keys_create(tenant: Annotated[str, typer.Option(help="The tenant the key acts for.")]) -> None:
+    """Create a key; it is printed once and only its hash is stored."""
+    record, secret = _key_store().create(tenant)
+    typer.echo(f"{record.id}  tenant={record.tenant}\n{secret}")
+
+
+@keys_app.command("list")
+def keys_list(tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None) -> None:
+    """List keys (id, tenant, prefix, created, revoked); secrets are never shown."""
+    for record in _key_store().list(tenant):
+        revoked = f"revoked {record.revoked_at.isoformat()}" if record.revoked_at else "active"
+        typer.echo(f"{record.id}  {record.tenant}  {record.prefix}…  {record.created_at.isoformat()}  {revoked}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")]) -> None:
+    """Revoke a key: requests with it answer 401 from now on."""
+    record = _key_store().revoke(key_id)
+    typer.echo(f"{record.id} revoked")
 
 
 def main() -> None:

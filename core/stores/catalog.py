@@ -1,7 +1,11 @@
 """Files and concepts of each tenant: their records in Redis (the bytes live in the object store).
 
 Keys (prefix ``tessera:``): ``file:{id}``, ``concept:{id}``, ``tenant:{t}:files``, ``tenant:{t}:concepts``
-(time indexes) and ``tenant:{t}:concept-name:{name}`` (the name reservation that keeps names unique).
+(time indexes), ``tenant:{t}:concept-name:{name}`` (the name reservation that keeps names unique) and
+``files:{purpose}`` (every file by creation time, for retention).
+
+Object keys start with what the object is (``inputs/``, ``outputs/``, ``concepts/``), then the tenant, so
+a bucket lifecycle rule can expire inputs and outputs by prefix.
 """
 
 from __future__ import annotations
@@ -19,14 +23,19 @@ from core.stores.index import TimeIndex
 PREFIX = "tessera:"
 
 
-def file_key(tenant: str, file_id: str) -> str:
+FilePurpose = Literal["input", "output"]
+# Object-key prefix per purpose (also the lifecycle-rule prefixes).
+PURPOSE_PREFIX: dict[str, str] = {"input": "inputs/", "output": "outputs/"}
+
+
+def file_key(tenant: str, file_id: str, purpose: FilePurpose = "input") -> str:
     """Object-store key of a file's bytes."""
-    return f"tenants/{tenant}/files/{file_id}"
+    return f"{PURPOSE_PREFIX[purpose]}{tenant}/{file_id}"
 
 
 def adapter_key(tenant: str, concept_id: str) -> str:
     """Object-store key of a concept's ED-LoRA adapter."""
-    return f"tenants/{tenant}/concepts/{concept_id}/adapter.safetensors"
+    return f"concepts/{tenant}/{concept_id}/adapter.safetensors"
 
 
 class FileRecord(BaseModel):
@@ -39,11 +48,11 @@ class FileRecord(BaseModel):
     sha256: str
     created_at: datetime = Field(default_factory=utcnow)
     # "input" for uploads, "output" for what jobs produced (same API, different retention later).
-    purpose: Literal["input", "output"] = "input"
+    purpose: FilePurpose = "input"
 
     @property
     def key(self) -> str:
-        return file_key(self.tenant, self.id)
+        return file_key(self.tenant, self.id, self.purpose)
 
 
 class ConceptRecord(BaseModel):
@@ -75,7 +84,21 @@ class Catalog:
         with self._r.pipeline() as pipe:
             pipe.set(f"{PREFIX}file:{record.id}", record.model_dump_json())
             TimeIndex(self._r, f"{PREFIX}tenant:{record.tenant}:files").add(record.created_at, record.id, pipe)
+            pipe.zadd(f"{PREFIX}files:{record.purpose}", {record.id: record.created_at.timestamp()})
             pipe.execute()
+
+    def files_created_before(self, purpose: FilePurpose, before: float, *, limit: int = 500) -> list[str]:
+        """Ids of files of ``purpose`` created before the unix time ``before``, oldest first."""
+        ids = self._r.zrangebyscore(f"{PREFIX}files:{purpose}", "-inf", before, start=0, num=limit)
+        return [i.decode() for i in cast(list[bytes], ids)]
+
+    def file_record(self, file_id: str) -> FileRecord | None:
+        """A file's record whatever its tenant (for the retention sweeper only)."""
+        raw = self._r.get(f"{PREFIX}file:{file_id}")
+        return None if raw is None else FileRecord.model_validate_json(raw)
+
+    def forget_file(self, purpose: FilePurpose, file_id: str) -> None:
+        self._r.zrem(f"{PREFIX}files:{purpose}", file_id)
 
     def get_file(self, tenant: str, file_id: str) -> FileRecord:
         raw = self._r.get(f"{PREFIX}file:{file_id}")
@@ -87,6 +110,7 @@ class Catalog:
     def delete_file(self, record: FileRecord) -> None:
         with self._r.pipeline() as pipe:
             pipe.delete(f"{PREFIX}file:{record.id}")
+            pipe.zrem(f"{PREFIX}files:{record.purpose}", record.id)
             TimeIndex(self._r, f"{PREFIX}tenant:{record.tenant}:files").remove(record.created_at, record.id, pipe)
             pipe.execute()
 

@@ -334,3 +334,21 @@ def _client_config(max_attempts: int, connect_timeout: float, read_timeout: floa
 
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def set_expiry_rules(store: S3ObjectStore, days_by_prefix: dict[str, int]) -> None:
+    """Install bucket lifecycle rules that expire objects under each prefix after that many days."""
+    rules = [
+        {
+            "ID": f"tessera-expire-{prefix.strip('/')}",
+            "Filter": {"Prefix": prefix},
+            "Status": "Enabled",
+            "Expiration": {"Days": days},
+        }
+        for prefix, days in sorted(days_by_prefix.items())
+    ]
+    with store._map_errors("put lifecycle rules", None):
+        store._client.put_bucket_lifecycle_configuration(
+            Bucket=store.bucket,
+            LifecycleConfiguration={"Rules": rules},  # type: ignore[typeddict-item]
+        )

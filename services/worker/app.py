@@ -49,7 +49,7 @@ def make_celery(settings: Settings | None = None, queues: Sequence[str] = QUEUES
         from services.worker.gpu import register_gpu_tasks
 
         ctx = WorkerContext.build(settings, send_delivery=delivery_sender(app))
-        background.threads.append(register_gpu_tasks(app, ctx, settings))
+        background.threads.extend(register_gpu_tasks(app, ctx, settings))
         app.tessera_context = ctx
     if WEBHOOK_QUEUE in queues:
         from services.worker.webhooks import register_webhook_tasks

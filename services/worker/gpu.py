@@ -11,11 +11,12 @@ from services.worker.context import WorkerContext
 from services.worker.generation import run_generation
 from services.worker.reaper import Reaper
 from services.worker.run import execute
+from services.worker.sweeper import Sweeper
 from services.worker.training import abort_training, run_training
 
 
-def register_gpu_tasks(app: Celery, ctx: WorkerContext, settings: Settings) -> Reaper:
-    """Register the training and generation tasks; returns the reaper to start with the worker."""
+def register_gpu_tasks(app: Celery, ctx: WorkerContext, settings: Settings) -> list[Reaper | Sweeper]:
+    """Register the training and generation tasks; returns the threads to start with the worker."""
 
     # Task bodies live in services.worker.{training,generation}; these wrappers only bind the context.
     @app.task(name=TRAIN_TASK, queue=TRAIN_QUEUE, acks_late=True, time_limit=settings.worker.train_time_limit_seconds)
@@ -31,4 +32,7 @@ def register_gpu_tasks(app: Celery, ctx: WorkerContext, settings: Settings) -> R
     def generate(job_id: str) -> None:
         execute(ctx, job_id, run_generation)
 
-    return Reaper(ctx.jobs, CeleryTaskQueue(app), max_redeliveries=settings.worker.max_redeliveries)
+    return [
+        Reaper(ctx.jobs, CeleryTaskQueue(app), max_redeliveries=settings.worker.max_redeliveries),
+        Sweeper(ctx.catalog, ctx.objects, settings.retention),
+    ]
