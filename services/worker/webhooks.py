@@ -20,7 +20,7 @@ from core.config import Settings, WebhookSettings
 from core.errors import InvalidRequestError
 from core.stores.webhooks import DeliveryAttempt, WebhookStore
 from core.tasks import WEBHOOK_QUEUE, WEBHOOK_TASK
-from core.webhooks import post_vetted, signed_headers, vet_url
+from core.webhooks import Resolver, post_vetted, signed_headers, system_resolver, vet_url
 from services.queue import delivery_sender
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def attempt_delivery(
     *,
     clock: Callable[[], float] = time.time,
     jitter: Callable[[], float] = random.random,
+    resolver: Resolver = system_resolver,
 ) -> None:
     """Send one attempt of a delivery and record its outcome (and the next retry, if any)."""
     delivery = store.get(delivery_id)
@@ -44,7 +45,9 @@ def attempt_delivery(
     started = time.perf_counter()
     try:
         # Resolve and vet again now: the name may point somewhere else than at create time (DNS rebinding).
-        addresses = vet_url(delivery.url, allow_private=settings.allow_private, allow_http=settings.allow_http)
+        addresses = vet_url(
+            delivery.url, allow_private=settings.allow_private, allow_http=settings.allow_http, resolver=resolver
+        )
         body = delivery.body.encode()
         headers = signed_headers(store.secret(delivery.tenant), delivery.id, body)
         status_code = post_vetted(delivery.url, addresses[0], body, headers, timeout=settings.timeout_seconds)
