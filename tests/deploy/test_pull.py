@@ -143,3 +143,13 @@ def test_unknown_presets_and_components_are_refused(tmp_path: Path) -> None:
         pull_preset("tiny", tmp_path, source=FakeSource())
     with pytest.raises(InvalidRequestError, match="unknown components"):
         pull_preset("sd15", tmp_path, source=FakeSource(), include=["loras"])
+
+
+def test_the_hub_source_refuses_to_run_offline() -> None:
+    from huggingface_hub import constants
+
+    from core.ml.pull import HubSource
+
+    assert constants.HF_HUB_OFFLINE  # tests/conftest.py sets HF_HUB_OFFLINE=1 before anything imports the hub
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE=0"):
+        HubSource()
