@@ -25,6 +25,7 @@ _STATUS: list[tuple[type[e.ServiceError], int]] = [
     (e.ConflictError, 409),
     (e.AuthError, 401),
     (e.ForbiddenError, 403),
+    (e.LimitExceededError, 429),
     (e.ObjectStoreError, 503),
 ]
 
@@ -36,11 +37,15 @@ def status_of(exc: e.ServiceError) -> int:
     return 500
 
 
-def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> JSONResponse:
+def problem(
+    status: int, code: str, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     body = {"type": f"https://tessera.dev/problems/{code}", "title": title, "status": status, "detail": detail}
     body["code"] = code
     body.update(extra)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
@@ -48,6 +53,7 @@ def _titles(status: int) -> str:
     return {
         401: "Unauthorized",
         403: "Forbidden",
+        429: "Too many requests",
         404: "Not found",
         409: "Conflict",
         413: "Payload too large",
@@ -66,9 +72,12 @@ def install(app: FastAPI) -> None:
         if status >= 500:
             logger.error("service error: %s", exc.message)
         extra: dict[str, Any] = {}
+        headers: dict[str, str] = {}
         if isinstance(exc, e.InvalidRequestError) and exc.field:
             extra["errors"] = [{"field": exc.field, "message": exc.message}]
-        return problem(status, exc.code, _titles(status), exc.message, **extra)
+        if isinstance(exc, e.LimitExceededError):
+            headers["Retry-After"] = str(exc.retry_after)
+        return problem(status, exc.code, _titles(status), exc.message, headers=headers, **extra)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
