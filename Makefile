@@ -34,7 +34,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 ## test: lint, then the whole suite (unit + integration, real Redis / S3 / Celery processes)
-test: lint
+test: lint deploy-tools
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 ## test-fast: the suite without the slow integration tests

@@ -9,13 +9,19 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
 from core.config import Settings, get_settings
+from core.stores.catalog import Catalog
+from core.stores.jobs import JobStore
+from core.stores.objects import make_object_store
 from core.tasks import GPU_QUEUES, QUEUES, WEBHOOK_QUEUE
-from services.queue import celery_config, delivery_sender
+from services.queue import CeleryTaskQueue, celery_config, delivery_sender
 from services.worker import metrics
+from services.worker.reaper import Reaper
+from services.worker.sweeper import Sweeper
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +50,18 @@ def make_celery(settings: Settings | None = None, queues: Sequence[str] = QUEUES
     app = Celery("tessera-worker")
     app.conf.update(celery_config(settings))
     background = _Background()
+    # Every worker, GPU or not, re-queues orphaned jobs and sweeps expired files: the webhooks worker
+    # stays up when the GPU workers are scaled to zero, so a dead worker's job is never left behind.
+    client = redis.Redis.from_url(settings.redis.url, socket_timeout=30)
+    jobs = JobStore(client, ttl_seconds=settings.job_ttl_seconds, lease_seconds=settings.worker.lease_seconds)
+    background.threads.append(Reaper(jobs, CeleryTaskQueue(app), max_redeliveries=settings.worker.max_redeliveries))
+    background.threads.append(Sweeper(Catalog(client), make_object_store(settings.storage), settings.retention))
     if set(queues) & set(GPU_QUEUES):
         from services.worker.context import WorkerContext
         from services.worker.gpu import register_gpu_tasks
 
         ctx = WorkerContext.build(settings, send_delivery=delivery_sender(app))
-        background.threads.extend(register_gpu_tasks(app, ctx, settings))
+        register_gpu_tasks(app, ctx, settings)
         app.tessera_context = ctx
     if WEBHOOK_QUEUE in queues:
         from services.worker.webhooks import register_webhook_tasks

@@ -2,35 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 from typing import Any
 
 from core.images import load_image
-from core.jobs import new_id
 from core.ml.fusion.regional import ConceptPlacement, generate_regional
 from core.schemas import GenerationRequest
-from core.stores.catalog import FileRecord
+from services.worker.outputs import store_png
 from services.worker.run import JobRun
-
-
-def _store_png(run: JobRun, image: Any, seed: int | None) -> dict[str, Any]:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    data = buffer.getvalue()
-    record = FileRecord(
-        id=new_id("file"),
-        tenant=run.record.tenant,
-        content_type="image/png",
-        bytes=len(data),
-        width=image.width,
-        height=image.height,
-        sha256=hashlib.sha256(data).hexdigest(),
-        purpose="output",
-    )
-    run.ctx.objects.put_bytes(record.key, data, "image/png")
-    run.ctx.catalog.add_file(record)
-    return {"file_id": record.id, "width": image.width, "height": image.height, "seed": seed}
 
 
 def run_generation(run: JobRun) -> dict[str, Any]:
@@ -67,7 +45,7 @@ def run_generation(run: JobRun) -> dict[str, Any]:
         )
     run.check_cancel()
     with run.stage("uploading"):
-        images = [_store_png(run, img, seed) for img, seed in zip(result.images, result.seeds, strict=True)]
-        masks = [_store_png(run, mask, None) for mask in result.masks]
+        images = [store_png(run, img, seed) for img, seed in zip(result.images, result.seeds, strict=True)]
+        masks = [store_png(run, mask, None) for mask in result.masks]
     # Without a styling stage, the stage-1 images are the final ones.
     return {"images": images, "stage1_images": images, "masks": masks}

@@ -1,4 +1,11 @@
-"""Per-process caches: the base model components (loaded lazily, once) and ED-LoRA files on local disk."""
+"""Per-process caches: the base model components and the preset's segmenter (each loaded lazily, once) and ED-LoRA
+files on local disk.
+
+The segmenter (``core.ml.masks.sam.load_segmenter``) is only loaded when a training job needs masks computed: for
+``tiny`` a small SAM built deterministically into ``<root>/tiny/sam/``, for ``sd15`` Meta's ViT-H checkpoint that
+the operator puts at ``<root>/sd15/sam/sam_vit_h_4b8939.pth``, for ``shapes`` the colour segmenter (exact in that
+world; no weights).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,8 @@ from core.config import ModelSettings
 from core.errors import ModelLoadError
 from core.ml.components import SDComponents, load_components
 from core.ml.edlora.adapter import EDLoRAWeights, load_adapter
+from core.ml.masks.sam import load_segmenter
+from core.ml.masks.segmenter import Segmenter
 from core.stores.objects import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -30,6 +39,7 @@ class ModelCache:
         self._settings = settings
         self._lock = threading.Lock()
         self._components: SDComponents | None = None
+        self._segmenter: Segmenter | None = None
 
     def device_and_dtype(self) -> tuple[str, str]:
         device = self._settings.device
@@ -49,6 +59,15 @@ class ModelCache:
                     self._settings.preset, self._settings.root, device=device, dtype=getattr(torch, dtype)
                 )
             return self._components
+
+    def segmenter(self) -> Segmenter:
+        """The preset's segmenter for training masks, loaded on first use (see the module docstring)."""
+        with self._lock:
+            if self._segmenter is None:
+                device, _ = self.device_and_dtype()
+                logger.info("loading the segmenter of preset %s on %s", self._settings.preset, device)
+                self._segmenter = load_segmenter(self._settings.preset, self._settings.root, device=device)
+            return self._segmenter
 
 
 class AdapterCache:

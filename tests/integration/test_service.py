@@ -4,19 +4,23 @@ process, local object store) on the tiny preset: upload → train → generate, 
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import redis
+import standardwebhooks
 from PIL import Image
 
 from core.stores.jobs import JobStore
-from services.client import TesseraClient
+from services.client import TesseraClient, parse_sse
 from services.demo import sample_images
 from services.embedded import Stack
+from tests.fixtures.receiver import receiver
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +31,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = Stack(
         data_dir=tmp_path_factory.mktemp("stack"),
         preset="tiny",
-        extra_env={"TESSERA_WORKER__LEASE_SECONDS": "2", "OMP_NUM_THREADS": "1"},
+        extra_env={
+            "TESSERA_WORKER__LEASE_SECONDS": "2",
+            "OMP_NUM_THREADS": "1",
+            # The test receiver listens on loopback over plain http.
+            "TESSERA_WEBHOOKS__ALLOW_PRIVATE": "true",
+            "TESSERA_WEBHOOKS__ALLOW_HTTP": "true",
+            "TESSERA_WEBHOOKS__RETRY_DELAYS_SECONDS": "[0.5, 0.5, 0.5]",
+            "TESSERA_QUOTAS__REQUESTS_PER_MINUTE": "100000",
+        },
     )
     with s:
         yield s
@@ -138,3 +150,54 @@ def test_worker_killed_mid_training_is_rerun(client: TesseraClient, stack: Stack
     # The reaper handed the job back exactly once; the dead worker's run never finished it.
     record = JobStore(redis.Redis.from_url(stack.redis_url)).get(job["id"])
     assert record.redeliveries == 1 and record.status == "succeeded"
+
+
+def test_events_resume_with_last_event_id_and_webhooks_arrive_signed(client: TesseraClient, stack: Stack) -> None:
+    secret = client.webhook_secret()
+    # job.started is answered 200; the first job.completed attempt 500, its retry 200.
+    with receiver(script=[200, 500]) as hook:
+        files = [client.upload_file(d)["id"] for d in sample_images("star", 64, 2)]
+        job = client.create_training(
+            {
+                "concept": {"name": "evented", "class_word": "star"},
+                "images": files,
+                "options": {"max_train_steps": 6, "batch_size": 1},
+                "webhook": hook.url,
+                "webhook_events_filter": ["start", "completed"],
+            }
+        )
+        seen: list[tuple[str, str]] = []
+        # Read two events, drop the connection, resume from the last id until the terminal event.
+        with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.api_key}"}) as http:
+            with http.stream("GET", f"/v1/jobs/{job['id']}/events", timeout=None) as response:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                for event_id, state in parse_sse(response.iter_lines()):
+                    seen.append((event_id or "", state["status"]))
+                    if len(seen) == 2:
+                        break
+        for state in client.events(job["id"], last_event_id=seen[-1][0]):
+            seen.append(("", state["status"]))
+        statuses = [s for _, s in seen]
+        assert statuses[0] == "queued" and statuses[-1] == "succeeded"
+        assert statuses == sorted(statuses, key=["queued", "running", "succeeded"].index), statuses
+        ids = [i for i, _ in seen if i]
+        assert len(ids) == len(set(ids))
+        deadline = time.monotonic() + 30
+        while len(hook.requests) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    types = [json.loads(r.body)["type"] for r in hook.requests]
+    assert types.count("job.started") == 1 and types.count("job.completed") == 2, types
+    completed = [r for r in hook.requests if json.loads(r.body)["type"] == "job.completed"]
+    assert completed[0].headers["webhook-id"] == completed[1].headers["webhook-id"]
+    for request in hook.requests:
+        payload = standardwebhooks.Webhook(secret).verify(request.body, request.headers)
+        assert payload["data"]["id"] == job["id"]
+    log = client._json("GET", f"/v1/jobs/{job['id']}/webhook_deliveries")["data"]
+    assert [a["status_code"] for a in log if a["type"] == "job.completed"] == [500, 200]
+
+
+def test_stack_metrics(stack: Stack) -> None:
+    api = httpx.get(f"{stack.url}/metrics").text
+    assert "tessera_jobs_finished_total" in api and "tessera_queue_depth" in api
+    worker = httpx.get(f"http://127.0.0.1:{stack.metrics_ports['worker']}/metrics").text
+    assert "tessera_worker_stage_seconds" in worker
