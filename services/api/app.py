@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         title="Tessera",
         version="1.0",
         summary="Multi-concept image personalization: learn concepts, generate scenes that combine them.",
+        responses=errors.ERROR_RESPONSES,
     )
     jobs = JobStore(client, ttl_seconds=settings.job_ttl_seconds)
     catalog = Catalog(client)

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core import errors as e
@@ -15,6 +16,42 @@ from core import errors as e
 logger = logging.getLogger(__name__)
 
 PROBLEM = "application/problem+json"
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+    type: str | None = None
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, with a stable machine-readable ``code``."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[FieldError] | None = None
+
+
+def _problem_response(description: str) -> dict[str, Any]:
+    return {"description": description, "model": Problem, "content": {PROBLEM: {}}}
+
+
+# Documented on every operation, so the OpenAPI document describes every answer the API can give.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _problem_response("Missing or unknown API key."),
+    403: _problem_response("A signed URL that is expired or tampered with."),
+    404: _problem_response("No such object for this tenant."),
+    409: _problem_response("Conflict: a concept name taken, or the same Idempotency-Key in flight."),
+    413: _problem_response("The upload is larger than the limit."),
+    415: _problem_response("The upload is not a PNG, JPEG or WebP image."),
+    422: _problem_response("A field breaks a rule; `errors` names each one."),
+    429: _problem_response("A quota or rate limit; see Retry-After."),
+    500: _problem_response("An unexpected error (no details are leaked)."),
+    503: _problem_response("A dependency (Redis, the object store, the queue) is unavailable."),
+}
 
 _STATUS: list[tuple[type[e.ServiceError], int]] = [
     (e.UnsupportedMediaError, 415),
