@@ -123,6 +123,8 @@ def start_redis(
         "--maxmemory-policy",
         "noeviction",
     ]
+    if log is None:
+        argv += ["--logfile", str(data_dir / "redis.log")]
     child = Child("redis", argv, log=log)
     url = f"redis://127.0.0.1:{port}/0"
     wait_for(lambda: redis.Redis.from_url(url).ping(), what=f"redis on port {port}", child=child)
