@@ -10,7 +10,6 @@ from typing import Any
 
 import typer
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
 from services.client import TesseraClient, TesseraError
 
@@ -51,22 +50,7 @@ def sample_images(kind: str, size: int, count: int) -> list[bytes]:
 
 
 def _follow(client: TesseraClient, job: dict[str, Any], label: str) -> dict[str, Any]:
-    bar = tqdm(total=100, desc=label, unit="%", bar_format="{desc:<28} {bar} {n:3.0f}% {postfix}")
-
-    def update(state: dict[str, Any]) -> None:
-        progress = state.get("progress") or {}
-        bar.n = round(100 * progress.get("fraction", 0.0)) if state["status"] == "running" else bar.n
-        if state["status"] == "succeeded":
-            bar.n = 100
-        stage = progress.get("stage", "")
-        position = state.get("queue_position")
-        bar.set_postfix_str(f"{state['status']} {stage}" + (f" (#{position} in queue)" if position else ""))
-
-    try:
-        final = client.wait(job["id"], on_update=update, timeout=3600)
-    finally:
-        bar.close()
-    return final
+    return client.wait(job["id"], timeout=3600, progress=label)
 
 
 def _timeline(jobs: list[tuple[str, dict[str, Any]]]) -> None:
