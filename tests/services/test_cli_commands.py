@@ -1,14 +1,17 @@
-"""CLI commands that run in-process: `tessera eval concept` and `tessera models init`."""
+"""CLI commands that run in-process (eval, models init, keys) and the JSON log format."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from core.ml.metrics.tiny import build_tiny_eval_encoders
+from services import logs
 from services.cli import app
 
 
@@ -47,3 +50,28 @@ def test_models_init_builds_tiny(tmp_path: Path) -> None:
     assert (tmp_path / "tiny" / "unet" / "config.json").exists()
     missing = CliRunner().invoke(app, ["models", "init", "--preset", "sd15", "--root", str(tmp_path)])
     assert missing.exit_code != 0 and "sd15" in str(missing.exception)
+
+
+def test_keys_create_list_revoke(redis_url: str, redis_client: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TESSERA_REDIS__URL", redis_url)
+    runner = CliRunner()
+    created = runner.invoke(app, ["keys", "create", "--tenant", "acme"])
+    assert created.exit_code == 0, created.output
+    key_id, secret = created.stdout.split()[0], created.stdout.split()[-1]
+    assert key_id.startswith("key_") and secret.startswith("tsk_")
+    listed = runner.invoke(app, ["keys", "list", "--tenant", "acme"]).stdout
+    assert key_id in listed and secret not in listed and "active" in listed
+    assert runner.invoke(app, ["keys", "revoke", key_id]).exit_code == 0
+    assert "revoked" in runner.invoke(app, ["keys", "list"]).stdout
+
+
+def test_json_logs_carry_request_and_job_ids() -> None:
+    record = logging.LogRecord("tessera.test", logging.INFO, __file__, 1, "hello %s", ("world",), None)
+    token_r, token_j = logs.request_id.set("req-1"), logs.job_id.set("job_1")
+    try:
+        line = json.loads(logs.JsonFormatter().format(record))
+    finally:
+        logs.request_id.reset(token_r)
+        logs.job_id.reset(token_j)
+    assert line["message"] == "hello world" and line["request_id"] == "req-1" and line["job_id"] == "job_1"
+    assert line["level"] == "info" and "time" in line
