@@ -91,16 +91,32 @@ class ConceptSpec(_Strict):
 
 
 class MaskPrompt(_Strict):
-    point: tuple[float, float] | None = None
-    box: tuple[float, float, float, float] | None = None
+    """Where the concept is in one training image, for Segment Anything: a point or a box, normalised to 0..1."""
+
+    point: tuple[float, float] | None = Field(None, description="[x, y] on the concept, 0..1 of width/height.")
+    box: tuple[float, float, float, float] | None = Field(
+        None, description="[x0, y0, x1, y1] around the concept, 0..1, with x0 < x1 and y0 < y1."
+    )
+
+    @field_validator("point", "box")
+    @classmethod
+    def _inside_image(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        # Validated per field so a 422 names mask_prompts[i].point or .box, not just the prompt.
+        if v is not None and any(not 0.0 <= c <= 1.0 for c in v):
+            raise ValueError(f"coordinates are normalised to 0..1 (inside the image), got {list(v)}")
+        return v
+
+    @field_validator("box")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float, float, float] | None) -> tuple[float, float, float, float] | None:
+        if v is not None and not (v[0] < v[2] and v[1] < v[3]):
+            raise ValueError(f"box must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1, got {list(v)}")
+        return v
 
     @model_validator(mode="after")
     def _one(self) -> MaskPrompt:
         if (self.point is None) == (self.box is None):
             raise ValueError("give exactly one of point or box")
-        coords = self.point or self.box or ()
-        if any(not 0.0 <= c <= 1.0 for c in coords):
-            raise ValueError(f"coordinates are normalised to 0..1, got {list(coords)}")
         return self
 
 

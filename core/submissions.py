@@ -72,6 +72,14 @@ def submit_training(
     mask_keys = None
     if request.masks is not None:
         mask_keys = [_file_key(catalog, tenant, fid, f"masks[{i}]") for i, fid in enumerate(request.masks)]
+        # An uploaded mask bypasses Segment Anything, so a prompt beside it would be silently ignored.
+        for i, prompt in enumerate(request.mask_prompts or []):
+            if prompt is not None:
+                raise InvalidRequestError(
+                    f"mask_prompts[{i}]: images[{i}] has an uploaded mask (masks[{i}]), which is used as given; "
+                    "send a prompt or a mask per image, not both",
+                    field=f"mask_prompts[{i}]",
+                )
     job_id = new_id("job")
     concept = ConceptRecord(
         id=new_id("cpt"),

@@ -237,7 +237,9 @@ def concepts_diagnose(
     ] = None,
     preset: Annotated[str, typer.Option(help="Model preset the adapter was trained on.")] = "tiny",
     root: Annotated[Path | None, typer.Option(help="Models root; default TESSERA_MODELS__ROOT.")] = None,
-    caption: Annotated[str | None, typer.Option(help='Caption with <concept>; default "a photo of a <concept>".')] = None,
+    caption: Annotated[
+        str | None, typer.Option(help='Caption with <concept>; default "a photo of a <concept>".')
+    ] = None,
     class_word: Annotated[str, typer.Option(help="Class word, for a Mix-of-Show .pth (it does not store one).")] = "",
     seed: Annotated[int, typer.Option(help="Seed of the noise draws.")] = 0,
 ) -> None:

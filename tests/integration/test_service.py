@@ -85,17 +85,28 @@ def _pixels(client: TesseraClient, job: dict[str, Any]) -> np.ndarray:
 
 def test_upload_train_generate_end_to_end(client: TesseraClient) -> None:
     jobs = {name: _train(client, name, steps=12, kind=kind) for name, kind in (("star-a", "star"), ("ring-b", "ring"))}
-    fractions: list[float] = []
+    fractions: list[tuple[str, float]] = []
     final = client.wait(
         jobs["star-a"]["id"],
         poll=0.05,
         timeout=300,
-        on_update=lambda j: fractions.append((j["progress"] or {}).get("fraction", 0.0)),
+        on_update=lambda j: fractions.append(
+            ((j["progress"] or {}).get("stage", ""), (j["progress"] or {}).get("fraction", 0.0))
+        ),
     )
     assert final["status"] == "succeeded", final["error"]
-    training_fractions = [f for f in fractions if f > 0]
+    # Progress is per stage (masking, then training, ...); within training it only grows.
+    training_fractions = [f for stage, f in fractions if stage == "training" and f > 0]
     assert training_fractions == sorted(training_fractions) or max(training_fractions) == 1.0
     assert final["output"]["concept_id"].startswith("cpt_")
+    # The masks the training used (SAM, no prompt: one per image) and the attention-in-mask diagnostic.
+    masks = final["output"]["masks"]
+    assert len(masks) == 3 and all(m["file_id"].startswith("file_") and m["url"] for m in masks)
+    assert client.download(masks[0]["url"]).startswith(b"\x89PNG")
+    diagnostics = final["output"]["diagnostics"]
+    assert 0.0 <= diagnostics["attention_in_mask"] <= 1.0
+    assert set(diagnostics["mask_sources"]) <= {"auto", "whole_image"}  # the tiny SAM is random
+    assert final["metrics"]["stages"]["masking"] > 0
     assert final["metrics"]["stages"]["training"] > 0
     assert client.wait(jobs["ring-b"]["id"], timeout=300)["status"] == "succeeded"
     concept = client.get_concept("star-a")

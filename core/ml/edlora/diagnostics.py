@@ -3,9 +3,9 @@
 Protocol (fixed, so numbers compare across runs): each image is centre-cropped to the training side and encoded
 by the VAE (latent mean), noised with a seeded draw at each of ``DIAGNOSTIC_TIMESTEPS``, and run once through the
 UNet with the concept's adapter at its training strength and the caption ``"a photo of a <concept>"`` (the first
-template of the concept type). Every cross-attention layer is captured; per map side ``r`` the share is
-``Σ_x A(x)·M_r(x) / Σ_x A(x)`` with the mask area-resized to ``r`` (undilated), averaged over both concept words,
-the timesteps and the images. 1.0 means all of the concept's attention lands on the concept.
+template of the concept type) unless the caller gives one. Every cross-attention layer is captured; per map side
+``r`` the share is ``Σ_x A(x)·M_r(x) / Σ_x A(x)`` with the mask area-resized to ``r`` (undilated), averaged over
+both concept words, the timesteps and the images. 1.0 means all of the concept's attention lands on the concept.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def measure_attention_in_mask(
     *,
     seed: int = 0,
     timesteps: Sequence[int] = DIAGNOSTIC_TIMESTEPS,
+    caption: str | None = None,
 ) -> AttentionInMask:
     """Measure the attention-in-mask share of ``weights``'s concept on ``images`` with their concept ``masks``.
 
@@ -82,6 +83,8 @@ def measure_attention_in_mask(
         images: RGB images (any size; centre-cropped to the adapter's training side).
         masks: one L-mode mask per image, white = concept.
         seed: seeds the noise draws.
+        caption: a caption with ``<concept>`` to measure with instead of the concept type's first template (for
+            models whose vocabulary lacks "a photo of").
 
     Raises:
         InvalidRequestError: no images, or not one mask per image.
@@ -93,7 +96,8 @@ def measure_attention_in_mask(
         )
     side = int(weights.training_options.get("resolution") or components.default_resolution)
     concept_type = str(weights.training_options.get("concept_type", "object"))
-    caption = bind_caption(caption_templates(concept_type)[0], weights.concept_name)  # type: ignore[arg-type]
+    text = caption if caption is not None else caption_templates(concept_type)[0]  # type: ignore[arg-type]
+    bound = bind_caption(text, weights.concept_name, field="caption")
     views = [centre_view(img, [m], side) for img, m in zip(images, masks, strict=True)]
     scheduler = DDPMScheduler.from_config(components.scheduler.config)
     scaling = float(components.vae.config.scaling_factor)
@@ -114,9 +118,9 @@ def measure_attention_in_mask(
                 latents = components.vae.encode(pixels).latent_dist.mean.float().cpu() * scaling
                 concept = torch.stack([v.masks[0] for v in chunk])  # [b, 1, R, R]
                 states = encode_layerwise(
-                    components.tokenizer, text_encoder, [caption] * len(chunk), embeddings, num_layers
+                    components.tokenizer, text_encoder, [bound] * len(chunk), embeddings, num_layers
                 )
-                columns, _ = concept_columns(components.tokenizer, [caption] * len(chunk), weights.concept_name)
+                columns, _ = concept_columns(components.tokenizer, [bound] * len(chunk), weights.concept_name)
                 for t in timesteps:
                     noise = torch.randn(latents.shape, generator=generator)
                     t_batch = torch.full((len(chunk),), int(t), dtype=torch.long)
