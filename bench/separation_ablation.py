@@ -28,7 +28,6 @@ import PIL.Image
 import torch
 
 from core.ml.components import load_components
-from core.ml.edlora.config import EDLoRAConfig
 from core.ml.edlora.diagnostics import measure_attention_in_mask
 from core.ml.edlora.trainer import train_edlora
 from core.ml.masks.segmenter import ColourSegmenter, compute_masks
@@ -55,9 +54,7 @@ def scenes(concept: world.Concept, count: int, seed: int) -> tuple[list[PIL.Imag
         rng = world.scene_rng(seed, i)
         side = "left" if rng.random() < 0.5 else "right"
         other = world.BASE_OBJECTS[int(rng.integers(len(world.BASE_OBJECTS)))]
-        scene = world.place_objects(
-            (concept.spec.at(side), other.at("right" if side == "left" else "left")), rng
-        )
+        scene = world.place_objects((concept.spec.at(side), other.at("right" if side == "left" else "left")), rng)
         images.append(world.render_scene(scene))
         x, y = scene.objects[0].centre
         prompts.append(MaskPrompt(point=(x / world.RESOLUTION, y / world.RESOLUTION)))
@@ -84,7 +81,7 @@ def main() -> None:
     test_images, test_prompts = scenes(concept, args.held_out, seed=10_000)
     test_masks = [m.concept_image() for m in compute_masks(segmenter, test_images, prompts=test_prompts)]
     results: dict[str, list[float]] = {arm: [] for arm in args.arms}
-    per_image: dict[str, int] = {arm: 0 for arm in args.arms}
+    per_image: dict[str, int] = dict.fromkeys(args.arms, 0)
     for seed in args.seeds:
         images, prompts = scenes(concept, args.images, seed=seed)
         masks = compute_masks(segmenter, images, prompts=prompts)
@@ -111,8 +108,7 @@ def main() -> None:
             per_image[arm] += report.num_images
             sides = " ".join(f"{r}x{r}={v:.3f}" for r, v in report.per_resolution.items())
             print(
-                f"seed {seed} {arm:<24} attention-in-mask {report.overall:.3f} ({sides}) "
-                f"train {seconds:.1f}s",
+                f"seed {seed} {arm:<24} attention-in-mask {report.overall:.3f} ({sides}) train {seconds:.1f}s",
                 flush=True,
             )
     print(f"\nconcept {concept.name}, {args.steps} steps, {args.images} training images, preset {args.preset}")
