@@ -12,9 +12,12 @@ from collections.abc import Callable
 
 import redis
 
+from core.config import StorageSettings
 from core.jobs import JobRecord, utcnow
 from core.presenter import Presenter
+from core.stores.catalog import Catalog
 from core.stores.jobs import JobStore
+from core.stores.objects import ObjectStore
 from core.stores.webhooks import Delivery, WebhookStore
 
 EVENT_TYPES = {"start": "job.started", "progress": "job.progress", "completed": "job.completed"}
@@ -66,3 +69,23 @@ class WebhookNotifier:
         )
         self._webhooks.save(delivery)
         self._enqueue(delivery.id)
+
+
+def attach_webhooks(
+    client: redis.Redis,
+    jobs: JobStore,
+    catalog: Catalog,
+    objects: ObjectStore,
+    storage: StorageSettings,
+    send: Callable[[str], None],
+) -> Presenter:
+    """Make every change of ``jobs`` send the webhooks its job asked for; returns the presenter used for bodies."""
+    presenter = Presenter(
+        jobs=jobs,
+        catalog=catalog,
+        objects=objects,
+        public_base_url=storage.public_base_url,
+        url_expiry_seconds=storage.url_expiry_seconds,
+    )
+    jobs.listeners.append(WebhookNotifier(client, jobs, WebhookStore(client), presenter, send))
+    return presenter

@@ -124,8 +124,14 @@ class Stack:
 
     def stop(self) -> None:
         """Stop workers first (they finish or hand back their job), then the API, then Redis."""
-        for name in sorted(self.children, key=lambda n: (n == "redis", n == "api")):
-            self.children[name].stop()
+        workers = [c for n, c in self.children.items() if n not in ("api", "redis")]
+        for child in workers:  # all at once: their warm shutdowns overlap
+            child.terminate()
+        for child in workers:
+            child.stop()
+        for name in ("api", "redis"):
+            if name in self.children:
+                self.children[name].stop()
         self.children.clear()
 
     def __enter__(self) -> Stack:

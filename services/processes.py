@@ -83,10 +83,15 @@ class Child:
             os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait()
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def terminate(self) -> None:
+        """Ask the process group to stop (SIGTERM) without waiting."""
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGTERM)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.alive():
+            self.terminate()
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:

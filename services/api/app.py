@@ -11,8 +11,7 @@ import redis.asyncio
 from fastapi import FastAPI, Request, Response
 
 from core.config import Settings, get_settings
-from core.notifier import WebhookNotifier
-from core.presenter import Presenter
+from core.notifier import attach_webhooks
 from core.stores.catalog import Catalog
 from core.stores.idempotency import IdempotencyStore
 from core.stores.jobs import JobStore
@@ -49,16 +48,8 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     catalog = Catalog(client)
     objects = make_object_store(settings.storage)
     producer = make_producer(settings)
-    presenter = Presenter(
-        jobs=jobs,
-        catalog=catalog,
-        objects=objects,
-        public_base_url=settings.storage.public_base_url,
-        url_expiry_seconds=settings.storage.url_expiry_seconds,
-    )
-    webhooks = WebhookStore(client)
     # A job canceled while queued completes here, in the API: its webhook is sent from here too.
-    jobs.listeners.append(WebhookNotifier(client, jobs, webhooks, presenter, delivery_sender(producer)))
+    presenter = attach_webhooks(client, jobs, catalog, objects, settings.storage, delivery_sender(producer))
     app.state.tessera = ApiState(
         settings=settings,
         redis=client,
@@ -71,7 +62,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         presenter=presenter,
         keys=ApiKeyStore(client),
         rate_limiter=RateLimiter(client, per_minute=settings.quotas.requests_per_minute),
-        webhooks=webhooks,
+        webhooks=WebhookStore(client),
         idempotency=IdempotencyStore(client),
         policy=Policy(
             max_active_jobs=settings.quotas.max_active_jobs,

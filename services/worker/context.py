@@ -11,12 +11,10 @@ from dataclasses import dataclass, field
 import redis
 
 from core.config import Settings
-from core.notifier import WebhookNotifier
-from core.presenter import Presenter
+from core.notifier import attach_webhooks
 from core.stores.catalog import Catalog
 from core.stores.jobs import JobStore
 from core.stores.objects import ObjectStore, make_object_store
-from core.stores.webhooks import WebhookStore
 from services.worker.models import AdapterCache, ModelCache
 
 
@@ -37,14 +35,7 @@ class WorkerContext:
         objects = make_object_store(settings.storage)
         jobs = JobStore(client, ttl_seconds=settings.job_ttl_seconds, lease_seconds=settings.worker.lease_seconds)
         catalog = Catalog(client)
-        presenter = Presenter(
-            jobs=jobs,
-            catalog=catalog,
-            objects=objects,
-            public_base_url=settings.storage.public_base_url,
-            url_expiry_seconds=settings.storage.url_expiry_seconds,
-        )
-        jobs.listeners.append(WebhookNotifier(client, jobs, WebhookStore(client), presenter, send_delivery))
+        attach_webhooks(client, jobs, catalog, objects, settings.storage, send_delivery)
         return cls(
             settings=settings,
             jobs=jobs,

@@ -210,5 +210,7 @@ def test_events_resume_with_last_event_id_and_webhooks_arrive_signed(client: Tes
 def test_stack_metrics(stack: Stack) -> None:
     api = httpx.get(f"{stack.url}/metrics").text
     assert "tessera_jobs_finished_total" in api and "tessera_queue_depth" in api
-    worker = httpx.get(f"http://127.0.0.1:{stack.metrics_ports['worker']}/metrics").text
+    # The GPU worker started last (an earlier test replaced the first one).
+    name = [n for n in stack.children if n.startswith("worker") and stack.children[n].alive()][-1]
+    worker = httpx.get(f"http://127.0.0.1:{stack.metrics_ports[name]}/metrics").text
     assert "tessera_worker_stage_seconds" in worker
