@@ -1,10 +1,17 @@
-"""The demo client: two concepts learned from sample images, then one image with both, all over HTTP."""
+"""The demo client: two concepts learned from sample images, then one image with both, all over HTTP.
+
+On the ``shapes`` preset (the default of ``make demo``) the samples are two held-out concepts of the
+shapes world (a purple star, an orange ring) and the scorer judges the generated scene: each concept
+in its half, with its own colour and shape, and no attribute leakage.
+"""
 
 from __future__ import annotations
 
 import io
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +20,29 @@ from PIL import Image, ImageDraw
 
 from services.client import TesseraClient, TesseraError
 
-# Per preset: image size and the sampling settings that suit it.
-PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "tiny": {"size": 64, "train_steps": 20, "steps": 10, "guidance": 5.0},
-    "shapes": {"size": 64, "train_steps": 300, "steps": 20, "guidance": 4.0},
-    "sd15": {"size": 512, "train_steps": 500, "steps": 30, "guidance": 7.5},
-}
+HALVES = ([0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 1.0])
+
+
+@dataclass
+class ConceptSamples:
+    name: str
+    class_word: str
+    images: list[bytes]
+    captions: list[str] | None = None
+
+
+@dataclass
+class DemoPlan:
+    """What the demo uploads, how it trains and samples, and how it judges the result (per preset)."""
+
+    size: int
+    concepts: list[ConceptSamples]
+    options: dict[str, Any]
+    steps: int
+    guidance: float
+    weight: float = 0.7
+    judge: Callable[[bytes], list[str]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _star(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, fill: tuple[int, int, int]) -> None:
@@ -28,6 +52,12 @@ def _star(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, fill: tuple
         angle = -math.pi / 2 + i * math.pi / 5
         points.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle)))
     draw.polygon(points, fill=fill)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def sample_images(kind: str, size: int, count: int) -> list[bytes]:
@@ -43,14 +73,78 @@ def sample_images(kind: str, size: int, count: int) -> list[bytes]:
             _star(draw, cx, cy, r, (140, 50, 190))
         else:
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=(245, 140, 20), width=max(2, int(size * 0.09)))
-        buffer = io.BytesIO()
-        img.save(buffer, format="PNG")
-        images.append(buffer.getvalue())
+        images.append(_png(img))
     return images
 
 
-def _follow(client: TesseraClient, job: dict[str, Any], label: str) -> dict[str, Any]:
-    return client.wait(job["id"], timeout=3600, progress=label)
+def _generic_plan(size: int, train_steps: int, steps: int, guidance: float) -> DemoPlan:
+    suffix = str(int(time.time()))
+    return DemoPlan(
+        size=size,
+        concepts=[ConceptSamples(f"{kind}-{suffix}", kind, sample_images(kind, size, 4)) for kind in ("star", "ring")],
+        options={"max_train_steps": train_steps, "seed": 0},
+        steps=steps,
+        guidance=guidance,
+    )
+
+
+def _shapes_plan() -> DemoPlan:
+    # The shapes world needs torch only through the recipe module; the demo runs beside the service.
+    from core.ml.shapes import world
+    from core.ml.shapes.personalization import SHAPES_RECIPE, class_word, concept_examples
+    from core.ml.shapes.scorer import score_image
+
+    recipe = SHAPES_RECIPE
+    suffix = str(int(time.time()))
+    picked = [world.concept("purple_star"), world.concept("orange_ring")]
+    concepts = []
+    for index, concept in enumerate(picked):
+        images, captions = concept_examples(
+            concept, count=recipe.num_images, seed=index, positions=recipe.example_positions
+        )
+        name = f"{concept.name.replace('_', '-')}-{suffix}"
+        concepts.append(
+            ConceptSamples(
+                name,
+                class_word(concept),
+                [_png(image) for image in images],
+                # The API's captions say <concept> where the concept's words go.
+                [c.replace(f"<{concept.name}>", "<concept>") for c in captions],
+            )
+        )
+
+    def judge(png: bytes) -> list[str]:
+        import numpy as np
+
+        expected = [picked[0].spec.at("left"), picked[1].spec.at("right")]
+        score = score_image(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), expected)
+        lines = []
+        for spec, v in zip(expected, score.objects, strict=True):
+            found = "nothing" if v.found is None else f"a {v.found.colour} {v.found.shape} on the {v.found.position}"
+            lines.append(
+                f"{'ok ' if v.correct else 'BAD'} asked a {spec.colour} {spec.shape} on the {spec.position}, "
+                f"found {found}"
+            )
+        lines.append(f"leakage: {'yes' if score.leakage else 'none'}")
+        return lines
+
+    return DemoPlan(
+        size=world.RESOLUTION,
+        concepts=concepts,
+        options=recipe.training.model_dump(mode="json"),
+        steps=recipe.num_inference_steps,
+        guidance=recipe.guidance_scale,
+        weight=recipe.lora_weight,
+        judge=judge,
+    )
+
+
+def plan_for(preset: str) -> DemoPlan:
+    if preset == "shapes":
+        return _shapes_plan()
+    if preset == "tiny":
+        return _generic_plan(64, 20, 10, 5.0)
+    return _generic_plan(512, 500, 30, 7.5)
 
 
 def _timeline(jobs: list[tuple[str, dict[str, Any]]]) -> None:
@@ -59,56 +153,53 @@ def _timeline(jobs: list[tuple[str, dict[str, Any]]]) -> None:
         m = job["metrics"]
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in m.get("stages", {}).items())
         typer.echo(
-            f"  {label:<22} {job['status']:<10} queued {m['queue_seconds'] or 0:.1f}s "
+            f"  {label:<34} {job['status']:<10} queued {m['queue_seconds'] or 0:.1f}s "
             f"ran {m['run_seconds'] or 0:.1f}s  [{stages}]"
         )
 
 
 def run_demo(url: str, api_key: str, *, out: Path, preset: str = "tiny") -> int:
     """Run the demo against ``url``; returns a process exit code."""
-    defaults = PRESET_DEFAULTS.get(preset, PRESET_DEFAULTS["sd15"])
-    size = defaults["size"]
-    suffix = str(int(time.time()))
+    plan = plan_for(preset)
     started = time.monotonic()
     finished: list[tuple[str, dict[str, Any]]] = []
     with TesseraClient(url, api_key) as client:
         try:
-            concepts = []
-            for kind, class_word in (("star", "star"), ("ring", "ring")):
-                name = f"{kind}-{suffix}"
-                files = [client.upload_file(d)["id"] for d in sample_images(kind, size, 4)]
-                typer.echo(f"uploaded {len(files)} images of <{name}>")
-                job = client.create_training(
-                    {
-                        "concept": {"name": name, "class_word": class_word},
-                        "images": files,
-                        "options": {"max_train_steps": defaults["train_steps"], "seed": 0},
-                    }
-                )
-                concepts.append((name, job))
-            for name, job in concepts:
-                final = _follow(client, job, f"train <{name}>")
+            jobs = []
+            for concept in plan.concepts:
+                files = [client.upload_file(d)["id"] for d in concept.images]
+                typer.echo(f"uploaded {len(files)} images of <{concept.name}>")
+                body: dict[str, Any] = {
+                    "concept": {"name": concept.name, "class_word": concept.class_word},
+                    "images": files,
+                    "options": plan.options,
+                }
+                if concept.captions:
+                    body["captions"] = concept.captions
+                jobs.append((concept.name, client.create_training(body)))
+            for name, job in jobs:
+                final = client.wait(job["id"], timeout=3600, progress=f"train <{name}>")
                 finished.append((f"train <{name}>", final))
                 if final["status"] != "succeeded":
                     typer.echo(f"training of <{name}> ended {final['status']}: {final['error']}", err=True)
                     return 1
-            (a, _), (b, _) = concepts
+            (a, _), (b, _) = jobs
             job = client.create_generation(
                 {
                     "prompt": f"a <{a}> on the left and a <{b}> on the right",
                     "concepts": [
-                        {"concept": a, "region": {"box": [0.0, 0.0, 0.5, 1.0]}},
-                        {"concept": b, "region": {"box": [0.5, 0.0, 1.0, 1.0]}},
+                        {"concept": a, "region": {"box": HALVES[0]}, "weight": plan.weight},
+                        {"concept": b, "region": {"box": HALVES[1]}, "weight": plan.weight},
                     ],
                     "fusion": "regional",
-                    "width": size,
-                    "height": size,
-                    "num_inference_steps": defaults["steps"],
-                    "guidance_scale": defaults["guidance"],
+                    "width": plan.size,
+                    "height": plan.size,
+                    "num_inference_steps": plan.steps,
+                    "guidance_scale": plan.guidance,
                     "seed": 7,
                 }
             )
-            final = _follow(client, job, "generate")
+            final = client.wait(job["id"], timeout=3600, progress="generate")
             finished.append(("generate", final))
             if final["status"] != "succeeded":
                 typer.echo(f"generation ended {final['status']}: {final['error']}", err=True)
@@ -125,5 +216,9 @@ def run_demo(url: str, api_key: str, *, out: Path, preset: str = "tiny") -> int:
     _timeline(finished)
     typer.echo(f"\nimages: {', '.join(str(p) for p in saved)}")
     typer.echo(f"output URLs (valid 1 h): {final['output']['images'][0]['url']}")
+    if plan.judge is not None:
+        typer.echo("\nscorer's verdict on the generated scene:")
+        for line in plan.judge(saved[0].read_bytes()):
+            typer.echo(f"  {line}")
     typer.echo(f"demo took {time.monotonic() - started:.1f}s")
     return 0
