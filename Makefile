@@ -28,6 +28,10 @@ demo: $(VENV)/.installed-run
 serve: $(VENV)/.installed-run
 	HF_HUB_OFFLINE=1 $(BIN)/tessera serve --preset $(PRESET)
 
+## eval: measure the shipped shapes model (base accuracy, concept fidelity, leakage, fusion binding) -> eval/shapes.json
+eval: $(VENV)/.installed-run
+	HF_HUB_OFFLINE=1 $(BIN)/tessera eval shapes --out eval/shapes.json
+
 ## lint: ruff and mypy on the code
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check core services tests bench

@@ -173,6 +173,18 @@ def models_train_shapes(ctx: typer.Context) -> None:
     train_main(list(ctx.args))
 
 
+@eval_app.command("shapes", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def eval_shapes(ctx: typer.Context) -> None:
+    """Measure the shipped shapes model: base accuracy, concept fidelity, leakage, fusion binding.
+
+    Writes eval/shapes.json and prints one table; `--quick` runs the subset CI runs (see
+    `python -m core.ml.shapes.eval_report --help` for every option).
+    """
+    from core.ml.shapes.eval_report import main as eval_main
+
+    eval_main(list(ctx.args))
+
+
 @eval_app.command("concept")
 def eval_concept(
     encoders: Annotated[Path, typer.Option(help="Folder with clip-vit-b32/ and dino-vits16/.")],
