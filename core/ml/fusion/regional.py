@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
 from core.ml.components import SDComponents
 from core.ml.edlora.attention import layerwise_cross_attention
-from core.ml.edlora.embeddings import encode_layerwise
 from core.ml.edlora.lora import activate_lora, lora_scope
+from core.ml.fusion.paths import SamplingPath, encode_paths
 from core.ml.fusion.request import ConceptPlacement, GenerationResult, check_request
-from core.ml.fusion.sampler import attach_concept, denoise, guided_noise
-from core.ml.prompts import bind_prompt
+from core.ml.fusion.sampler import denoise, guided_noise
 from core.ml.regions import region_masks
 from core.progress import StepCallback, no_progress
 
@@ -34,14 +32,6 @@ from core.progress import StepCallback, no_progress
 __all__ = ["ConceptPlacement", "GenerationResult", "generate_regional"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _Path:
-    adapter: str | None  # peft adapter name; None = base model
-    multiplier: float
-    positive: torch.Tensor  # [1, n_layers, seq, dim]
-    negative: torch.Tensor  # [1, n_layers, seq, dim]
 
 
 def generate_regional(
@@ -90,39 +80,23 @@ def generate_regional(
     masks, mask_images = region_masks(
         [p.region for p in placements], width=width, height=height, scale_factor=components.vae_scale_factor
     )
-    class_words = {p.weights.concept_name: p.weights.class_word for p in placements}
-    base_parts = bind_prompt(prompt, learned=(), class_words=class_words)
-    negative_parts = bind_prompt(negative_prompt, learned=(), class_words=class_words, field="negative_prompt")
     seeds = [seed + i for i in range(num_outputs)]
-    text_encoder, unet, tokenizer = components.text_encoder, components.unet, components.tokenizer
-    device = components.device
+    unet, device = components.unet, components.device
 
-    with torch.no_grad(), lora_scope(text_encoder, unet), layerwise_cross_attention(unet) as num_layers:
+    with torch.no_grad(), lora_scope(components.text_encoder, unet), layerwise_cross_attention(unet) as num_layers:
         # 2. Attach each concept's LoRA as a named adapter and encode every path's prompts.
-        paths: list[_Path] = []
-        for i, placement in enumerate(placements):
-            weights, adapter = placement.weights, f"tessera_concept_{i}"
-            attach_concept(components, weights, adapter, num_layers)
-            multiplier = placement.weight * weights.alpha
-            activate_lora(text_encoder, adapter, multiplier)
-            others = {k: v for k, v in class_words.items() if k != weights.concept_name}
-            parts = bind_prompt(prompt, learned={weights.concept_name}, class_words=others)
-            embeddings = {weights.concept_name: weights.token_embeddings}
-            positive = encode_layerwise(tokenizer, text_encoder, [parts], embeddings, num_layers)
-            negative = encode_layerwise(tokenizer, text_encoder, [negative_parts], {}, num_layers)
-            paths.append(_Path(adapter, multiplier, positive, negative))
-        activate_lora(text_encoder, None)
-        base = _Path(
-            None,
-            0.0,
-            encode_layerwise(tokenizer, text_encoder, [base_parts], {}, num_layers),
-            encode_layerwise(tokenizer, text_encoder, [negative_parts], {}, num_layers),
+        base, paths = encode_paths(
+            components,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            placements=placements,
+            num_layers=num_layers,
         )
 
         # 3. Denoise: every path predicts from the same latents; concept predictions replace the base in-region.
         region = masks.to(device, components.dtype)[:, None]  # [K, 1, 1, h, w]
 
-        def predict(path: _Path, model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def predict(path: SamplingPath, model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             activate_lora(unet, path.adapter, path.multiplier)
             return guided_noise(
                 unet, model_input, t, positive=path.positive, negative=path.negative, guidance_scale=guidance_scale

@@ -22,6 +22,9 @@ from core.progress import Progress, StepCallback
 NoisePredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``predict(model_input, t)``: scaled model input ``[2N or N, C, h, w]`` → guided noise ``[N, C, h, w]``."""
 
+LatentGuide = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+"""``guide(latents, t, i)``: called before step ``i`` predicts; returns the latents ``[N, C, h, w]`` to step from."""
+
 
 def attach_concept(components: SDComponents, weights: EDLoRAWeights, adapter: str, num_layers: int) -> None:
     """Add a concept's text-encoder and UNet LoRA to the shared models as the named peft ``adapter`` (scale 1).
@@ -99,8 +102,12 @@ def denoise(
     num_inference_steps: int,
     guidance_scale: float,
     on_step: StepCallback,
+    guide: LatentGuide | None = None,
 ) -> list[PIL.Image.Image]:
     """Run DPM-Solver++ from each seed's noise with ``predict`` as the model, then decode.
+
+    ``guide``, when given, sees (and may move) the latents before every step's prediction, e.g. for gradient-based
+    layout guidance; it runs under whatever grad mode it enables itself.
 
     A private scheduler instance is built from the components' config, so no step state is shared. ``on_step`` gets
     ``Progress("sampling", i, total)`` after each step. Call under ``torch.no_grad()``.
@@ -114,6 +121,8 @@ def denoise(
     use_cfg = guidance_scale > 1.0
     timesteps = scheduler.timesteps
     for i, t in enumerate(timesteps):
+        if guide is not None:
+            latents = guide(latents, t, i)
         model_input = torch.cat([latents] * 2) if use_cfg else latents
         model_input = scheduler.scale_model_input(model_input, t)
         latents = scheduler.step(predict(model_input, t), t, latents).prev_sample
