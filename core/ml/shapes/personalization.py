@@ -48,7 +48,10 @@ class PersonalizationRecipe:
 
     Args:
         training: ED-LoRA hyperparameters (the trainer's own options).
-        num_images: drawn example images per concept, each one centred object captioned ``"a <concept>"``.
+        num_images: drawn example images per concept, each showing the concept alone.
+        example_positions: where the examples put the concept, cycled over the images; a side is captioned
+            ``"a <concept> on the left"``, the centre ``"a <concept>"``. Examples only in the centre teach a LoRA
+            that draws the concept in the centre only (at the sides it loses its shape).
         lora_weight: LoRA strength at sampling, relative to training (``ConceptPlacement.weight``).
         guidance_scale: classifier-free guidance; this world's base model wants 3-5 (7.5 over-saturates).
         num_inference_steps: DPM-Solver++ steps.
@@ -57,6 +60,7 @@ class PersonalizationRecipe:
 
     training: EDLoRAConfig
     num_images: int = 5
+    example_positions: tuple[str, ...] = ("center", "left", "right")
     lora_weight: float = 1.0
     guidance_scale: float = 4.0
     num_inference_steps: int = 20
@@ -65,12 +69,12 @@ class PersonalizationRecipe:
 
 SHAPES_RECIPE = PersonalizationRecipe(
     training=EDLoRAConfig(
-        max_train_steps=300,
-        rank=4,
-        batch_size=4,
-        lr_embedding=1e-2,
+        max_train_steps=150,
+        rank=8,
+        batch_size=5,
+        lr_embedding=1e-3,
         lr_text_encoder=1e-4,
-        lr_unet=1e-3,
+        lr_unet=3e-3,
         noise_offset=0.0,
     ),
 )
@@ -121,13 +125,21 @@ def class_word(concept: world.Concept) -> str:
     return concept.spec.shape
 
 
-def concept_examples(concept: world.Concept, *, count: int, seed: int) -> tuple[list[PIL.Image.Image], list[str]]:
-    """``count`` drawn images of the concept alone, centred, with their training captions ``"a <name>"``."""
-    images = []
+def concept_examples(
+    concept: world.Concept, *, count: int, seed: int, positions: Sequence[str] = ("center",)
+) -> tuple[list[PIL.Image.Image], list[str]]:
+    """``count`` drawn images of the concept alone and their training captions, reproducible from ``seed``.
+
+    Image ``i`` puts the concept at ``positions[i % len(positions)]``, captioned as the world does
+    (``"a <name>"`` centred, ``"a <name> on the left"`` at a side).
+    """
+    images, captions = [], []
     for i in range(count):
-        scene = world.place_objects((concept.spec,), world.scene_rng(seed, i))
-        images.append(world.render_scene(scene))
-    return images, [f"a <{concept.name}>"] * count
+        spec = concept.spec.at(positions[i % len(positions)])
+        images.append(world.render_scene(world.place_objects((spec,), world.scene_rng(seed, i))))
+        side = "" if spec.position == "center" else f" on the {spec.position}"
+        captions.append(f"a <{concept.name}>{side}")
+    return images, captions
 
 
 def learn_concept(
@@ -137,7 +149,9 @@ def learn_concept(
 
     The same seed draws the images and seeds training, so the adapter is reproducible from ``(concept, seed)``.
     """
-    images, captions = concept_examples(concept, count=recipe.num_images, seed=seed)
+    images, captions = concept_examples(
+        concept, count=recipe.num_images, seed=seed, positions=recipe.example_positions
+    )
     config = recipe.training.model_copy(update={"seed": seed})
     return train_edlora(
         components, images, concept_name=concept.name, class_word=class_word(concept), config=config, captions=captions

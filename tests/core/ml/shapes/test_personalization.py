@@ -46,16 +46,23 @@ FIGURE_KEYS = {"value", "n", "ci95", "reason"}
 SHAPES_READY = (SHIPPED_PRESETS_ROOT / "shapes" / "unet").is_dir()
 
 
-def test_concept_examples_are_the_concept_alone_and_reproducible() -> None:
+def test_concept_examples_are_the_concept_alone_where_captioned_and_reproducible() -> None:
     concept = world.concept("striped_square")
-    images, captions = concept_examples(concept, count=5, seed=3)
-    again, _ = concept_examples(concept, count=5, seed=3)
+    positions = ("center", "left", "right")
+    images, captions = concept_examples(concept, count=5, seed=3, positions=positions)
+    again, _ = concept_examples(concept, count=5, seed=3, positions=positions)
 
-    assert captions == ["a <striped_square>"] * 5
+    assert captions == [
+        "a <striped_square>",
+        "a <striped_square> on the left",
+        "a <striped_square> on the right",
+        "a <striped_square>",
+        "a <striped_square> on the left",
+    ]
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, again, strict=True))
-    for image in images:
+    for image, position in zip(images, [*positions, *positions], strict=False):
         assert shows_concept(np.asarray(image), concept)
-        assert [o.position for o in detect_objects(image)] == ["center"]
+        assert [o.position for o in detect_objects(image)] == [position]
 
 
 def test_tally_rates_and_intervals() -> None:
