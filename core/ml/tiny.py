@@ -9,12 +9,25 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
+from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+from diffusers.models.embeddings import ImageProjection
+from safetensors.torch import save_file
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -181,3 +194,100 @@ def write_tiny_preset(folder: Path) -> None:
     }
     (folder / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n", encoding="utf-8")
     logger.info("built the tiny preset in %s", folder)
+
+
+# ---- styling weights: IP-Adapter, its image encoder, ControlNets (built on demand beside the preset) ----------------
+
+TINY_IP_ADAPTER_WEIGHTS = "ip-adapter_sd15.safetensors"
+TINY_CONTROL_TYPES = ("canny", "softedge", "depth")
+
+
+def _build_image_encoder() -> CLIPVisionModelWithProjection:
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=32,
+    )
+    return CLIPVisionModelWithProjection(config)
+
+
+def _ip_adapter_state(unet: UNet2DConditionModel, image_embed_dim: int) -> dict[str, torch.Tensor]:
+    """A plain (4-token) IP-Adapter for ``unet`` in the h94 file layout: ``image_proj.*`` and ``ip_adapter.{k}.*``.
+
+    ``k`` = 1, 3, 5, … numbers the cross-attention processors in ``unet.attn_processors`` order, as the diffusers
+    loader reads them. Weights come from the classes diffusers loads them into (``ImageProjection``,
+    ``IPAdapterAttnProcessor2_0``), randomly initialised.
+    """
+    cross_dim = int(unet.config.cross_attention_dim)
+    projection = ImageProjection(
+        cross_attention_dim=cross_dim, image_embed_dim=image_embed_dim, num_image_text_embeds=4
+    )
+    # diffusers names the projection `image_embeds`; the h94 files call it `proj` (the loader renames it back).
+    tensors = {f"image_proj.{k.replace('image_embeds.', 'proj.')}": v for k, v in projection.state_dict().items()}
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        attention = unet.get_submodule(name.removesuffix(".processor"))
+        processor = IPAdapterAttnProcessor2_0(
+            hidden_size=attention.to_q.out_features, cross_attention_dim=cross_dim, num_tokens=4
+        )
+        tensors[f"ip_adapter.{key_id}.to_k_ip.weight"] = processor.to_k_ip[0].weight.detach().clone()
+        tensors[f"ip_adapter.{key_id}.to_v_ip.weight"] = processor.to_v_ip[0].weight.detach().clone()
+        key_id += 2
+    return {k: v.detach().contiguous() for k, v in tensors.items()}
+
+
+def _build_controlnet(unet: UNet2DConditionModel) -> ControlNetModel:
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 16))
+    # A real ControlNet starts with zero convolutions (no effect until trained); tiny ones get small random
+    # weights there instead so that tests can see the control map reach the UNet.
+    for zero_conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+        torch.nn.init.normal_(zero_conv.weight, std=0.05)
+    return controlnet
+
+
+def write_tiny_styling(preset_folder: Path) -> None:
+    """Build the tiny styling weights into ``preset_folder`` (a finished tiny preset), in sd15's layout.
+
+    Writes ``ip-adapter/models/ip-adapter_sd15.safetensors``, ``ip-adapter/models/image_encoder/`` and
+    ``controlnet/{canny,softedge,depth}/``. Each part is built in a temporary sibling and renamed into place, so
+    concurrent builders are safe and a finished part is never rewritten. Deterministic, like the preset.
+    """
+    unet = UNet2DConditionModel.from_pretrained(preset_folder, subfolder="unet", local_files_only=True)
+    parts: dict[str, Callable[[Path], None]] = {}
+
+    def ip_adapter(staging: Path) -> None:
+        models = staging / "models"
+        models.mkdir()
+        encoder = _build_image_encoder()
+        encoder.save_pretrained(models / "image_encoder")
+        state = _ip_adapter_state(unet, int(encoder.config.projection_dim))
+        save_file(state, str(models / TINY_IP_ADAPTER_WEIGHTS))
+
+    parts["ip-adapter"] = ip_adapter
+    for kind in TINY_CONTROL_TYPES:
+        parts[f"controlnet/{kind}"] = lambda staging: _build_controlnet(unet).save_pretrained(staging)
+    for seed, (relative, build) in enumerate(parts.items()):
+        target = preset_folder / relative
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            staging.chmod(0o755)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(TINY_SEED + 1 + seed)
+                build(staging)
+            try:
+                os.rename(staging, target)
+            except OSError:
+                if not target.exists():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    logger.info("built the tiny styling weights in %s", preset_folder)
