@@ -191,7 +191,7 @@ class GenerationRequest(_Strict):
     negative_prompt: str = Field("", max_length=1000)
     concepts: list[ConceptUse] | None = Field(None, max_length=4)
     layout: LayoutSpec | None = None
-    fusion: Literal["regional", "conductor"] = "regional"
+    fusion: Literal["regional", "conductor"] = "conductor"
     style: StyleSpec | None = None
     control: ControlSpec | None = None
     width: Annotated[int, Field(ge=64, le=1024)] = 512

@@ -13,7 +13,7 @@ from typing import Any
 
 from core.errors import InvalidRequestError, NotFoundError, ServiceError, UnknownConceptError
 from core.jobs import JobRecord, new_id
-from core.schemas import CONCEPT_REF_RE, GenerationRequest, JobError, TrainingRequest
+from core.schemas import CONCEPT_REF_RE, ControlSpec, GenerationRequest, JobError, TrainingRequest
 from core.stores.catalog import Catalog, ConceptRecord
 from core.stores.jobs import JobStore
 from core.tasks import QUEUE_FOR_KIND
@@ -124,10 +124,37 @@ def _ready_concept(catalog: Catalog, tenant: str, ref: str, field: str) -> Conce
     return concept
 
 
-def _not_yet(field: str, what: str) -> InvalidRequestError:
-    return InvalidRequestError(
-        f"{field}: {what} is not available in this version of the service", field=field, code="not_supported"
-    )
+def _stage_plan(catalog: Catalog, tenant: str, request: GenerationRequest, concepts: int) -> dict[str, Any]:
+    """The layout reference and styling inputs of a generation as object keys, checked against the tenant's files."""
+    plan: dict[str, Any] = {"layout": None, "style": None}
+    if request.layout is not None:
+        if request.fusion != "conductor":
+            raise InvalidRequestError(
+                'layout: a layout reference is followed by fusion "conductor" only', field="layout"
+            )
+        masks = request.layout.masks
+        if masks is not None and len(masks) != concepts:
+            raise InvalidRequestError(
+                f"layout.masks: one mask per concept in the prompt ({concepts}), got {len(masks)}",
+                field="layout.masks",
+            )
+        plan["layout"] = {
+            "image_key": _file_key(catalog, tenant, request.layout.image, "layout.image"),
+            "mask_keys": None
+            if masks is None
+            else [_file_key(catalog, tenant, fid, f"layout.masks[{i}]") for i, fid in enumerate(masks)],
+        }
+    if request.control is not None and request.style is None:
+        raise InvalidRequestError("control: ControlNet belongs to the styling stage; give style too", field="control")
+    if request.style is not None:
+        control = request.control or ControlSpec()
+        plan["style"] = {
+            "image_key": _file_key(catalog, tenant, request.style.image, "style.image"),
+            "scale": request.style.scale,
+            "mode": request.style.mode,
+            "control": control.model_dump(mode="json"),
+        }
+    return plan
 
 
 def submit_generation(
@@ -141,11 +168,6 @@ def submit_generation(
 ) -> JobRecord:
     """Validate a generation request against the tenant's ready concepts, store and enqueue the job."""
     policy.check_webhook(request.webhook)
-    if request.fusion != "regional":
-        raise _not_yet("fusion", f'fusion "{request.fusion}" (use "regional")')
-    for field in ("style", "control", "layout"):
-        if getattr(request, field) is not None:
-            raise _not_yet(field, field)
     by_ref: dict[str, ConceptRecord] = {}
     for ref in request.concept_refs():
         by_ref[ref] = _ready_concept(catalog, tenant, ref, "prompt")
@@ -176,6 +198,7 @@ def submit_generation(
                 **use_plan,
             }
         )
+    stages = _stage_plan(catalog, tenant, request, len(plan_concepts))
     # The ML pipeline names concepts <name>; ids in the prompt are rewritten to names.
     prompt = CONCEPT_REF_RE.sub(lambda m: f"<{by_ref[m.group(1)].name}>", request.prompt)
     seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
@@ -187,7 +210,7 @@ def submit_generation(
         queue=QUEUE_FOR_KIND["generation"],
         input=accepted.model_dump(mode="json"),
         metadata=request.metadata,
-        plan={"prompt": prompt, "concepts": plan_concepts},
+        plan={"prompt": prompt, "concepts": plan_concepts, **stages},
     )
     jobs.create(record, max_active=policy.max_active_jobs)
     _enqueue_or_fail(jobs, record, enqueue)

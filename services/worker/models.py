@@ -1,5 +1,5 @@
-"""Per-process caches: the base model components and the preset's segmenter (each loaded lazily, once) and ED-LoRA
-files on local disk.
+"""Per-process caches: the base model components, the preset's segmenter and styling weights (each loaded lazily,
+once), inverted layout references, and ED-LoRA files on local disk.
 
 The segmenter (``core.ml.masks.sam.load_segmenter``) is only loaded when a training job needs masks computed: for
 ``tiny`` a small SAM built deterministically into ``<root>/tiny/sam/``, for ``sd15`` Meta's ViT-H checkpoint that
@@ -21,8 +21,10 @@ from core.config import ModelSettings
 from core.errors import ModelLoadError
 from core.ml.components import SDComponents, load_components
 from core.ml.edlora.adapter import EDLoRAWeights, load_adapter
+from core.ml.fusion.inversion import InversionCache
 from core.ml.masks.sam import load_segmenter
 from core.ml.masks.segmenter import Segmenter
+from core.ml.styling.weights import StylingWeights, load_styling_weights
 from core.stores.objects import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,9 @@ class ModelCache:
         self._lock = threading.Lock()
         self._components: SDComponents | None = None
         self._segmenter: Segmenter | None = None
+        self._styling: StylingWeights | None = None
+        self.inversions = InversionCache()
+        """Layout references inverted for Concept Conductor, by image content and prompt."""
 
     def device_and_dtype(self) -> tuple[str, str]:
         device = self._settings.device
@@ -68,6 +73,21 @@ class ModelCache:
                 logger.info("loading the segmenter of preset %s on %s", self._settings.preset, device)
                 self._segmenter = load_segmenter(self._settings.preset, self._settings.root, device=device)
             return self._segmenter
+
+    def styling(self) -> StylingWeights:
+        """The preset's styling weights (IP-Adapter image encoder, ControlNets), loaded on first use.
+
+        ``tiny`` builds them into ``<root>/tiny/`` deterministically; ``sd15`` reads ``<root>/sd15/ip-adapter/`` and
+        ``<root>/sd15/controlnet/<type>/`` (``tessera models pull sd15``).
+        """
+        with self._lock:
+            if self._styling is None:
+                device, dtype = self.device_and_dtype()
+                logger.info("loading the styling weights of preset %s on %s", self._settings.preset, device)
+                self._styling = load_styling_weights(
+                    self._settings.preset, self._settings.root, device=device, dtype=getattr(torch, dtype)
+                )
+            return self._styling
 
 
 class AdapterCache:

@@ -133,6 +133,19 @@ def test_upload_train_generate_end_to_end(client: TesseraClient) -> None:
     second = client.wait(client.create_generation(body)["id"], timeout=300)
     assert np.array_equal(image, _pixels(client, second)), "same seed must give the same pixels"
 
+    # The default fusion (Concept Conductor) with the styling stage: stage-1 images, per-image masks, styled images.
+    style = client.upload_file(sample_images("ring", 64, 1)[0])["id"]
+    styled_body = {key: value for key, value in body.items() if key != "fusion"} | {
+        "style": {"image": style, "mode": "style"},
+        "control": {"type": "softedge", "scale": 0.6},
+    }
+    styled = client.wait(client.create_generation(styled_body)["id"], timeout=300)
+    assert styled["status"] == "succeeded", styled["error"]
+    output = styled["output"]
+    assert len(output["images"]) == len(output["stage1_images"]) == 1 and len(output["masks"]) == 2
+    assert output["images"][0]["file_id"] != output["stage1_images"][0]["file_id"]
+    assert {"sampling", "styling", "uploading"} <= set(styled["metrics"]["stages"])
+
 
 def test_cancel_running_training(client: TesseraClient, stack: Stack) -> None:
     job = _train(client, "long-cancel", steps=5000)

@@ -209,10 +209,18 @@ def test_training_creates_queued_job_and_concept(client: TestClient) -> None:
         ({"prompt": "a <ghost> on the beach"}, "prompt", "unknown_concept"),
         ({"prompt": "a <rex>", "width": 100}, "width", "validation_error"),
         ({"prompt": "a <rex>", "num_inference_steps": 0}, "num_inference_steps", "validation_error"),
-        ({"prompt": "a <rex>", "fusion": "conductor"}, "fusion", "not_supported"),
+        ({"prompt": "a <rex>", "style": {"image": "file_nope"}}, "style.image", "unknown_file"),
+        ({"prompt": "a <rex>", "control": {"type": "depth"}}, "control", "invalid_request"),
         ({"prompt": "a <rex>", "concepts": [{"concept": "ghost"}]}, "concepts[0].concept", "unknown_concept"),
     ],
-    ids=["unknown-concept", "width-not-multiple-of-8", "zero-steps", "conductor-not-yet", "unknown-in-concepts"],
+    ids=[
+        "unknown-concept",
+        "width-not-multiple-of-8",
+        "zero-steps",
+        "style-file-unknown",
+        "control-without-style",
+        "unknown-in-concepts",
+    ],
 )
 def test_generation_validation(client: TestClient, settings: Settings, body: dict, field: str, code: str) -> None:  # type: ignore[type-arg]
     make_ready_concept(settings, "tenant-a", "rex")
