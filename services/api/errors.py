@@ -100,6 +100,19 @@ def _titles(status: int) -> str:
     }.get(status, "Internal server error")
 
 
+def _field_path(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    """``("body", "mask_prompts", 0, "box")`` → ``mask_prompts[0].box``: the same notation core errors use."""
+    path = ""
+    for part in loc:
+        if part in ("body", "query", "path", "header") and not path:
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into problem+json."""
 
@@ -120,8 +133,7 @@ def install(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         fields = []
         for err in exc.errors():
-            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
-            path = ".".join(loc).replace(".[", "[")
+            path = _field_path(err.get("loc", ()))
             received = err.get("input")
             message = err.get("msg", "invalid")
             if received is not None and not isinstance(received, dict | list):

@@ -20,6 +20,7 @@ from core.stores.jobs import JobStore
 from services.client import TesseraClient, parse_sse
 from services.demo import sample_images
 from services.embedded import Stack
+from services.processes import wait_for
 from tests.fixtures.receiver import receiver
 
 pytestmark = pytest.mark.slow
@@ -225,5 +226,7 @@ def test_stack_metrics(stack: Stack) -> None:
     assert "tessera_jobs_finished_total" in api and "tessera_queue_depth" in api
     # The GPU worker started last (an earlier test replaced the first one).
     name = [n for n in stack.children if n.startswith("worker") and stack.children[n].alive()][-1]
-    worker = httpx.get(f"http://127.0.0.1:{stack.metrics_ports[name]}/metrics").text
-    assert "tessera_worker_stage_seconds" in worker
+    url = f"http://127.0.0.1:{stack.metrics_ports[name]}/metrics"
+    # The worker serves metrics once it is ready to take jobs, which may be after the API.
+    wait_for(lambda: httpx.get(url, timeout=2).status_code == 200, what="worker metrics", timeout=60)
+    assert "tessera_worker_stage_seconds" in httpx.get(url).text

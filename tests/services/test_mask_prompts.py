@@ -16,11 +16,11 @@ __all__ = ["client", "settings"]  # fixtures used by name below
 @pytest.mark.parametrize(
     ("prompt", "field", "words"),
     [
-        ({"point": [1.5, 0.5]}, "mask_prompts.0.point", "inside the image"),
-        ({"box": [0.8, 0.1, 0.2, 0.9]}, "mask_prompts.0.box", "x0 < x1"),
-        ({"box": [0.1, 0.9, 0.5, 0.2]}, "mask_prompts.0.box", "y0 < y1"),
-        ({"box": [-0.1, 0.0, 0.5, 0.5]}, "mask_prompts.0.box", "0..1"),
-        ({"point": [0.5, 0.5], "box": [0.1, 0.1, 0.9, 0.9]}, "mask_prompts.0", "exactly one"),
+        ({"point": [1.5, 0.5]}, "mask_prompts[0].point", "inside the image"),
+        ({"box": [0.8, 0.1, 0.2, 0.9]}, "mask_prompts[0].box", "x0 < x1"),
+        ({"box": [0.1, 0.9, 0.5, 0.2]}, "mask_prompts[0].box", "y0 < y1"),
+        ({"box": [-0.1, 0.0, 0.5, 0.5]}, "mask_prompts[0].box", "0..1"),
+        ({"point": [0.5, 0.5], "box": [0.1, 0.1, 0.9, 0.9]}, "mask_prompts[0]", "exactly one"),
     ],
 )
 def test_bad_mask_prompt_is_a_422_naming_it(
