@@ -13,9 +13,11 @@ from core.ml.components import PRESET_MARKER, PRESET_SUBFOLDERS, SDComponents, i
 
 
 def _weight_digests(folder: Path) -> dict[str, str]:
+    # Only the base model's parts: other tests add optional parts (styling weights) to the shared folder.
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
+        for sub in PRESET_SUBFOLDERS
+        for p in sorted((folder / sub).rglob("*"))
         if p.is_file() and p.suffix in {".safetensors", ".json", ".txt"}
     }
 
