@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -50,15 +51,17 @@ class ShapesTrainingConfig:
     seed: int = field(default=0, metadata={"help": "seeds data, initialisation, noise and dropout"})
     threads: int = field(default=2, metadata={"help": "torch intra-op threads"})
     # Stage 1: VAE.
-    vae_steps: int = field(default=1200, metadata={"help": "VAE optimizer steps"})
+    vae_steps: int = field(default=500, metadata={"help": "VAE optimizer steps"})
     vae_batch_size: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     vae_base_fraction: float = field(default=0.3, metadata={"help": "share of base-world images in VAE batches"})
     vae_foreground_weight: float = field(default=4.0, metadata={"help": "extra loss weight on object pixels"})
+    decoder_steps: int = field(default=800, metadata={"help": "decoder-only VAE steps, encoder frozen (0: skip)"})
+    decoder_lr: float = 5e-4
     # Stage 2: text encoder + UNet.
-    num_images: int = field(default=30000, metadata={"help": "base-world images encoded once for stage 2"})
-    unet_steps: int = field(default=3000, metadata={"help": "UNet + text encoder optimizer steps"})
+    num_images: int = field(default=20000, metadata={"help": "base-world images encoded once for stage 2"})
+    unet_steps: int = field(default=2000, metadata={"help": "UNet + text encoder optimizer steps"})
     batch_size: int = 64
     lr: float = 5e-4
     warmup_steps: int = 200
@@ -66,7 +69,7 @@ class ShapesTrainingConfig:
     min_snr_gamma: float = 5.0
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
-    checkpoint_every: int = field(default=500, metadata={"help": "write a usable preset every N UNet steps"})
+    checkpoint_every: int = field(default=400, metadata={"help": "write a usable preset every N UNet steps"})
     # Model sizes.
     text_vocab_size: int = field(default=256, metadata={"help": "embedding rows; those past the tokenizer are spare"})
     text_hidden_size: int = 128
@@ -92,6 +95,7 @@ class TrainingReport:
     config: dict[str, object]
     seconds: dict[str, float] = field(default_factory=dict)
     vae_loss: float = float("nan")
+    decoder_loss: float = float("nan")
     vae_psnr_db: float = float("nan")
     scaling_factor: float = float("nan")
     unet_steps_done: int = 0
@@ -177,14 +181,17 @@ def _cosine_lr(step: int, total: int, warmup: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _vae_batches(config: ShapesTrainingConfig) -> Iterator[np.ndarray]:
-    """Fresh VAE batches forever: a mix of wide-world and base-world scenes, each index drawn once."""
+def _vae_batches(config: ShapesTrainingConfig, *, stream: int) -> Iterator[np.ndarray]:
+    """Fresh VAE batches forever: a mix of wide-world and base-world scenes, each index drawn once.
+
+    Each ``stream`` draws different scenes, so the decoder stage never repeats the first stage's images.
+    """
     index = 0
-    rng = np.random.default_rng([config.seed, 1])
+    rng = np.random.default_rng([config.seed, stream])
     while True:
         batch = np.empty((config.vae_batch_size, world.RESOLUTION, world.RESOLUTION, 3), dtype=np.uint8)
         for i in range(config.vae_batch_size):
-            scene_rng = world.scene_rng(config.seed + 1000, index)
+            scene_rng = world.scene_rng(config.seed + 1000 * stream, index)
             use_base = rng.random() < config.vae_base_fraction
             scene = world.sample_base_scene(scene_rng) if use_base else world.sample_wide_scene(scene_rng)
             batch[i] = np.asarray(world.render_scene(scene))
@@ -204,19 +211,12 @@ def train_vae(config: ShapesTrainingConfig, *, on_step: StepCallback | None = No
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: _cosine_lr(s, config.vae_steps, min(100, config.vae_steps // 10 + 1))
     )
-    batches = _vae_batches(config)
+    batches = _vae_batches(config, stream=1)
     smoothed = float("nan")
     vae.train()
     for step in range(config.vae_steps):
-        x = _to_tensor(next(batches))
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        # Objects cover a small share of the image; weighting their pixels up keeps held-out hues saturated.
-        background = x[:, :, :1, :1]
-        foreground = ((x - background).abs().amax(dim=1, keepdim=True) > 0.1).float()
-        weight = 1.0 + config.vae_foreground_weight * foreground
-        error = recon - x
-        loss = (weight * (error.pow(2) + 0.5 * error.abs())).mean() + config.vae_kl_weight * posterior.kl().mean()
+        posterior, loss = _vae_loss(vae, _to_tensor(next(batches)), config)
+        loss = loss + config.vae_kl_weight * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -225,6 +225,59 @@ def train_vae(config: ShapesTrainingConfig, *, on_step: StepCallback | None = No
         smoothed = loss.item() if math.isnan(smoothed) else 0.98 * smoothed + 0.02 * loss.item()
         if on_step is not None:
             on_step("vae", step + 1, config.vae_steps, smoothed)
+    vae.train(False)
+    return vae, smoothed
+
+
+def _vae_loss(
+    vae: AutoencoderKL, x: torch.Tensor, config: ShapesTrainingConfig
+) -> tuple[DiagonalGaussianDistribution, torch.Tensor]:
+    """The posterior of ``x`` (``(b, 3, 64, 64)`` in [-1, 1]) and the weighted MSE + 0.5 L1 reconstruction loss."""
+    posterior = vae.encode(x).latent_dist
+    recon = vae.decode(posterior.sample()).sample
+    # Objects cover a small share of the image; weighting their pixels up keeps held-out hues saturated.
+    background = x[:, :, :1, :1]
+    foreground = ((x - background).abs().amax(dim=1, keepdim=True) > 0.1).float()
+    weight = 1.0 + config.vae_foreground_weight * foreground
+    error = recon - x
+    return posterior, (weight * (error.pow(2) + 0.5 * error.abs())).mean()
+
+
+def refine_vae_decoder(
+    vae: AutoencoderKL, config: ShapesTrainingConfig, *, on_step: StepCallback | None = None
+) -> tuple[AutoencoderKL, float]:
+    """Trains only the decoder side (``decoder``, ``post_quant_conv``) further, on fresh wide-world batches.
+
+    The encoder is frozen, so latents (and a UNet trained on them) stay valid: this stage may run before,
+    after or alongside the UNet stage with the same result. It sharpens what a short VAE run blurs most:
+    stripes, small rings and held-out hues.
+
+    Returns:
+        ``vae`` (trained in place, eval mode) and the final smoothed loss.
+    """
+    torch.manual_seed(config.seed + 2)
+    trainable = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    vae.requires_grad_(False)
+    for param in trainable:
+        param.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trainable, lr=config.decoder_lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _cosine_lr(s, config.decoder_steps, min(50, config.decoder_steps // 10 + 1))
+    )
+    batches = _vae_batches(config, stream=5)
+    smoothed = float("nan")
+    vae.decoder.train()
+    for step in range(config.decoder_steps):
+        _, loss = _vae_loss(vae, _to_tensor(next(batches)), config)
+        optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(loss)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        scheduler.step()
+        smoothed = loss.item() if math.isnan(smoothed) else 0.98 * smoothed + 0.02 * loss.item()
+        if on_step is not None:
+            on_step("vae_decoder", step + 1, config.decoder_steps, smoothed)
+    vae.requires_grad_(True)
     vae.train(False)
     return vae, smoothed
 
@@ -366,18 +419,23 @@ def save_preset(
     tokenizer_dir: Path,
     unet: UNet2DConditionModel,
     unet_dtype: torch.dtype = torch.float16,
+    vae_dtype: torch.dtype = torch.float16,
     extra: dict[str, object] | None = None,
 ) -> None:
     """Writes a diffusers folder laid out like SD 1.5 (plus ``preset.json``) to ``directory``.
 
-    The UNet is stored in ``unet_dtype`` (fp16 halves the largest file); the VAE and text encoder stay fp32,
-    so they also load in full precision when the caller passes no dtype.
+    The UNet and VAE are stored in ``unet_dtype`` / ``vae_dtype`` (fp16 by default: it keeps the preset under
+    20 MB, diffusers loads them as fp32 unless told otherwise, and VAE reconstructions move by at most one
+    intensity level). The text encoder stays fp32, because transformers 5 loads a checkpoint in its stored
+    dtype by default and a half-precision text encoder would not match a full-precision UNet.
     """
     staging = directory.with_name(directory.name + ".tmp")
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    vae.save_pretrained(staging / "vae", safe_serialization=True)
+    vae_copy: AutoencoderKL = AutoencoderKL.from_config(vae.config)
+    vae_copy.load_state_dict(vae.state_dict())
+    torch.nn.Module.to(vae_copy, dtype=vae_dtype).save_pretrained(staging / "vae", safe_serialization=True)
     text_encoder.save_pretrained(staging / "text_encoder", safe_serialization=True)
     # torch's own ``to``: diffusers' wrapper is untyped and warns about fp32-only modules this UNet lacks.
     unet_copy = torch.nn.Module.to(build_unet_like(unet), dtype=unet_dtype)
@@ -442,11 +500,12 @@ def build_unet_like(unet: UNet2DConditionModel) -> UNet2DConditionModel:
 
 
 def _log_step(every: int) -> StepCallback:
-    started = time.monotonic()
+    started: dict[str, float] = {}
 
     def log(stage: str, step: int, total: int, loss: float) -> None:
+        start = started.setdefault(stage, time.monotonic())
         if step % every == 0 or step == total:
-            elapsed = time.monotonic() - started
+            elapsed = time.monotonic() - start
             logger.info(
                 "%s step %d/%d loss %.4f (%.0f s, %.2f it/s)",
                 stage,
@@ -454,7 +513,7 @@ def _log_step(every: int) -> StepCallback:
                 total,
                 loss,
                 elapsed,
-                step / max(elapsed, 1e-9),
+                (step - 1) / max(elapsed, 1e-9),
             )
 
     return log
@@ -498,6 +557,16 @@ def train_shapes(
     report.seconds["vae"] = time.monotonic() - started
 
     started = time.monotonic()
+    decoder_dir = work_dir / "vae_decoder"
+    if config.decoder_steps > 0 and reuse_vae and (decoder_dir / "config.json").exists():
+        logger.info("reusing the refined VAE decoder in %s", decoder_dir)
+        vae = AutoencoderKL.from_pretrained(decoder_dir).train(False)
+    elif config.decoder_steps > 0:
+        vae, report.decoder_loss = refine_vae_decoder(vae, config, on_step=on_step)
+        vae.save_pretrained(decoder_dir, safe_serialization=True)
+    report.seconds["vae_decoder"] = time.monotonic() - started
+
+    started = time.monotonic()
     images, captions = world.draw_base_dataset(config.num_images, config.seed)
     report.seconds["draw_dataset"] = time.monotonic() - started
     started = time.monotonic()
@@ -537,10 +606,22 @@ def train_shapes(
         text_encoder=text_encoder,
         tokenizer_dir=work_dir / "tokenizer",
         unet=unet,
-        extra={"training_steps": config.unet_steps, "seed": config.seed},
+        extra={"training_steps": config.unet_steps, "vae_decoder_steps": config.decoder_steps, "seed": config.seed},
     )
     (work_dir / "report.json").write_text(json.dumps(dataclasses.asdict(report), indent=2) + "\n")
     return report
+
+
+_CLI_FIELDS = (
+    "seed",
+    "threads",
+    "vae_steps",
+    "decoder_steps",
+    "unet_steps",
+    "num_images",
+    "batch_size",
+    "checkpoint_every",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -550,16 +631,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--work-dir", type=Path, default=Path(".cache/shapes"))
     parser.add_argument("--fresh-vae", action="store_true", help="retrain the VAE even if work-dir has one")
     defaults = ShapesTrainingConfig()
-    for name in ("seed", "threads", "vae_steps", "unet_steps", "num_images", "batch_size", "checkpoint_every"):
+    for name in _CLI_FIELDS:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = dataclasses.replace(
         defaults,
-        **{
-            n: getattr(args, n)
-            for n in ("seed", "threads", "vae_steps", "unet_steps", "num_images", "batch_size", "checkpoint_every")
-        },
+        **{n: getattr(args, n) for n in _CLI_FIELDS},
     )
     report = train_shapes(args.output_dir, config=config, work_dir=args.work_dir, reuse_vae=not args.fresh_vae)
     logger.info("done: %s", json.dumps(dataclasses.asdict(report)["seconds"]))

@@ -12,6 +12,7 @@ from core.ml.shapes.training import ShapesTrainingConfig, train_shapes
 
 TOY = ShapesTrainingConfig(
     vae_steps=2,
+    decoder_steps=1,
     vae_batch_size=4,
     num_images=16,
     unet_steps=2,
@@ -35,7 +36,7 @@ def test_train_shapes_writes_a_loadable_preset(tmp_path: Path) -> None:
         on_step=lambda s, i, _n, _loss: steps.append((s, i)),
     )
 
-    assert steps == [("vae", 1), ("vae", 2), ("unet", 1), ("unet", 2)]
+    assert steps == [("vae", 1), ("vae", 2), ("vae_decoder", 1), ("unet", 1), ("unet", 2)]
     assert report.unet_steps_done == 2 and report.scaling_factor > 0
     assert (tmp_path / "work" / "checkpoint" / "unet" / "config.json").is_file()
     pipeline = load_preset_pipeline(tmp_path / "preset")
