@@ -2,7 +2,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-PRESET ?= tiny
+PRESET ?= shapes
 # Every install goes through the lock, so no step can pull a different torch.
 PIP    := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 

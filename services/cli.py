@@ -111,7 +111,7 @@ def demo(
     url: Annotated[str | None, typer.Option(help="A running service; omitted = start an embedded one.")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="TESSERA_API_KEY")] = None,
     data_dir: Annotated[Path, typer.Option()] = Path("data/demo"),
-    preset: Annotated[str, typer.Option()] = "tiny",
+    preset: Annotated[str, typer.Option(help="Model preset: shapes (trained toy world) | tiny | sd15.")] = "shapes",
     out: Annotated[Path, typer.Option(help="Where to save the generated images.")] = Path("data/demo-output"),
 ) -> None:
     """Upload sample images, train two concepts, generate one image with both, over HTTP."""
