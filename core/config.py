@@ -45,6 +45,13 @@ class ModelSettings(BaseModel):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="Weights dtype; auto = float16 on CUDA, float32 on CPU."
     )
+    cpu_threads: int = Field(
+        1,
+        ge=0,
+        le=256,
+        description="torch threads on a CPU worker (0 = torch's default); small models are fastest on one, and "
+        "more threads slow down badly when other processes share the cores.",
+    )
     adapter_cache_dir: Path = Field(Path("./data/adapter-cache"), description="Worker-local cache of ED-LoRA files.")
 
 

@@ -59,6 +59,8 @@ class ModelCache:
         with self._lock:
             if self._components is None:
                 device, dtype = self.device_and_dtype()
+                if device == "cpu" and self._settings.cpu_threads:
+                    torch.set_num_threads(self._settings.cpu_threads)
                 logger.info("loading preset %s on %s (%s)", self._settings.preset, device, dtype)
                 self._components = load_components(
                     self._settings.preset, self._settings.root, device=device, dtype=getattr(torch, dtype)
