@@ -7,11 +7,15 @@ Sections and figures (each ``{"value": float | None, "n": int, "ci95": [lo, hi] 
   one-object and two-object prompts (``core.ml.shapes.evaluation``), plus two-object leakage;
 - ``concept_learning``: ED-LoRA fidelity and position following per held-out concept and pooled
   (``core.ml.shapes.personalization``);
-- ``separation``: attention-in-mask ratio and two-concept leakage, without and with the separation loss;
-- ``fusion``: two-concept binding accuracy and leakage of naive stacking, ``regional`` and ``conductor``.
+- ``separation``: attention-in-mask share and two-concept leakage of the same concepts trained without and with
+  the attention separation loss (full plan only: it trains every concept twice more);
+- ``fusion``: two-concept binding (per image and per concept) and leakage of naive stacking, ``regional`` and
+  ``conductor``.
 
-Figures of methods that do not exist yet are present with ``value: null`` and a reason, so later work fills the
-same keys. ``python -m core.ml.shapes.eval_report --out eval/shapes.json [--quick]`` runs it and prints the table.
+A figure that a plan does not measure is present with ``value: null`` and the reason, so every report has the same
+keys. Attention-in-mask is a mean share, not a rate: its interval is a normal approximation over images.
+
+``python -m core.ml.shapes.eval_report --out eval/shapes.json [--quick]`` runs it and prints the table.
 """
 
 from __future__ import annotations
@@ -32,9 +36,12 @@ from core.ml.components import SDComponents, load_components
 from core.ml.shapes import world
 from core.ml.shapes.evaluation import SetScore, evaluate_base_model
 from core.ml.shapes.personalization import (
+    FUSION_METHODS,
     SHAPES_RECIPE,
+    MeanShare,
     PersonalizationRecipe,
     Tally,
+    attention_in_mask,
     learn_concept,
     measure_concept,
     measure_pairs,
@@ -44,9 +51,9 @@ logger = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
 SECTIONS = ("base_model", "concept_learning", "separation", "fusion")
-NOT_YET_SEPARATION = "separation loss not implemented yet (later issue); training uses the masked diffusion loss only"
-NOT_YET_ATTENTION = "attention-in-mask ratio is measured together with the separation loss (later issue)"
-NOT_YET_CONDUCTOR = "Concept Conductor fusion not implemented yet (later issue)"
+SEPARATION_LOSS_WEIGHT = 1.0
+"""The with-loss arm's weight: ``EDLoRAConfig``'s default, what the service trains with when it has masks."""
+NOT_IN_QUICK_PLAN = "not in the quick plan (it trains every concept twice more); make eval measures it"
 
 Figure = dict[str, Any]
 
@@ -57,8 +64,14 @@ DEFINITIONS = {
     ),
     "concept_learning.fidelity": "'a <c>': some object has the concept's colour, shape and pattern",
     "concept_learning.position_following": "'a <c> on the left/right': the concept right in every trait, on that side",
-    "separation.leakage": "fusion.leakage of regional fusion (the service's fusion) on the same scenes",
+    "separation": (
+        "each concept trained twice more from its examples with their exact masks (masked diffusion loss in both "
+        "arms), separation loss weight 0 vs 1; attention_in_mask = share of the concept tokens' cross-attention "
+        "inside the concept's mask on held-out scenes with a neighbour (mean over images); leakage = fusion.leakage "
+        "under regional fusion with that arm's adapters"
+    ),
     "fusion.binding": "'a <c1> on the left and a <c2> on the right': both right in every trait, each on its side",
+    "fusion.concept_binding": "same scenes, per concept: this concept right in every trait on its side",
     "fusion.leakage": "same scenes: an object wears the other concept's colour or shape",
 }
 
@@ -74,6 +87,8 @@ class EvalPlan:
             (split evenly) for position following.
         pairs: ordered (left, right) concept pairs sampled for fusion.
         pair_samples: images per pair and fusion method.
+        separation: train the ``concepts`` with and without the separation loss and measure both arms.
+        attention_images: held-out scenes per concept and arm for attention-in-mask.
         recipe: how concepts are learned and sampled.
     """
 
@@ -83,6 +98,8 @@ class EvalPlan:
     concept_samples: int
     pairs: tuple[tuple[str, str], ...]
     pair_samples: int
+    separation: bool = False
+    attention_images: int = 16
     recipe: PersonalizationRecipe = field(default=SHAPES_RECIPE)
 
 
@@ -94,6 +111,7 @@ FULL_PLAN = EvalPlan(
     concept_samples=64,
     pairs=tuple((a, b) for a in ALL_CONCEPTS for b in ALL_CONCEPTS if a != b),
     pair_samples=16,
+    separation=True,
 )
 QUICK_PLAN = EvalPlan(
     single_repeats=1,
@@ -108,13 +126,22 @@ QUICK_PLAN = EvalPlan(
 def plan_json(plan: EvalPlan) -> dict[str, Any]:
     """The plan, recipe included, as JSON-ready values."""
     recipe = {**asdict(plan.recipe), "training": plan.recipe.training.model_dump(mode="json")}
-    return {**{f.name: getattr(plan, f.name) for f in fields(plan) if f.name != "recipe"}, "recipe": recipe}
+    plain = {**{f.name: getattr(plan, f.name) for f in fields(plan) if f.name != "recipe"}, "recipe": recipe}
+    # Tuples become lists, as they read back from the file.
+    loaded: dict[str, Any] = json.loads(json.dumps(plain))
+    return loaded
 
 
 def figure(tally: Tally) -> Figure:
     """A measured figure: rate, sample count and 95% Wilson interval."""
     ci = tally.ci95
     return {"value": tally.rate, "n": tally.n, "ci95": list(ci) if ci else None, "reason": None}
+
+
+def mean_figure(shares: MeanShare) -> Figure:
+    """A measured mean share: mean over images, image count, normal-approximation 95% interval."""
+    ci = shares.ci95
+    return {"value": shares.mean, "n": len(shares.values), "ci95": list(ci) if ci else None, "reason": None}
 
 
 def missing(reason: str) -> Figure:
@@ -161,6 +188,51 @@ def _sum(tallies: Sequence[Tally]) -> Tally:
     for tally in tallies:
         total = total.merged(tally)
     return total
+
+
+SEPARATION_FIGURES = (
+    "attention_in_mask.without_loss",
+    "attention_in_mask.with_loss",
+    "leakage.without_loss",
+    "leakage.with_loss",
+)
+
+
+def _separation_figures(
+    components: SDComponents, plan: EvalPlan, pairs: Sequence[tuple[world.Concept, world.Concept]], *, seed: int
+) -> dict[str, Figure]:
+    """Both arms of the separation comparison: same examples, masks and seeds; only the loss weight differs."""
+    figures: dict[str, Figure] = {}
+    names = dict.fromkeys([*plan.concepts, *(c.name for pair in pairs for c in pair)])
+    for arm, weight in (("without_loss", 0.0), ("with_loss", SEPARATION_LOSS_WEIGHT)):
+        adapters = {
+            name: learn_concept(
+                components, world.concept(name), recipe=plan.recipe, seed=seed + index, separation_loss_weight=weight
+            )
+            for index, name in enumerate(names)
+        }
+        shares = MeanShare()
+        for index, name in enumerate(plan.concepts):
+            measured = attention_in_mask(
+                components,
+                adapters[name],
+                world.concept(name),
+                images=plan.attention_images,
+                seed=seed + 50_000 + index,
+            )
+            shares.values.extend(measured.values)
+        fused = measure_pairs(
+            components,
+            adapters,
+            pairs,
+            samples_per_pair=plan.pair_samples,
+            seed=seed + 900_000,
+            methods=("regional",),
+            recipe=plan.recipe,
+        )
+        figures[f"attention_in_mask.{arm}"] = mean_figure(shares)
+        figures[f"leakage.{arm}"] = figure(fused["regional"].leakage)
+    return {name: figures[name] for name in SEPARATION_FIGURES}
 
 
 def run_shapes_eval(
@@ -228,20 +300,17 @@ def run_shapes_eval(
     )
     seconds["fusion"] = time.monotonic() - started
 
-    fusion = {
-        "binding.stacked": figure(fused["stacked"].binding),
-        "binding.regional": figure(fused["regional"].binding),
-        "binding.conductor": missing(NOT_YET_CONDUCTOR),
-        "leakage.stacked": figure(fused["stacked"].leakage),
-        "leakage.regional": figure(fused["regional"].leakage),
-        "leakage.conductor": missing(NOT_YET_CONDUCTOR),
-    }
-    separation = {
-        "attention_in_mask.without_loss": missing(NOT_YET_ATTENTION),
-        "attention_in_mask.with_loss": missing(NOT_YET_SEPARATION),
-        "leakage.without_loss": figure(fused["regional"].leakage),
-        "leakage.with_loss": missing(NOT_YET_SEPARATION),
-    }
+    fusion: dict[str, Figure] = {}
+    for kind in ("binding", "concept_binding", "leakage"):
+        for method in FUSION_METHODS:
+            fusion[f"{kind}.{method}"] = figure(getattr(fused[method], kind))
+
+    started = time.monotonic()
+    separation = {name: missing(NOT_IN_QUICK_PLAN) for name in SEPARATION_FIGURES}
+    if plan.separation:
+        separation = _separation_figures(components, plan, pairs, seed=seed)
+    seconds["separation"] = time.monotonic() - started
+
     return {
         "version": REPORT_VERSION,
         "preset": components.preset,

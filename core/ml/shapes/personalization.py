@@ -17,7 +17,7 @@ can state the sample size and a Wilson interval of every figure.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,16 +27,18 @@ import PIL.Image
 from core.ml.components import SDComponents
 from core.ml.edlora.adapter import EDLoRAWeights
 from core.ml.edlora.config import EDLoRAConfig
+from core.ml.edlora.diagnostics import measure_attention_in_mask
 from core.ml.edlora.trainer import train_edlora
-from core.ml.fusion.regional import ConceptPlacement, generate_regional
+from core.ml.fusion.conductor import generate_conductor
+from core.ml.fusion.regional import ConceptPlacement, GenerationResult, generate_regional
 from core.ml.fusion.request import MAX_OUTPUTS
 from core.ml.fusion.stacked import generate_stacked
 from core.ml.shapes import world
 from core.ml.shapes.evaluation import _wilson
 from core.ml.shapes.scorer import detect_objects, score_image
 
-FusionMethod = Literal["stacked", "regional"]
-FUSION_METHODS: tuple[FusionMethod, ...] = ("stacked", "regional")
+FusionMethod = Literal["stacked", "regional", "conductor"]
+FUSION_METHODS: tuple[FusionMethod, ...] = ("stacked", "regional", "conductor")
 SIDES: tuple[str, str] = ("left", "right")
 # Regional fusion's boxes for "... on the left and ... on the right": the two halves of the image.
 HALVES = ((0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0))
@@ -69,13 +71,14 @@ class PersonalizationRecipe:
 
 SHAPES_RECIPE = PersonalizationRecipe(
     training=EDLoRAConfig(
-        max_train_steps=150,
+        max_train_steps=300,
         rank=8,
         batch_size=5,
         lr_embedding=1e-3,
         lr_text_encoder=1e-4,
         lr_unet=3e-3,
         noise_offset=0.0,
+        separation_loss_weight=0.0,
     ),
 )
 """The recipe the shapes evaluation (and the demo) use; see the module docstring for what it is measured on."""
@@ -114,15 +117,30 @@ class ConceptScores:
 
 @dataclass
 class PairScores:
-    """Two-concept scenes of one fusion method: binding (both right, each on its side) and leakage."""
+    """Two-concept scenes of one fusion method: binding per image (both right, each on its side), per concept
+    (this concept right on its side; two per image), and leakage."""
 
     binding: Tally = field(default_factory=Tally)
+    concept_binding: Tally = field(default_factory=Tally)
     leakage: Tally = field(default_factory=Tally)
 
 
+# The nearest shape the base model knows, per held-out shape. The class word stands for the concept wherever its
+# learned words are absent (the other concept's path in regional fusion, the base path) and initialises V_class; a
+# word the base model never saw in a caption ("star") has a random embedding and derails the whole prompt.
+KNOWN_CLASS_WORDS: dict[str, str] = {"star": "triangle", "ring": "circle", "square": "square"}
+
+
 def class_word(concept: world.Concept) -> str:
-    """The concept's class word: its shape's name, the word a user would type for it."""
-    return concept.spec.shape
+    """The concept's class word: the base-world shape nearest to the concept's shape (``KNOWN_CLASS_WORDS``)."""
+    return KNOWN_CLASS_WORDS[concept.spec.shape]
+
+
+def _example_scenes(concept: world.Concept, count: int, seed: int, positions: Sequence[str]) -> list[world.Scene]:
+    return [
+        world.place_objects((concept.spec.at(positions[i % len(positions)]),), world.scene_rng(seed, i))
+        for i in range(count)
+    ]
 
 
 def concept_examples(
@@ -134,27 +152,59 @@ def concept_examples(
     (``"a <name>"`` centred, ``"a <name> on the left"`` at a side).
     """
     images, captions = [], []
-    for i in range(count):
-        spec = concept.spec.at(positions[i % len(positions)])
-        images.append(world.render_scene(world.place_objects((spec,), world.scene_rng(seed, i))))
+    for scene in _example_scenes(concept, count, seed, positions):
+        (spec,) = scene.specs
+        images.append(world.render_scene(scene))
         side = "" if spec.position == "center" else f" on the {spec.position}"
         captions.append(f"a <{concept.name}>{side}")
     return images, captions
 
 
+def coverage_mask(obj: world.PlacedObject) -> PIL.Image.Image:
+    """The exact mask of a drawn object: white where it covers at least half a pixel (L mode, 64x64)."""
+    covered = world.shape_coverage(obj.spec.shape, obj.box) >= 0.5
+    return PIL.Image.fromarray((covered * 255).astype(np.uint8), "L")
+
+
+def concept_masks(
+    concept: world.Concept, *, count: int, seed: int, positions: Sequence[str] = ("center",)
+) -> list[PIL.Image.Image]:
+    """The exact masks of ``concept_examples`` with the same arguments (what a perfect segmenter would give)."""
+    return [coverage_mask(scene.objects[0]) for scene in _example_scenes(concept, count, seed, positions)]
+
+
 def learn_concept(
-    components: SDComponents, concept: world.Concept, *, recipe: PersonalizationRecipe = SHAPES_RECIPE, seed: int
+    components: SDComponents,
+    concept: world.Concept,
+    *,
+    recipe: PersonalizationRecipe = SHAPES_RECIPE,
+    seed: int,
+    separation_loss_weight: float | None = None,
 ) -> EDLoRAWeights:
     """Train an ED-LoRA for ``concept`` from ``recipe.num_images`` images drawn with ``seed``.
 
     The same seed draws the images and seeds training, so the adapter is reproducible from ``(concept, seed)``.
+
+    Args:
+        separation_loss_weight: None trains the recipe as it is (no masks). A number also hands the trainer the
+            examples' exact masks (so the diffusion loss is masked) and sets the attention separation loss to that
+            weight; 0 and a positive weight are the two arms that isolate the loss's effect.
     """
-    images, captions = concept_examples(
-        concept, count=recipe.num_images, seed=seed, positions=recipe.example_positions
-    )
+    positions = recipe.example_positions
+    images, captions = concept_examples(concept, count=recipe.num_images, seed=seed, positions=positions)
     config = recipe.training.model_copy(update={"seed": seed})
+    masks = None
+    if separation_loss_weight is not None:
+        config = config.model_copy(update={"separation_loss_weight": separation_loss_weight})
+        masks = concept_masks(concept, count=recipe.num_images, seed=seed, positions=positions)
     return train_edlora(
-        components, images, concept_name=concept.name, class_word=class_word(concept), config=config, captions=captions
+        components,
+        images,
+        concept_name=concept.name,
+        class_word=class_word(concept),
+        config=config,
+        masks=masks,
+        captions=captions,
     )
 
 
@@ -171,22 +221,24 @@ def sample(
     """``count`` images of ``prompt`` with ``adapters``, seeds ``seed, seed + 1, ...``.
 
     ``"stacked"`` runs every adapter in one path (with one adapter: plain ED-LoRA sampling); ``"regional"`` gives
-    the i-th adapter the i-th half of the image (left, right), so it takes exactly two adapters.
+    the i-th adapter the i-th half of the image (left, right) and ``"conductor"`` starts its masks there (default
+    ``ConductorConfig``, no layout reference), so both take at most two adapters.
 
     Returns:
         uint8 arrays of shape ``(64, 64, 3)`` (the components' native size).
     """
     side = components.default_resolution
     images: list[np.ndarray] = []
+    generators: dict[FusionMethod, Callable[..., GenerationResult]] = {
+        "stacked": generate_stacked,
+        "regional": generate_regional,
+        "conductor": generate_conductor,
+    }
+    generate = generators[method]
+    # Stacking ignores regions; regional composes in the halves; Conductor starts its masks from them.
+    regions = [None] * len(adapters) if method == "stacked" else list(HALVES[: len(adapters)])
     for start in range(0, count, MAX_OUTPUTS):
-        if method == "regional":
-            placements = [
-                ConceptPlacement(w, box, recipe.lora_weight) for w, box in zip(adapters, HALVES, strict=True)
-            ]
-            generate = generate_regional
-        else:
-            placements = [ConceptPlacement(w, None, recipe.lora_weight) for w in adapters]
-            generate = generate_stacked
+        placements = [ConceptPlacement(w, r, recipe.lora_weight) for w, r in zip(adapters, regions, strict=True)]
         result = generate(
             components,
             prompt=prompt,
@@ -273,5 +325,52 @@ def measure_pairs(
             for image in images:
                 score = score_image(image, expected)
                 results[method].binding.add(all(v.correct for v in score.objects))
+                for verdict in score.objects:
+                    results[method].concept_binding.add(verdict.correct)
                 results[method].leakage.add(score.leakage)
     return results
+
+
+@dataclass
+class MeanShare:
+    """Per-image shares in [0, 1] (e.g. attention-in-mask), their mean and a normal-approximation 95% interval."""
+
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.values)) if self.values else None
+
+    @property
+    def ci95(self) -> tuple[float, float] | None:
+        if len(self.values) < 2:
+            return None
+        half = 1.96 * float(np.std(self.values, ddof=1)) / len(self.values) ** 0.5
+        mean = float(np.mean(self.values))
+        return (max(0.0, mean - half), min(1.0, mean + half))
+
+
+def attention_in_mask(
+    components: SDComponents, weights: EDLoRAWeights, concept: world.Concept, *, images: int, seed: int
+) -> MeanShare:
+    """Attention-in-mask of ``weights`` on ``images`` held-out scenes: the concept at a side beside a base object.
+
+    Uses ``core.ml.edlora.diagnostics.measure_attention_in_mask`` (fixed timesteps, caption ``"a <name>"``) one image
+    at a time, so the report can give a spread; masks are the concept's exact coverage.
+    """
+    shares = MeanShare()
+    for i in range(images):
+        rng = world.scene_rng(seed, i)
+        side = SIDES[i % 2]
+        other = world.BASE_OBJECTS[int(rng.integers(len(world.BASE_OBJECTS)))].at(SIDES[1 - i % 2])
+        scene = world.place_objects((concept.spec.at(side), other), rng)
+        result = measure_attention_in_mask(
+            components,
+            weights,
+            [world.render_scene(scene)],
+            [coverage_mask(scene.objects[0])],
+            seed=seed + i,
+            caption=f"a <{concept.name}>",
+        )
+        shares.values.append(result.overall)
+    return shares
