@@ -540,8 +540,18 @@ def train_shapes(
         the run's :class:`TrainingReport` (also written to ``work_dir/report.json``).
     """
     config = config or ShapesTrainingConfig()
-    on_step = on_step or _log_step(50)
+    # The thread count is process-wide: set it for the run and give the caller's back afterwards.
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
+    try:
+        return _train_shapes(output_dir, config, work_dir, reuse_vae, on_step or _log_step(50))
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train_shapes(
+    output_dir: Path, config: ShapesTrainingConfig, work_dir: Path, reuse_vae: bool, on_step: StepCallback
+) -> TrainingReport:
     work_dir.mkdir(parents=True, exist_ok=True)
     report = TrainingReport(config=dataclasses.asdict(config))
     tokenizer = write_tokenizer(world.VOCABULARY, work_dir / "tokenizer")
