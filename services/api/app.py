@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 
 import redis
 import redis.asyncio
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.config import Settings, get_settings
 from core.notifier import attach_webhooks
@@ -26,6 +27,31 @@ from services.api.state import ApiState
 from services.queue import CeleryTaskQueue, delivery_sender, make_producer
 
 logger = logging.getLogger(__name__)
+
+
+class RequestId:
+    """Echo ``X-Request-ID`` (or make one) on every response and bind it to the logs of the request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get("x-request-id")
+        rid = (given or uuid.uuid4().hex)[:128]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("X-Request-ID", rid)
+            await send(message)
+
+        token = logs.request_id.set(rid)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            logs.request_id.reset(token)
 
 
 def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = None) -> FastAPI:
@@ -76,15 +102,6 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
 
     metrics.install(app, client, jobs)
 
-    @app.middleware("http")
-    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        token = logs.request_id.set(rid[:128])
-        try:
-            response = await call_next(request)
-        finally:
-            logs.request_id.reset(token)
-        response.headers["X-Request-ID"] = rid[:128]
-        return response
+    app.add_middleware(RequestId)
 
     return app

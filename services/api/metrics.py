@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 import redis
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.stores import stats
 from core.stores.jobs import JobStore
@@ -67,16 +68,33 @@ def install(app: FastAPI, client: redis.Redis, jobs: JobStore) -> None:
     )
     registry.register(JobCollector(client, jobs))
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        # The route template, not the path: ids would make unbounded label sets.
-        template = getattr(route, "path", "unmatched")
-        requests.labels(request.method, template, str(response.status_code)).inc()
-        latency.labels(request.method, template).observe(time.perf_counter() - started)
-        return response
+    # A plain ASGI middleware (not @app.middleware, whose per-request task and body buffering cost
+    # more than many endpoints themselves, and which gets in the way of streaming responses).
+    class Measure:
+        def __init__(self, inner: ASGIApp) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await self.inner(scope, receive, send)
+                return
+            started = time.perf_counter()
+            status = [500]
+
+            async def send_with_status(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await self.inner(scope, receive, send_with_status)
+            finally:
+                # The route template, not the path: ids would make unbounded label sets.
+                template = getattr(scope.get("route"), "path", "unmatched")
+                requests.labels(scope["method"], template, str(status[0])).inc()
+                latency.labels(scope["method"], template).observe(time.perf_counter() - started)
+
+    app.add_middleware(Measure)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
