@@ -28,11 +28,13 @@ def _logging() -> None:
     logs.configure()
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signal() -> threading.Event:
+    """An event set by Ctrl-C or SIGTERM; installed before starting anything, so a signal that arrives
+    during start-up still leads to an orderly stop instead of killing the parent mid-start."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    return stop
 
 
 @app.command()
@@ -45,12 +47,13 @@ def serve(
     """Everything on one machine: a private Redis, the API, one worker, a local object store."""
     from services.embedded import Stack
 
+    stop = _stop_on_signal()
     stack = Stack(data_dir=data_dir, preset=preset, host=host, port=port, log_to_files=False)
     stack.start()
     try:
         typer.echo(f"Tessera listening on {stack.url}  (API key: {stack.api_key}, tenant: local)")
         typer.echo(f"data in {stack.data_dir}; Ctrl-C stops everything")
-        _wait_for_signal()
+        stop.wait()
     finally:
         typer.echo("stopping…")
         stack.stop()
