@@ -118,9 +118,6 @@ class JobStore:
                 except redis.WatchError:
                     continue
 
-    def active_jobs(self, tenant: str) -> int:
-        return int(self._r.scard(self._active_key(tenant)))
-
     def get(self, job_id: str) -> JobRecord:
         """The record of ``job_id``; ``NotFoundError`` when there is none."""
         raw = self._r.get(self._key(job_id))

@@ -98,7 +98,8 @@ def test_upload_train_generate_end_to_end(client: TesseraClient) -> None:
     assert final["status"] == "succeeded", final["error"]
     # Progress is per stage (masking, then training, ...); within training it only grows.
     training_fractions = [f for stage, f in fractions if stage == "training" and f > 0]
-    assert training_fractions == sorted(training_fractions) or max(training_fractions) == 1.0
+    # Within the training stage progress never goes back, and it does rise (the poll may miss the last step).
+    assert training_fractions == sorted(training_fractions) and len(set(training_fractions)) > 1
     assert final["output"]["concept_id"].startswith("cpt_")
     # The masks the training used (SAM, no prompt: one per image) and the attention-in-mask diagnostic.
     masks = final["output"]["masks"]

@@ -3,6 +3,7 @@ S3 endpoint (moto's server over HTTP, standing in for MinIO), and clients downlo
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,7 +62,10 @@ def test_train_and_generate_on_s3(s3_endpoint: str, tmp_path: Path) -> None:
         )
         assert client.wait(job["id"], timeout=300)["status"] == "succeeded"
         adapter_url = client.get_concept("ring")["adapter"]["url"]
-        assert client.download(adapter_url)[:8] != b""  # the adapter is in the bucket
+        adapter = client.download(adapter_url)  # the adapter is in the bucket, as a safetensors file
+        header_length = int.from_bytes(adapter[:8], "little")
+        header = json.loads(adapter[8 : 8 + header_length])
+        assert header["__metadata__"]["format"] == "tessera.edlora"
         final = client.wait(
             client.create_generation(
                 {"prompt": "a <ring>", "width": 64, "height": 64, "num_inference_steps": 2, "seed": 5}
