@@ -77,7 +77,8 @@ class JobRecord(BaseModel):
     ) -> Job:
         """The client-facing ``Job`` (API.md §6)."""
         now = now or utcnow()
-        queue_seconds = ((self.started_at or (None if self.terminal else now)) or now) - self.created_at
+        # Waiting ends when the job starts, or when it ends without starting (canceled while queued).
+        queue_seconds = (self.started_at or self.completed_at or now) - self.created_at
         run_seconds = None
         if self.started_at is not None:
             run_seconds = ((self.completed_at or now) - self.started_at).total_seconds()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import strategies as st
@@ -58,3 +59,24 @@ class JobLife(RuleBasedStateMachine):
 
 
 TestJobLife = JobLife.TestCase
+
+
+def test_queue_time_stops_when_a_queued_job_is_canceled() -> None:
+    from datetime import timedelta
+
+    from core.jobs import JobRecord
+
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    record = JobRecord(
+        id="job_x",
+        tenant="t",
+        kind="training",
+        queue="train",
+        input={},
+        created_at=created,
+        status="canceled",
+        completed_at=created + timedelta(seconds=3),
+    )
+    later = created + timedelta(hours=5)
+    job = record.to_public(base_url="http://x", progress=None, queue_position=None, now=later)
+    assert job.metrics.queue_seconds == 3.0 and job.metrics.run_seconds is None
