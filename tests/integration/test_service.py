@@ -86,20 +86,17 @@ def _pixels(client: TesseraClient, job: dict[str, Any]) -> np.ndarray:
 
 def test_upload_train_generate_end_to_end(client: TesseraClient) -> None:
     jobs = {name: _train(client, name, steps=12, kind=kind) for name, kind in (("star-a", "star"), ("ring-b", "ring"))}
-    fractions: list[tuple[str, float]] = []
-    final = client.wait(
-        jobs["star-a"]["id"],
-        poll=0.05,
-        timeout=300,
-        on_update=lambda j: fractions.append(
-            ((j["progress"] or {}).get("stage", ""), (j["progress"] or {}).get("fraction", 0.0))
-        ),
-    )
+    final = client.wait(jobs["star-a"]["id"], poll=0.1, timeout=300)
     assert final["status"] == "succeeded", final["error"]
-    # Progress is per stage (masking, then training, ...); within training it only grows.
-    training_fractions = [f for stage, f in fractions if stage == "training" and f > 0]
-    # Within the training stage progress never goes back, and it does rise (the poll may miss the last step).
-    assert training_fractions == sorted(training_fractions) and len(set(training_fractions)) > 1
+    # Every recorded state, replayed from the event stream (polling can miss the throttled reports):
+    # progress is per stage (masking, then training, ...); within training it rises and never goes back.
+    training_fractions = [
+        j["progress"]["fraction"]
+        for j in client.events(jobs["star-a"]["id"])
+        if j["progress"] and j["progress"]["stage"] == "training" and j["progress"]["fraction"] > 0
+    ]
+    assert training_fractions == sorted(training_fractions) and len(set(training_fractions)) > 1, training_fractions
+    assert training_fractions[-1] == 1.0  # the last step is always reported
     assert final["output"]["concept_id"].startswith("cpt_")
     # The masks the training used (SAM, no prompt: one per image) and the attention-in-mask diagnostic.
     masks = final["output"]["masks"]
