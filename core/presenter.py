@@ -33,9 +33,19 @@ class Presenter:
     def concept(self, record: ConceptRecord) -> Concept:
         return render_concept(self, record)
 
-    def job(self, record: JobRecord, *, progress: JobProgress | None = None, live: bool = True) -> Job:
-        """A job; ``live`` reads its current progress and queue position, else uses ``progress`` as given."""
-        return render_job(self, record, progress=progress, live=live)
+    def job(
+        self,
+        record: JobRecord,
+        *,
+        progress: JobProgress | None = None,
+        live: bool = True,
+        queue_position: int | None = None,
+    ) -> Job:
+        """A job; ``live`` reads its current progress and queue position, else uses ``progress`` as given.
+
+        A ``queue_position`` already known (the create call's) saves reading it again.
+        """
+        return render_job(self, record, progress=progress, live=live, queue_position=queue_position)
 
 
 def render_file(state: Presenter, record: FileRecord, *, with_url: bool = False) -> FileObject:
@@ -94,14 +104,19 @@ def _sign_images(state: Presenter, tenant: str, value: Any) -> Any:
     return {k: _sign_images(state, tenant, v) for k, v in value.items()}
 
 
-def render_job(state: Presenter, record: JobRecord, *, progress: JobProgress | None = None, live: bool = True) -> Job:
+def render_job(
+    state: Presenter,
+    record: JobRecord,
+    *,
+    progress: JobProgress | None = None,
+    live: bool = True,
+    queue_position: int | None = None,
+) -> Job:
     if live:
         progress = None if record.status == "queued" else state.jobs.get_progress(record.id)
-    job = record.to_public(
-        base_url=state.public_base_url,
-        progress=progress,
-        queue_position=state.jobs.queue_position(record) if live else None,
-    )
+        if queue_position is None:
+            queue_position = state.jobs.queue_position(record)
+    job = record.to_public(base_url=state.public_base_url, progress=progress, queue_position=queue_position)
     if job.output is not None:
         job.output = _sign_images(state, record.tenant, job.output)
     return job

@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from core.errors import InvalidRequestError, NotFoundError, ServiceError, UnknownConceptError
 from core.jobs import JobRecord, new_id
@@ -57,6 +57,14 @@ def _enqueue_or_fail(jobs: JobStore, record: JobRecord, enqueue: Enqueue) -> Non
         raise ServiceError("the job queue is unavailable; the job was not started", code="queue_unavailable") from exc
 
 
+@dataclass(frozen=True)
+class Submission:
+    """A stored and queued job, and its 1-based place in its queue when it was stored."""
+
+    record: JobRecord
+    queue_position: int
+
+
 def submit_training(
     tenant: str,
     request: TrainingRequest,
@@ -65,7 +73,7 @@ def submit_training(
     jobs: JobStore,
     enqueue: Enqueue,
     policy: Policy = Policy(),
-) -> JobRecord:
+) -> Submission:
     """Validate a training request, reserve the concept name, store and enqueue the job."""
     policy.check_webhook(request.webhook)
     image_keys = [_file_key(catalog, tenant, fid, f"images[{i}]") for i, fid in enumerate(request.images)]
@@ -100,7 +108,7 @@ def submit_training(
     )
     catalog.reserve_concept(concept)
     try:
-        jobs.create(record, max_active=policy.max_active_jobs)
+        position = jobs.create(record, max_active=policy.max_active_jobs)
     except ServiceError:
         catalog.delete_concept(concept)  # over quota: free the name again
         raise
@@ -110,18 +118,18 @@ def submit_training(
         concept.status = "failed"
         catalog.save_concept(concept)
         raise
-    return record
+    return Submission(record, position)
 
 
-def _ready_concept(catalog: Catalog, tenant: str, ref: str, field: str) -> ConceptRecord:
-    try:
-        concept = catalog.get_concept(tenant, ref)
-    except NotFoundError:
-        concept = None
-    if concept is None or concept.status != "ready":
-        state = "does not exist" if concept is None else f"is {concept.status}, not ready"
-        raise UnknownConceptError(f"{field}: concept <{ref}> {state}", field=field)
-    return concept
+def _ready_concepts(catalog: Catalog, tenant: str, refs: dict[str, str]) -> dict[str, ConceptRecord]:
+    """The ready concept of each ref (mapped to the request field that names it), looked up in one round trip."""
+    found = catalog.find_concepts(tenant, list(refs))
+    for ref, field in refs.items():
+        concept = found[ref]
+        if concept is None or concept.status != "ready":
+            state = "does not exist" if concept is None else f"is {concept.status}, not ready"
+            raise UnknownConceptError(f"{field}: concept <{ref}> {state}", field=field)
+    return cast(dict[str, ConceptRecord], found)
 
 
 def _stage_plan(catalog: Catalog, tenant: str, request: GenerationRequest, concepts: int) -> dict[str, Any]:
@@ -165,15 +173,20 @@ def submit_generation(
     jobs: JobStore,
     enqueue: Enqueue,
     policy: Policy = Policy(),
-) -> JobRecord:
+) -> Submission:
     """Validate a generation request against the tenant's ready concepts, store and enqueue the job."""
     policy.check_webhook(request.webhook)
-    by_ref: dict[str, ConceptRecord] = {}
+    # Every concept the request names, the prompt's first (a ref's first mention names it in errors).
+    fields: dict[str, str] = {}
     for ref in request.concept_refs():
-        by_ref[ref] = _ready_concept(catalog, tenant, ref, "prompt")
+        fields.setdefault(ref, "prompt")
+    for i, use in enumerate(request.concepts or []):
+        fields.setdefault(use.concept, f"concepts[{i}].concept")
+    found = _ready_concepts(catalog, tenant, fields)
+    by_ref = {ref: found[ref] for ref in request.concept_refs()}
     uses: dict[str, dict[str, Any]] = {}
     for i, use in enumerate(request.concepts or []):
-        concept = _ready_concept(catalog, tenant, use.concept, f"concepts[{i}].concept")
+        concept = found[use.concept]
         if concept.id not in {c.id for c in by_ref.values()}:
             raise InvalidRequestError(
                 f"concepts[{i}].concept: <{use.concept}> is not named in the prompt", field=f"concepts[{i}].concept"
@@ -212,6 +225,6 @@ def submit_generation(
         metadata=request.metadata,
         plan={"prompt": prompt, "concepts": plan_concepts, **stages},
     )
-    jobs.create(record, max_active=policy.max_active_jobs)
+    position = jobs.create(record, max_active=policy.max_active_jobs)
     _enqueue_or_fail(jobs, record, enqueue)
-    return record
+    return Submission(record, position)

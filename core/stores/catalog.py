@@ -23,6 +23,23 @@ from core.stores.index import TimeIndex
 PREFIX = "tessera:"
 
 
+# Concept records for a list of keys: KEYS[i] is a record key (ARGV[i+1] == "1") or a name reservation
+# holding the id. The second read's key is built in the script, so this needs a single Redis, not a cluster.
+_LOOKUP_SCRIPT = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local raw = false
+  if ARGV[i + 1] == '1' then
+    raw = redis.call('GET', key)
+  else
+    local id = redis.call('GET', key)
+    if id then raw = redis.call('GET', ARGV[1] .. id) end
+  end
+  out[i] = raw
+end
+return out
+"""
+
 FilePurpose = Literal["input", "output"]
 # Object-key prefix per purpose (also the lifecycle-rule prefixes).
 PURPOSE_PREFIX: dict[str, str] = {"input": "inputs/", "output": "outputs/"}
@@ -78,6 +95,7 @@ class Catalog:
 
     def __init__(self, client: redis.Redis) -> None:
         self._r = client
+        self._lookup = client.register_script(_LOOKUP_SCRIPT)
 
     # ---- files
     def add_file(self, record: FileRecord) -> None:
@@ -132,17 +150,25 @@ class Catalog:
 
     def get_concept(self, tenant: str, ref: str) -> ConceptRecord:
         """A concept by id (``cpt_…``) or by name."""
-        concept_id = ref
-        if not ref.startswith("cpt_"):
-            raw_id = self._r.get(self._name_key(tenant, ref))
-            if raw_id is None:
-                raise NotFoundError(f"no concept {ref}")
-            concept_id = cast(bytes, raw_id).decode()
-        raw = self._r.get(f"{PREFIX}concept:{concept_id}")
-        record = None if raw is None else ConceptRecord.model_validate_json(raw)
-        if record is None or record.tenant != tenant:
+        record = self.find_concepts(tenant, [ref])[ref]
+        if record is None:
             raise NotFoundError(f"no concept {ref}")
         return record
+
+    def find_concepts(self, tenant: str, refs: list[str]) -> dict[str, ConceptRecord | None]:
+        """Concepts by id or name, all in one round trip; ``None`` for a ref the tenant has no concept for."""
+        unique = list(dict.fromkeys(refs))
+        if not unique:
+            return {}
+        # Ids are looked up directly; names through their reservation key.
+        keys = [f"{PREFIX}concept:{ref}" if ref.startswith("cpt_") else self._name_key(tenant, ref) for ref in unique]
+        direct = ["1" if ref.startswith("cpt_") else "0" for ref in unique]
+        raws = cast(list[bytes | None], self._lookup(keys=keys, args=[f"{PREFIX}concept:", *direct]))
+        found: dict[str, ConceptRecord | None] = {}
+        for ref, raw in zip(unique, raws, strict=True):
+            record = None if not raw else ConceptRecord.model_validate_json(raw)
+            found[ref] = record if record is not None and record.tenant == tenant else None
+        return found
 
     def list_concepts(self, tenant: str, *, limit: int, cursor: str | None) -> tuple[list[ConceptRecord], str | None]:
         found: dict[str, ConceptRecord] = {}

@@ -12,7 +12,8 @@ import redis
 from core.errors import InvalidRequestError
 
 
-def _member(created_at: datetime, object_id: str) -> str:
+def index_member(created_at: datetime, object_id: str) -> str:
+    """The member of ``object_id`` in a time index, e.g. ``"00001795708798034672:job_…"``."""
     # Zero-padded microseconds sort lexicographically in time order; the id breaks ties.
     return f"{int(created_at.timestamp() * 1_000_000):020d}:{object_id}"
 
@@ -39,10 +40,10 @@ class TimeIndex:
         self.key = key
 
     def add(self, created_at: datetime, object_id: str, pipe: redis.client.Pipeline | None = None) -> None:
-        (pipe or self._r).zadd(self.key, {_member(created_at, object_id): 0})
+        (pipe or self._r).zadd(self.key, {index_member(created_at, object_id): 0})
 
     def remove(self, created_at: datetime, object_id: str, pipe: redis.client.Pipeline | None = None) -> None:
-        (pipe or self._r).zrem(self.key, _member(created_at, object_id))
+        (pipe or self._r).zrem(self.key, index_member(created_at, object_id))
 
     def _newest_first(self, cursor: str | None, batch: int) -> Iterator[tuple[str, str]]:
         upper = "(" + decode_cursor(cursor) if cursor else "+"

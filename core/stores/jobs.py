@@ -26,7 +26,7 @@ from core.jobs import TERMINAL, JobRecord, check_transition, utcnow
 from core.progress import Progress
 from core.schemas import JobKind, JobProgress, JobStatus
 from core.stores import stats
-from core.stores.index import TimeIndex
+from core.stores.index import TimeIndex, index_member
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,25 @@ EVENTS_MAXLEN = 5000
 
 # What a change is, for listeners (webhooks): "start", "progress", "completed" or "requeued".
 JobListener = Callable[[JobRecord | None, str, str], None]
+
+
+# Creating a job: quota check, record, indexes, counter and first event in one atomic round trip.
+# KEYS: record, tenant active set, tenant index, queue index, stats hash, events stream.
+# ARGV: record JSON, job id, index member, stats field, max active (-1: none), events maxlen, ttl.
+# Returns the job's 1-based queue position, or -1 (quota full) / -2 (id taken).
+_QUOTA_FULL, _EXISTS = -1, -2
+_CREATE_SCRIPT = """
+local max_active = tonumber(ARGV[5])
+if max_active >= 0 and redis.call('SCARD', KEYS[2]) >= max_active then return -1 end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return -2 end
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], 0, ARGV[3])
+redis.call('ZADD', KEYS[4], 0, ARGV[3])
+redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[6], '*', 'record', ARGV[1], 'progress', '')
+redis.call('EXPIRE', KEYS[6], ARGV[7])
+return redis.call('ZRANK', KEYS[4], ARGV[3]) + 1
+"""
 
 
 def event_for(new: JobStatus) -> str:
@@ -65,6 +84,7 @@ class JobStore:
         self._release = client.register_script(
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
         )
+        self._create = client.register_script(_CREATE_SCRIPT)
 
     # ---- keys
     @staticmethod
@@ -89,34 +109,46 @@ class JobStore:
         pipe.xadd(self.events_key(record.id), fields, maxlen=EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
         pipe.expire(self.events_key(record.id), self.ttl_seconds)
 
-    def create(self, record: JobRecord, *, max_active: int | None = None) -> None:
-        """Store a new queued job (and index it).
+    def create(self, record: JobRecord, *, max_active: int | None = None) -> int:
+        """Store a new queued job (and index it); returns its 1-based place in its queue.
 
         With ``max_active``, refuse (``QuotaExceededError``) when the tenant already has that many queued or
-        running jobs; the count and the insert are one atomic step, so concurrent creates cannot overshoot.
+        running jobs; the count and the insert are one atomic step (a server-side script, one round trip),
+        so concurrent creates cannot overshoot.
         """
-        active = self._active_key(record.tenant)
-        with self._r.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(active)  # type: ignore[no-untyped-call]
-                    if max_active is not None and int(pipe.scard(active)) >= max_active:
-                        raise QuotaExceededError(
-                            f"the tenant has {max_active} queued or running jobs, the limit "
-                            "(quotas.max_active_jobs); retry when one finishes",
-                            retry_after=10,
-                        )
-                    pipe.multi()
-                    pipe.set(self._key(record.id), record.model_dump_json(), nx=True)
-                    pipe.sadd(active, record.id)
-                    self._tenant_index(record.tenant).add(record.created_at, record.id, pipe)
-                    self._queue_index(record.queue).add(record.created_at, record.id, pipe)
-                    stats.count_created(pipe, record.kind)
-                    self._append_event(pipe, record, None)
-                    pipe.execute()
-                    return
-                except redis.WatchError:
-                    continue
+        events = self.events_key(record.id)
+        member = index_member(record.created_at, record.id)
+        raw = record.model_dump_json()
+        result = int(
+            self._create(
+                keys=[
+                    self._key(record.id),
+                    self._active_key(record.tenant),
+                    self._tenant_index(record.tenant).key,
+                    self._queue_index(record.queue).key,
+                    stats.KEY,
+                    events,
+                ],
+                args=[
+                    raw,
+                    record.id,
+                    member,
+                    stats.created_field(record.kind),
+                    -1 if max_active is None else max_active,
+                    EVENTS_MAXLEN,
+                    self.ttl_seconds,
+                ],
+            )
+        )
+        if result == _QUOTA_FULL:
+            raise QuotaExceededError(
+                f"the tenant has {max_active} queued or running jobs, the limit "
+                "(quotas.max_active_jobs); retry when one finishes",
+                retry_after=10,
+            )
+        if result == _EXISTS:
+            raise InvalidTransitionError(f"job {record.id} already exists")
+        return result
 
     def get(self, job_id: str) -> JobRecord:
         """The record of ``job_id``; ``NotFoundError`` when there is none."""
@@ -271,7 +303,7 @@ class JobStore:
         """1-based place of a queued job among the queued jobs of its queue, oldest first."""
         if record.status != "queued":
             return None
-        member = f"{int(record.created_at.timestamp() * 1_000_000):020d}:{record.id}"
+        member = index_member(record.created_at, record.id)
         rank = cast(int | None, self._r.zrank(self._queue_index(record.queue).key, member))
         return None if rank is None else rank + 1
 

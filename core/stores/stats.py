@@ -17,8 +17,9 @@ KEY = "tessera:stats"
 BUCKETS: tuple[float, ...] = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, math.inf)
 
 
-def count_created(pipe: redis.client.Pipeline, kind: str) -> None:
-    pipe.hincrby(KEY, f"created|{kind}", 1)
+def created_field(kind: str) -> str:
+    """The counter of jobs of ``kind`` ever created (incremented by the job store's create script)."""
+    return f"created|{kind}"
 
 
 def count_finished(pipe: redis.client.Pipeline, kind: str, status: str) -> None:

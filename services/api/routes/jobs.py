@@ -16,7 +16,7 @@ from core.jobs import JobRecord
 from core.schemas import GenerationRequest, Job, JobKind, JobList, JobProgress, JobStatus, TrainingRequest
 from core.stores.idempotency import fingerprint
 from core.stores.webhooks import DeliveryAttempt
-from core.submissions import submit_generation, submit_training
+from core.submissions import Submission, submit_generation, submit_training
 from services.api.deps import State, Tenant
 from services.api.state import ApiState
 
@@ -37,25 +37,28 @@ def _create(
     response: Response,
     body: BaseModel,
     idempotency_key: str | None,
-    submit: Callable[[], JobRecord],
-) -> JobRecord:
-    """Run ``submit`` once per idempotency key: a replay answers 200 with the original job."""
+    submit: Callable[[], Submission],
+) -> tuple[JobRecord, int | None]:
+    """Run ``submit`` once per idempotency key: a replay answers 200 with the original job.
+
+    Returns the job and its queue position when it was just stored (``None`` for a replay: read it live).
+    """
     if idempotency_key is None:
-        record = submit()
+        submission = submit()
     else:
         digest = fingerprint(request.method, request.url.path, body.model_dump(mode="json"))
         existing = state.idempotency.begin(tenant, idempotency_key, digest)
         if existing is not None:
             response.status_code = 200
-            return state.jobs.get_for_tenant(tenant, existing)
+            return state.jobs.get_for_tenant(tenant, existing), None
         try:
-            record = submit()
+            submission = submit()
         except BaseException:
             state.idempotency.abandon(tenant, idempotency_key)
             raise
-        state.idempotency.complete(tenant, idempotency_key, digest, record.id)
-    response.headers["Location"] = f"/v1/jobs/{record.id}"
-    return record
+        state.idempotency.complete(tenant, idempotency_key, digest, submission.record.id)
+    response.headers["Location"] = f"/v1/jobs/{submission.record.id}"
+    return submission.record, submission.queue_position
 
 
 @router.post("/v1/trainings", status_code=202, response_model=Job)
@@ -68,7 +71,7 @@ def create_training(
     idempotency_key: IdempotencyKey = None,
 ) -> Job:
     """Teach the service a concept from a few images (an ED-LoRA training job)."""
-    record = _create(
+    record, position = _create(
         state,
         tenant,
         request,
@@ -79,7 +82,7 @@ def create_training(
             tenant, body, catalog=state.catalog, jobs=state.jobs, enqueue=state.enqueue, policy=state.policy
         ),
     )
-    return state.presenter.job(record)
+    return state.presenter.job(record, queue_position=position)
 
 
 def _wait_seconds(prefer: str | None) -> float:
@@ -120,7 +123,7 @@ def create_generation(
     prefer: Annotated[str | None, Header(description="wait=N (N ≤ 60): hold the answer until done.")] = None,
 ) -> Job:
     """Generate images that combine ready concepts."""
-    record = _create(
+    record, position = _create(
         state,
         tenant,
         request,
@@ -137,7 +140,8 @@ def create_generation(
         response.headers["Preference-Applied"] = f"wait={int(wait)}"
         if record.terminal:
             response.status_code = 200
-    return state.presenter.job(record)
+        position = None  # it may have moved on while we waited
+    return state.presenter.job(record, queue_position=position)
 
 
 @router.get("/v1/jobs", response_model=JobList)
