@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from core.errors import InvalidTransitionError, NotFoundError
+from core.errors import InvalidTransitionError, NotFoundError, QuotaExceededError
 from core.jobs import JobRecord, new_id
 from core.progress import Progress
 from core.stores.jobs import JobStore
@@ -32,6 +32,45 @@ def test_create_get_and_tenant_isolation(store: JobStore) -> None:
         store.get_for_tenant("t2", job.id)
     with pytest.raises(NotFoundError):
         store.get("job_missing")
+
+
+def test_create_returns_the_queue_position_and_refuses_a_taken_id(store: JobStore) -> None:
+    first, second = _job(), _job()
+    assert store.create(first) == 1
+    time.sleep(0.001)
+    assert store.create(second) == 2
+    # The first event is the stored record, for replay by the event stream.
+    events = store._r.xrange(store.events_key(first.id))
+    assert [fields[b"record"].decode() for _, fields in events] == [store.get(first.id).model_dump_json()]
+    with pytest.raises(InvalidTransitionError):
+        store.create(first.model_copy(update={"input": {"other": True}}))
+    assert store.get(first.id).input == {}
+
+
+def test_quota_holds_under_concurrent_creates(store: JobStore) -> None:
+    barrier = threading.Barrier(12)
+    accepted: list[str] = []
+    refused: list[str] = []
+
+    def create() -> None:
+        job = _job(tenant="busy")
+        barrier.wait()
+        try:
+            store.create(job, max_active=5)
+            accepted.append(job.id)
+        except QuotaExceededError:
+            refused.append(job.id)
+
+    threads = [threading.Thread(target=create) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(accepted) == 5 and len(refused) == 7
+    for job_id in refused:
+        with pytest.raises(NotFoundError):
+            store.get(job_id)
+    assert store.create(_job(tenant="other"), max_active=5) == 6  # another tenant, same queue
 
 
 def test_compare_and_set_allows_exactly_one_winner(store: JobStore) -> None:
