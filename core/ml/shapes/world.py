@@ -363,14 +363,18 @@ def _random_rgb(rng: np.random.Generator) -> RGB:
     return (round(r * 255), round(g * 255), round(b * 255))
 
 
-def sample_wide_scene(rng: np.random.Generator) -> Scene:
-    """One scene of the VAE's wider world: 1-3 objects of any shape, random hues, stripes, any placement."""
+def sample_wide_scene(rng: np.random.Generator, *, striped_share: float = 0.2) -> Scene:
+    """One scene of the VAE's wider world: 1-3 objects of any shape, random hues, stripes, any placement.
+
+    Args:
+        striped_share: the chance that an object is striped.
+    """
     objects = []
     for _ in range(int(rng.integers(1, 4))):
         shape = ALL_SHAPES[int(rng.integers(len(ALL_SHAPES)))]
         colour_name = BASE_COLOURS[int(rng.integers(len(BASE_COLOURS)))]
         rgb = _jitter(COLOURS[colour_name], rng, 10) if rng.random() < 0.3 else _random_rgb(rng)
-        striped = rng.random() < 0.2
+        striped = rng.random() < striped_share
         stripe = _jitter(STRIPE_RGB, rng, 10) if rng.random() < 0.6 else _random_rgb(rng)
         size = float(rng.uniform(12, 32))
         centre = (float(rng.uniform(10, 54)), float(rng.uniform(10, 54)))
