@@ -1,10 +1,11 @@
 """Trains the ``shapes`` preset from scratch on a CPU: VAE, then text encoder and UNet together.
 
 Stage 1 trains an ``AutoencoderKL`` (64x64x3 <-> 8x8x4) on the *wide* world (random hues, extra shapes,
-stripes), so it can represent the held-out concepts as well. Stage 2 pre-encodes base-world latents once and
-trains a ``CLIPTextModel`` and a ``UNet2DConditionModel`` jointly with SD 1.5's noise schedule, epsilon
-prediction, Min-SNR-5 weighting, caption dropout and an EMA of the weights. The result is written as a
-diffusers folder that ``StableDiffusionPipeline`` loads like SD 1.5.
+stripes), so it can represent the held-out concepts as well; stage 1b refines its decoder alone, and stage 1c
+the whole VAE on stripe-rich batches while an anchor keeps base-world latents where they were. Stage 2
+pre-encodes base-world latents once and trains a ``CLIPTextModel`` and a ``UNet2DConditionModel`` jointly with
+SD 1.5's noise schedule, epsilon prediction, Min-SNR-5 weighting, caption dropout and an EMA of the weights.
+The result is written as a diffusers folder that ``StableDiffusionPipeline`` loads like SD 1.5.
 
 Run ``python -m core.ml.shapes.training --help``; partial runs leave usable checkpoints in ``--work-dir``.
 """
@@ -12,6 +13,7 @@ Run ``python -m core.ml.shapes.training --help``; partial runs leave usable chec
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -59,6 +61,12 @@ class ShapesTrainingConfig:
     vae_foreground_weight: float = field(default=4.0, metadata={"help": "extra loss weight on object pixels"})
     decoder_steps: int = field(default=800, metadata={"help": "decoder-only VAE steps, encoder frozen (0: skip)"})
     decoder_lr: float = 5e-4
+    anchor_steps: int = field(
+        default=800, metadata={"help": "whole-VAE steps on stripe-rich batches, base latents anchored (0: skip)"}
+    )
+    anchor_lr: float = 1e-3
+    anchor_weight: float = 10.0
+    anchor_striped_share: float = 0.6
     # Stage 2: text encoder + UNet.
     num_images: int = field(default=20000, metadata={"help": "base-world images encoded once for stage 2"})
     unet_steps: int = field(default=2000, metadata={"help": "UNet + text encoder optimizer steps"})
@@ -96,6 +104,7 @@ class TrainingReport:
     seconds: dict[str, float] = field(default_factory=dict)
     vae_loss: float = float("nan")
     decoder_loss: float = float("nan")
+    anchor_loss: float = float("nan")
     vae_psnr_db: float = float("nan")
     scaling_factor: float = float("nan")
     unet_steps_done: int = 0
@@ -280,6 +289,91 @@ def refine_vae_decoder(
     vae.requires_grad_(True)
     vae.train(False)
     return vae, smoothed
+
+
+def refine_vae_anchored(
+    vae: AutoencoderKL, config: ShapesTrainingConfig, *, on_step: StepCallback | None = None
+) -> tuple[AutoencoderKL, float]:
+    """Trains the whole VAE further on stripe-rich wide-world batches, keeping base-world latents in place.
+
+    Each step reconstructs 24 wide-world scenes (objects striped with ``anchor_striped_share``) and 8 base-world
+    scenes, and adds ``anchor_weight`` times the mean squared distance between the encoder's latent means of 16
+    base-world scenes and those of the VAE as it came in (in units of the incoming latents' std). The encoder
+    thus learns codes for what stages 1/1b blur (stripes) without moving the latents a UNet was trained on, so
+    this stage can refine the VAE of a shipped preset without retraining its UNet.
+
+    Returns:
+        ``vae`` (trained in place, eval mode) and the final smoothed reconstruction loss.
+    """
+    torch.manual_seed(config.seed + 3)
+    reference = copy.deepcopy(vae).requires_grad_(False).train(False)
+    rng_seed = config.seed + 1000 * 7
+    with torch.no_grad():
+        probe = np.stack(
+            [
+                np.asarray(world.render_scene(world.sample_base_scene(world.scene_rng(rng_seed + 3, i))))
+                for i in range(64)
+            ]
+        )
+        scale = float(1.0 / reference.encode(_to_tensor(probe)).latent_dist.mean.std())
+    vae.requires_grad_(True)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.anchor_lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _cosine_lr(s, config.anchor_steps, min(30, config.anchor_steps // 10 + 1))
+    )
+    smoothed = float("nan")
+    index = 0
+    vae.train()
+    for step in range(config.anchor_steps):
+        wide = [
+            world.sample_wide_scene(
+                world.scene_rng(rng_seed + 1, index + i), striped_share=config.anchor_striped_share
+            )
+            for i in range(24)
+        ]
+        base = [world.sample_base_scene(world.scene_rng(rng_seed + 2, index + i)) for i in range(16)]
+        index += 24
+        x_wide = _to_tensor(np.stack([np.asarray(world.render_scene(scene)) for scene in wide]))
+        x_base = _to_tensor(np.stack([np.asarray(world.render_scene(scene)) for scene in base]))
+        posterior, loss = _vae_loss(vae, torch.cat([x_wide, x_base[:8]]), config)
+        with torch.no_grad():
+            target = reference.encode(x_base).latent_dist.mean
+        drift = ((vae.encode(x_base).latent_dist.mean - target) * scale).pow(2).mean()
+        total = loss + config.anchor_weight * drift + config.vae_kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(total)
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        smoothed = loss.item() if math.isnan(smoothed) else 0.98 * smoothed + 0.02 * loss.item()
+        if on_step is not None:
+            on_step("vae_anchored", step + 1, config.anchor_steps, smoothed)
+    vae.train(False)
+    return vae, smoothed
+
+
+def latent_drift(before: AutoencoderKL, after: AutoencoderKL, images: np.ndarray) -> float:
+    """RMS distance between two VAEs' latent means of ``images`` (uint8 ``(n, 64, 64, 3)``), in units of the
+    ``before`` latents' std: how far a stage moved the latents a UNet was trained on."""
+    with torch.no_grad():
+        x = _to_tensor(images)
+        old = before.encode(x).latent_dist.mean
+        new = after.encode(x).latent_dist.mean
+    return float(((new - old) / old.std()).pow(2).mean().sqrt())
+
+
+def refine_preset_vae(preset_dir: Path, config: ShapesTrainingConfig, *, on_step: StepCallback | None = None) -> float:
+    """Runs stage 1c on the VAE of the preset in ``preset_dir`` and stores it back (fp16, same scaling factor).
+
+    Returns:
+        the latent drift of held-out base-world images (see :func:`latent_drift`).
+    """
+    vae = AutoencoderKL.from_pretrained(preset_dir / "vae", torch_dtype=torch.float32).train(False)
+    before = copy.deepcopy(vae)
+    vae, _ = refine_vae_anchored(vae, config, on_step=on_step)
+    drift = latent_drift(before, vae, world.draw_base_dataset(256, config.seed + 7)[0])
+    torch.nn.Module.to(vae, dtype=torch.float16).save_pretrained(preset_dir / "vae", safe_serialization=True)
+    return drift
 
 
 @torch.no_grad()
@@ -577,6 +671,16 @@ def _train_shapes(
     report.seconds["vae_decoder"] = time.monotonic() - started
 
     started = time.monotonic()
+    anchored_dir = work_dir / "vae_anchored"
+    if config.anchor_steps > 0 and reuse_vae and (anchored_dir / "config.json").exists():
+        logger.info("reusing the anchored VAE in %s", anchored_dir)
+        vae = AutoencoderKL.from_pretrained(anchored_dir).train(False)
+    elif config.anchor_steps > 0:
+        vae, report.anchor_loss = refine_vae_anchored(vae, config, on_step=on_step)
+        vae.save_pretrained(anchored_dir, safe_serialization=True)
+    report.seconds["vae_anchored"] = time.monotonic() - started
+
+    started = time.monotonic()
     images, captions = world.draw_base_dataset(config.num_images, config.seed)
     report.seconds["draw_dataset"] = time.monotonic() - started
     started = time.monotonic()
@@ -627,6 +731,7 @@ _CLI_FIELDS = (
     "threads",
     "vae_steps",
     "decoder_steps",
+    "anchor_steps",
     "unet_steps",
     "num_images",
     "batch_size",
@@ -640,6 +745,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output-dir", type=Path, default=PRESET_DIR)
     parser.add_argument("--work-dir", type=Path, default=Path(".cache/shapes"))
     parser.add_argument("--fresh-vae", action="store_true", help="retrain the VAE even if work-dir has one")
+    parser.add_argument(
+        "--refine-preset-vae",
+        action="store_true",
+        help="run only stage 1c on the VAE in --output-dir and store it back (the UNet stays valid)",
+    )
     defaults = ShapesTrainingConfig()
     for name in _CLI_FIELDS:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
@@ -649,6 +759,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         defaults,
         **{n: getattr(args, n) for n in _CLI_FIELDS},
     )
+    if args.refine_preset_vae:
+        torch.set_num_threads(config.threads)
+        drift = refine_preset_vae(args.output_dir, config, on_step=_log_step(50))
+        logger.info("stage 1c done; base-world latents moved by %.4f std (RMS)", drift)
+        return
     report = train_shapes(args.output_dir, config=config, work_dir=args.work_dir, reuse_vae=not args.fresh_vae)
     logger.info("done: %s", json.dumps(dataclasses.asdict(report)["seconds"]))
 

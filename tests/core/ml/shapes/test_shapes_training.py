@@ -7,12 +7,21 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
+from core.ml.shapes import world
 from core.ml.shapes.evaluation import load_preset_pipeline
-from core.ml.shapes.training import ShapesTrainingConfig, train_shapes
+from core.ml.shapes.training import (
+    ShapesTrainingConfig,
+    build_vae,
+    latent_drift,
+    refine_preset_vae,
+    refine_vae_anchored,
+    train_shapes,
+)
 
 TOY = ShapesTrainingConfig(
     vae_steps=2,
     decoder_steps=1,
+    anchor_steps=1,
     vae_batch_size=4,
     num_images=16,
     unet_steps=2,
@@ -36,7 +45,7 @@ def test_train_shapes_writes_a_loadable_preset(tmp_path: Path) -> None:
         on_step=lambda s, i, _n, _loss: steps.append((s, i)),
     )
 
-    assert steps == [("vae", 1), ("vae", 2), ("vae_decoder", 1), ("unet", 1), ("unet", 2)]
+    assert steps == [("vae", 1), ("vae", 2), ("vae_decoder", 1), ("vae_anchored", 1), ("unet", 1), ("unet", 2)]
     assert report.unet_steps_done == 2 and report.scaling_factor > 0
     assert (tmp_path / "work" / "checkpoint" / "unet" / "config.json").is_file()
     pipeline = load_preset_pipeline(tmp_path / "preset")
@@ -65,3 +74,32 @@ def test_reruns_reuse_the_trained_vae(tmp_path: Path) -> None:
         load_preset_pipeline(tmp_path / "a").vae.encoder.conv_in.weight,
         load_preset_pipeline(tmp_path / "b").vae.encoder.conv_in.weight,
     )
+
+
+def test_the_anchor_keeps_base_latents_where_they_were() -> None:
+    """Stage 1c moves base-world latents far less with its anchor than without (the UNet depends on them)."""
+    torch.manual_seed(0)
+    start = build_vae(TOY).train(False)
+    images = world.draw_base_dataset(16, 3)[0]
+    drifts = {}
+    for weight in (0.0, 100.0):
+        vae = build_vae(TOY)
+        vae.load_state_dict(start.state_dict())
+        config = dataclasses.replace(TOY, anchor_steps=6, anchor_lr=3e-3, anchor_weight=weight)
+        refine_vae_anchored(vae, config)
+        drifts[weight] = latent_drift(start, vae, images)
+    assert drifts[0.0] > 0 and drifts[100.0] < 0.5 * drifts[0.0], drifts
+
+
+def test_refining_a_preset_vae_keeps_its_scaling_factor_and_dtype(tmp_path: Path) -> None:
+    train_shapes(tmp_path / "preset", config=TOY, work_dir=tmp_path / "work", on_step=lambda *_: None)
+    before = load_preset_pipeline(tmp_path / "preset").vae
+
+    drift = refine_preset_vae(tmp_path / "preset", dataclasses.replace(TOY, anchor_steps=2))
+
+    after = load_preset_pipeline(tmp_path / "preset").vae
+    assert drift > 0
+    assert after.config.scaling_factor == before.config.scaling_factor
+    assert not torch.equal(after.encoder.conv_in.weight, before.encoder.conv_in.weight)
+    stored = (tmp_path / "preset" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert b'"F16"' in stored[:20000]
