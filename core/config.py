@@ -38,8 +38,19 @@ class StorageSettings(BaseModel):
     )
 
 
+# The shapes world has no style to transfer apart from the colours and patterns its concepts carry, so it ships
+# no IP-Adapter or ControlNet (see core/ml/presets/shapes/README.md).
+PRESETS_WITHOUT_STYLING = frozenset({"shapes"})
+
+
 class ModelSettings(BaseModel):
     preset: str = Field("tiny", description="Model set: tiny | shapes | sd15.")
+
+    @property
+    def has_styling(self) -> bool:
+        """Whether the preset ships styling weights (IP-Adapter, ControlNet): ``shapes`` has none."""
+        return self.preset not in PRESETS_WITHOUT_STYLING
+
     root: Path = Field(Path("./data/models"), description="Directory that holds one folder per preset.")
     device: str = Field("auto", description="Torch device for workers: auto | cpu | cuda | cuda:N.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(

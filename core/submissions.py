@@ -24,12 +24,23 @@ Enqueue = Callable[[JobRecord], None]
 
 @dataclass(frozen=True)
 class Policy:
-    """What the operator allows: the active-job quota and which webhook targets are acceptable."""
+    """What the operator allows: the active-job quota, which webhook targets are acceptable, and whether the
+    model preset can style (``preset`` names it in the refusal)."""
 
     max_active_jobs: int | None = None
     allow_private_webhooks: bool = False
     allow_http_webhooks: bool = False
     resolver: Resolver = system_resolver
+    styling: bool = True
+    preset: str = ""
+
+    def check_styling(self, request: GenerationRequest) -> None:
+        if request.style is not None and not self.styling:
+            raise InvalidRequestError(
+                f"style: the model preset {self.preset!r} has no styling weights (IP-Adapter, ControlNet); "
+                "send the request without style, or run a preset that has them (sd15, tiny)",
+                field="style",
+            )
 
     def check_webhook(self, url: str | None) -> None:
         if url is not None:
@@ -176,6 +187,7 @@ def submit_generation(
 ) -> Submission:
     """Validate a generation request against the tenant's ready concepts, store and enqueue the job."""
     policy.check_webhook(request.webhook)
+    policy.check_styling(request)
     # Every concept the request names, the prompt's first (a ref's first mention names it in errors).
     fields: dict[str, str] = {}
     for ref in request.concept_refs():

@@ -94,6 +94,8 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
             max_active_jobs=settings.quotas.max_active_jobs,
             allow_private_webhooks=settings.webhooks.allow_private,
             allow_http_webhooks=settings.webhooks.allow_http,
+            styling=settings.models.has_styling,
+            preset=settings.models.preset,
         ),
     )
     errors.install(app)

@@ -231,6 +231,18 @@ def test_generation_validation(client: TestClient, settings: Settings, body: dic
     assert client.get("/v1/jobs", headers=A).json()["data"] == []
 
 
+def test_style_on_a_preset_without_styling_weights_is_refused_before_queueing(settings: Settings) -> None:
+    shapes = settings.model_copy(update={"models": settings.models.model_copy(update={"preset": "shapes"})})
+    make_ready_concept(settings, "tenant-a", "rex")
+    with TestClient(create_app(shapes)) as client:
+        style = upload(client, png())["id"]
+        r = client.post("/v1/generations", json={"prompt": "a <rex>", "style": {"image": style}}, headers=A)
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["field"] == "style" and "'shapes'" in r.json()["detail"]
+        assert client.get("/v1/jobs", headers=A).json()["data"] == []
+        assert client.post("/v1/generations", json={"prompt": "a <rex>"}, headers=A).status_code == 202
+
+
 def test_generation_of_other_tenants_concept_is_unknown(client: TestClient, settings: Settings) -> None:
     make_ready_concept(settings, "tenant-b", "rex")
     r = client.post("/v1/generations", json={"prompt": "a <rex>"}, headers=A)

@@ -26,6 +26,7 @@ import torch
 from diffusers import ControlNetModel
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
+from core.config import PRESETS_WITHOUT_STYLING
 from core.errors import ModelLoadError
 from core.ml.components import preset_dir
 from core.ml.styling.control import ControlType
@@ -117,6 +118,8 @@ def load_styling_weights(
     Raises:
         ModelLoadError: a file or folder is missing (the message names it and the command that makes it).
     """
+    if preset in PRESETS_WITHOUT_STYLING:
+        raise ModelLoadError(f"the model preset {preset!r} has no styling weights (IP-Adapter, ControlNet)")
     folder = preset_dir(preset, models_root)
     if preset == "tiny":
         write_tiny_styling(folder)
