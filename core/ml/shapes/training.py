@@ -20,7 +20,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -190,6 +190,24 @@ def _cosine_lr(step: int, total: int, warmup: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    params: Iterable[torch.nn.Parameter],
+    loss: torch.Tensor,
+) -> None:
+    """One step of every stage here: backward, clip the gradient norm at 1, step the optimizer and its schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    torch.autograd.backward(loss)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    schedule.step()
+
+
+def _smoothed(previous: float, value: float, decay: float = 0.98) -> float:
+    return value if math.isnan(previous) else decay * previous + (1.0 - decay) * value
+
+
 def _vae_batches(config: ShapesTrainingConfig, *, stream: int) -> Iterator[np.ndarray]:
     """Fresh VAE batches forever: a mix of wide-world and base-world scenes, each index drawn once.
 
@@ -226,12 +244,8 @@ def train_vae(config: ShapesTrainingConfig, *, on_step: StepCallback | None = No
     for step in range(config.vae_steps):
         posterior, loss = _vae_loss(vae, _to_tensor(next(batches)), config)
         loss = loss + config.vae_kl_weight * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(loss)
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        smoothed = loss.item() if math.isnan(smoothed) else 0.98 * smoothed + 0.02 * loss.item()
+        _optimizer_step(optimizer, scheduler, vae.parameters(), loss)
+        smoothed = _smoothed(smoothed, loss.item())
         if on_step is not None:
             on_step("vae", step + 1, config.vae_steps, smoothed)
     vae.train(False)
@@ -278,12 +292,8 @@ def refine_vae_decoder(
     vae.decoder.train()
     for step in range(config.decoder_steps):
         _, loss = _vae_loss(vae, _to_tensor(next(batches)), config)
-        optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(loss)
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        scheduler.step()
-        smoothed = loss.item() if math.isnan(smoothed) else 0.98 * smoothed + 0.02 * loss.item()
+        _optimizer_step(optimizer, scheduler, trainable, loss)
+        smoothed = _smoothed(smoothed, loss.item())
         if on_step is not None:
             on_step("vae_decoder", step + 1, config.decoder_steps, smoothed)
     vae.requires_grad_(True)
@@ -340,12 +350,8 @@ def refine_vae_anchored(
             target = reference.encode(x_base).latent_dist.mean
         drift = ((vae.encode(x_base).latent_dist.mean - target) * scale).pow(2).mean()
         total = loss + config.anchor_weight * drift + config.vae_kl_weight * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(total)
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        smoothed = loss.item() if math.isnan(smoothed) else 0.98 * smoothed + 0.02 * loss.item()
+        _optimizer_step(optimizer, scheduler, vae.parameters(), total)
+        smoothed = _smoothed(smoothed, loss.item())
         if on_step is not None:
             on_step("vae_anchored", step + 1, config.anchor_steps, smoothed)
     vae.train(False)
@@ -489,14 +495,9 @@ def train_denoiser(
         prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
         per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * _min_snr_weight(noise_scheduler, timesteps, config.min_snr_gamma)).mean()
-        optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(loss)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        lr_schedule.step()
+        _optimizer_step(optimizer, lr_schedule, params, loss)
         ema.update(step)
-        plain = per_sample.mean().item()
-        smoothed = plain if math.isnan(smoothed) else 0.99 * smoothed + 0.01 * plain
+        smoothed = _smoothed(smoothed, per_sample.mean().item(), decay=0.99)
         if on_step is not None:
             on_step("unet", step + 1, config.unet_steps, smoothed)
         if on_checkpoint is not None and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.unet_steps:

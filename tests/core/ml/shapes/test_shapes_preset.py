@@ -99,15 +99,18 @@ def fidelity() -> dict[str, ConceptFidelity]:
     return vae_fidelity(vae, images_per_concept=12)
 
 
-@pytest.mark.parametrize("name", ["purple_star", "orange_ring"])
-def test_vae_keeps_held_out_hues_and_shapes(fidelity: dict[str, ConceptFidelity], name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "floor"),
+    # Small rings at the sides lose their hole in about half the reconstructions (centred ones keep it): the
+    # known limit in the preset README. Measured on 24 images each: 0.92, 0.46, 0.83.
+    [("purple_star", 0.6), ("orange_ring", 0.3), ("striped_square", 0.6)],
+)
+def test_vae_keeps_held_out_hues_shapes_and_stripes(
+    fidelity: dict[str, ConceptFidelity], name: str, floor: float
+) -> None:
+    """The UNet never saw these traits, but the VAE must carry them, or no concept could be learned."""
     assert fidelity[name].colour_distance < 40
-    assert fidelity[name].scorer_correct >= 0.25
-
-
-@pytest.mark.xfail(reason="the shipped VAE blurs 3 px stripes into a flat brown; see the preset README", strict=True)
-def test_vae_keeps_stripes(fidelity: dict[str, ConceptFidelity]) -> None:
-    assert fidelity["striped_square"].scorer_correct >= 0.5
+    assert fidelity[name].scorer_correct >= floor
 
 
 @pytest.mark.slow
