@@ -378,6 +378,8 @@ def refine_preset_vae(preset_dir: Path, config: ShapesTrainingConfig, *, on_step
     before = copy.deepcopy(vae)
     vae, _ = refine_vae_anchored(vae, config, on_step=on_step)
     drift = latent_drift(before, vae, world.draw_base_dataset(256, config.seed + 7)[0])
+    # from_pretrained recorded this machine's absolute path; the shipped config should not carry it.
+    vae.register_to_config(_name_or_path=f"{preset_dir.name}/vae")
     torch.nn.Module.to(vae, dtype=torch.float16).save_pretrained(preset_dir / "vae", safe_serialization=True)
     return drift
 

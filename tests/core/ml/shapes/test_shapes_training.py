@@ -1,6 +1,7 @@
 """``train_shapes`` end to end at toy size: it writes a preset folder the stock pipeline can load."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,5 @@ def test_refining_a_preset_vae_keeps_its_scaling_factor_and_dtype(tmp_path: Path
     assert not torch.equal(after.encoder.conv_in.weight, before.encoder.conv_in.weight)
     stored = (tmp_path / "preset" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
     assert b'"F16"' in stored[:20000]
+    # The config names the preset, not this machine's path.
+    assert json.loads((tmp_path / "preset" / "vae" / "config.json").read_text())["_name_or_path"] == "preset/vae"
