@@ -181,9 +181,10 @@ def shapes_components() -> Iterator[SDComponents]:
 
 @pytest.mark.slow
 def test_quick_evaluation_of_the_shipped_model_meets_its_floors(shapes_components: SDComponents) -> None:
-    """Floors sit below what the quick plan measured on the shipped preset (seed 0, one thread, 2026-11-26:
-    base single 36/36 and pairs 141/144 all correct; fidelity 15/16 and 16/16; position following 16/32;
-    per-concept binding regional 5/32, conductor 5/32, stacked 0/32); it ran in 137 s on one busy core."""
+    """Floors sit below what the quick plan measured on the shipped preset (seed 0, one thread, 2026-11-26, VAE
+    after stage 1c, recipe with background weight 0.3: base single 36/36 and pairs 141/144 all correct; fidelity
+    16/16 and 14/16; position following 12/32; per-concept binding regional 7/32, conductor 4/32, stacked 3/32);
+    it ran in 117 s on one core."""
     started = time.monotonic()
     report = run_shapes_eval(shapes_components, quick=True, seed=0)
     elapsed = time.monotonic() - started
