@@ -653,35 +653,45 @@ def _train_shapes(
     report = TrainingReport(config=dataclasses.asdict(config))
     tokenizer = write_tokenizer(world.VOCABULARY, work_dir / "tokenizer")
 
-    started = time.monotonic()
     vae_dir = work_dir / "vae"
-    if reuse_vae and (vae_dir / "config.json").exists():
-        logger.info("reusing the VAE in %s", vae_dir)
-        vae = AutoencoderKL.from_pretrained(vae_dir).train(False)
-    else:
-        vae, report.vae_loss = train_vae(config, on_step=on_step)
-        vae.save_pretrained(vae_dir, safe_serialization=True)
-    report.seconds["vae"] = time.monotonic() - started
 
-    started = time.monotonic()
-    decoder_dir = work_dir / "vae_decoder"
-    if config.decoder_steps > 0 and reuse_vae and (decoder_dir / "config.json").exists():
-        logger.info("reusing the refined VAE decoder in %s", decoder_dir)
-        vae = AutoencoderKL.from_pretrained(decoder_dir).train(False)
-    elif config.decoder_steps > 0:
-        vae, report.decoder_loss = refine_vae_decoder(vae, config, on_step=on_step)
-        vae.save_pretrained(decoder_dir, safe_serialization=True)
-    report.seconds["vae_decoder"] = time.monotonic() - started
+    def stage(
+        name: str,
+        steps: int,
+        folder: Path,
+        current: AutoencoderKL | None,
+        run: Callable[[], tuple[AutoencoderKL, float]],
+    ) -> tuple[AutoencoderKL | None, float]:
+        """One VAE stage, or its saved result when resuming; the loss is NaN when reused or skipped."""
+        started = time.monotonic()
+        result, loss = current, float("nan")
+        if steps > 0 and reuse_vae and (folder / "config.json").exists():
+            logger.info("reusing the %s stage's VAE in %s", name, folder)
+            result = AutoencoderKL.from_pretrained(folder).train(False)
+        elif steps > 0:
+            result, loss = run()
+            result.save_pretrained(folder, safe_serialization=True)
+        report.seconds[name] = time.monotonic() - started
+        return result, loss
 
-    started = time.monotonic()
-    anchored_dir = work_dir / "vae_anchored"
-    if config.anchor_steps > 0 and reuse_vae and (anchored_dir / "config.json").exists():
-        logger.info("reusing the anchored VAE in %s", anchored_dir)
-        vae = AutoencoderKL.from_pretrained(anchored_dir).train(False)
-    elif config.anchor_steps > 0:
-        vae, report.anchor_loss = refine_vae_anchored(vae, config, on_step=on_step)
-        vae.save_pretrained(anchored_dir, safe_serialization=True)
-    report.seconds["vae_anchored"] = time.monotonic() - started
+    first, report.vae_loss = stage("vae", config.vae_steps, vae_dir, None, lambda: train_vae(config, on_step=on_step))
+    assert first is not None  # vae_steps >= 1
+    decoded, report.decoder_loss = stage(
+        "vae_decoder",
+        config.decoder_steps,
+        work_dir / "vae_decoder",
+        first,
+        lambda: refine_vae_decoder(first, config, on_step=on_step),
+    )
+    assert decoded is not None
+    vae, report.anchor_loss = stage(
+        "vae_anchored",
+        config.anchor_steps,
+        work_dir / "vae_anchored",
+        decoded,
+        lambda: refine_vae_anchored(decoded, config, on_step=on_step),
+    )
+    assert vae is not None
 
     started = time.monotonic()
     images, captions = world.draw_base_dataset(config.num_images, config.seed)
