@@ -45,12 +45,6 @@ PRESETS_WITHOUT_STYLING = frozenset({"shapes"})
 
 class ModelSettings(BaseModel):
     preset: str = Field("tiny", description="Model set: tiny | shapes | sd15.")
-
-    @property
-    def has_styling(self) -> bool:
-        """Whether the preset ships styling weights (IP-Adapter, ControlNet): ``shapes`` has none."""
-        return self.preset not in PRESETS_WITHOUT_STYLING
-
     root: Path = Field(Path("./data/models"), description="Directory that holds one folder per preset.")
     device: str = Field("auto", description="Torch device for workers: auto | cpu | cuda | cuda:N.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
@@ -64,6 +58,11 @@ class ModelSettings(BaseModel):
         "more threads slow down badly when other processes share the cores.",
     )
     adapter_cache_dir: Path = Field(Path("./data/adapter-cache"), description="Worker-local cache of ED-LoRA files.")
+
+    @property
+    def has_styling(self) -> bool:
+        """Whether the preset ships styling weights (IP-Adapter, ControlNet): ``shapes`` has none."""
+        return self.preset not in PRESETS_WITHOUT_STYLING
 
 
 class LimitSettings(BaseModel):

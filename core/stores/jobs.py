@@ -21,7 +21,7 @@ from typing import cast
 
 import redis
 
-from core.errors import InvalidTransitionError, NotFoundError, QuotaExceededError
+from core.errors import ConflictError, InvalidTransitionError, NotFoundError, QuotaExceededError
 from core.jobs import TERMINAL, JobRecord, check_transition, utcnow
 from core.progress import Progress
 from core.schemas import JobKind, JobProgress, JobStatus
@@ -105,6 +105,7 @@ class JobStore:
         return self._key(job_id, ":events")
 
     def _append_event(self, pipe: redis.client.Pipeline, record: JobRecord, progress: JobProgress | None) -> None:
+        # The same fields as the first event that _CREATE_SCRIPT writes.
         fields = {"record": record.model_dump_json(), "progress": progress.model_dump_json() if progress else ""}
         pipe.xadd(self.events_key(record.id), fields, maxlen=EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
         pipe.expire(self.events_key(record.id), self.ttl_seconds)
@@ -147,7 +148,7 @@ class JobStore:
                 retry_after=10,
             )
         if result == _EXISTS:
-            raise InvalidTransitionError(f"job {record.id} already exists")
+            raise ConflictError(f"job {record.id} already exists")
         return result
 
     def get(self, job_id: str) -> JobRecord:

@@ -92,6 +92,8 @@ class ShapesTrainingConfig:
                 raise ValueError(f"`{name}` must be at least 1 but is {getattr(self, name)}.")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"`caption_dropout` must be in [0, 1) but is {self.caption_dropout}.")
+        if not 0.0 <= self.anchor_striped_share <= 1.0:
+            raise ValueError(f"`anchor_striped_share` must be in [0, 1] but is {self.anchor_striped_share}.")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must be in (0, 1) but is {self.ema_decay}.")
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from core.errors import InvalidTransitionError, NotFoundError, QuotaExceededError
+from core.errors import ConflictError, InvalidTransitionError, NotFoundError, QuotaExceededError
 from core.jobs import JobRecord, new_id
 from core.progress import Progress
 from core.stores.jobs import JobStore
@@ -42,7 +42,7 @@ def test_create_returns_the_queue_position_and_refuses_a_taken_id(store: JobStor
     # The first event is the stored record, for replay by the event stream.
     events = store._r.xrange(store.events_key(first.id))
     assert [fields[b"record"].decode() for _, fields in events] == [store.get(first.id).model_dump_json()]
-    with pytest.raises(InvalidTransitionError):
+    with pytest.raises(ConflictError):
         store.create(first.model_copy(update={"input": {"other": True}}))
     assert store.get(first.id).input == {}
 

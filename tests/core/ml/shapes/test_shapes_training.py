@@ -61,6 +61,8 @@ def test_config_validation_names_the_field() -> None:
         dataclasses.replace(TOY, unet_steps=0)
     with pytest.raises(ValueError, match="`caption_dropout`"):
         dataclasses.replace(TOY, caption_dropout=1.0)
+    with pytest.raises(ValueError, match="`anchor_striped_share`"):
+        dataclasses.replace(TOY, anchor_striped_share=1.5)
 
 
 @pytest.mark.slow

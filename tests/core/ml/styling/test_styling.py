@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 
-from core.errors import JobCanceledError
+from core.errors import JobCanceledError, ModelLoadError
 from core.ml.components import SDComponents
 from core.ml.styling.control import control_map
 from core.ml.styling.pipeline import style_images
@@ -111,3 +111,8 @@ def test_control_maps_follow_the_structure() -> None:
     depth = np.asarray(control_map(image, "depth"))[..., 0].astype(int)
     assert depth[60, 5] > depth[3, 5]
     assert {control_map(image, k).size for k in ("canny", "softedge", "depth")} == {(64, 64)}
+
+
+def test_a_preset_without_styling_weights_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="'shapes' has no styling weights"):
+        load_styling_weights("shapes", tmp_path)
