@@ -66,7 +66,11 @@ class ObjectVerdict:
 
     @property
     def colour_ok(self) -> bool:
-        return self.found is not None and self.found.colour == self.expected.colour
+        if self.found is None:
+            return False
+        if self.expected.colour == world.ANY_COLOUR:
+            return self.found.colour in world.COLOURS
+        return self.found.colour == self.expected.colour
 
     @property
     def shape_ok(self) -> bool:
@@ -232,7 +236,8 @@ def detect_objects(
 def _agreement(spec: world.ObjectSpec, found: DetectedObject | None) -> tuple[int, int]:
     if found is None:
         return (0, 0)
-    traits = (found.colour == spec.colour) + (found.shape == spec.shape) + (found.position == spec.position)
+    colour = found.colour in world.COLOURS if spec.colour == world.ANY_COLOUR else found.colour == spec.colour
+    traits = colour + (found.shape == spec.shape) + (found.position == spec.position)
     return (traits + (found.pattern == spec.pattern), found.area)
 
 
@@ -265,7 +270,12 @@ def score_image(
     verdicts = []
     for spec, found in zip(expected, best, strict=True):
         others = [o for o in expected if o != spec]
-        colour_leak = found is not None and any(found.colour == o.colour != spec.colour for o in others)
+        # A colour the prompt leaves open cannot leak, nor be leaked into.
+        colour_leak = (
+            found is not None
+            and spec.colour != world.ANY_COLOUR
+            and any(found.colour == o.colour != spec.colour for o in others)
+        )
         shape_leak = found is not None and any(found.shape == o.shape != spec.shape for o in others)
         verdicts.append(ObjectVerdict(spec, found, colour_leak, shape_leak))
     matched = sum(f is not None for f in best)

@@ -68,8 +68,9 @@ class ShapesTrainingConfig:
     anchor_weight: float = 10.0
     anchor_striped_share: float = 0.6
     # Stage 2: text encoder + UNet.
-    num_images: int = field(default=20000, metadata={"help": "base-world images encoded once for stage 2"})
-    unet_steps: int = field(default=2000, metadata={"help": "UNet + text encoder optimizer steps"})
+    num_images: int = field(default=30000, metadata={"help": "base-world images encoded once for stage 2"})
+    caption_variants: int = field(default=4, metadata={"help": "differently worded captions per stage-2 image"})
+    unet_steps: int = field(default=3000, metadata={"help": "UNet + text encoder optimizer steps"})
     batch_size: int = 64
     lr: float = 5e-4
     warmup_steps: int = 200
@@ -87,7 +88,15 @@ class ShapesTrainingConfig:
     vae_channels: tuple[int, ...] = (16, 32, 64, 64)
 
     def __post_init__(self) -> None:
-        for name in ("vae_steps", "unet_steps", "batch_size", "vae_batch_size", "num_images", "checkpoint_every"):
+        for name in (
+            "vae_steps",
+            "unet_steps",
+            "batch_size",
+            "vae_batch_size",
+            "num_images",
+            "checkpoint_every",
+            "caption_variants",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be at least 1 but is {getattr(self, name)}.")
         if not 0.0 <= self.caption_dropout < 1.0:
@@ -150,13 +159,18 @@ def build_text_encoder(config: ShapesTrainingConfig, tokenizer: CLIPTokenizer) -
 
 
 def build_unet(config: ShapesTrainingConfig) -> UNet2DConditionModel:
-    """The UNet on 8x8x4 latents: plain first level, cross-attention on the two lower ones."""
+    """The UNet on 8x8x4 latents with cross-attention on every level, the full 8x8 grid included.
+
+    As in SD 1.5, where the 64x64 level attends to the text: layout guidance, attention masks and ED-LoRA all need
+    text attention at the grid where an object's shape is decided (without it they act on 4x4 and 2x2 maps).
+    """
+    n = len(config.unet_channels)
     unet: UNet2DConditionModel = UNet2DConditionModel(
         sample_size=world.RESOLUTION // 8,
         in_channels=4,
         out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=("CrossAttnDownBlock2D",) * n,
+        up_block_types=("CrossAttnUpBlock2D",) * n,
         block_out_channels=config.unet_channels,
         layers_per_block=1,
         cross_attention_dim=config.text_hidden_size,
@@ -457,7 +471,8 @@ def train_denoiser(
 
     Args:
         latents: ``(n, 2, 4, 8, 8)`` posterior mean and std, both multiplied by the VAE scaling factor.
-        input_ids: ``(n, MAX_LENGTH)`` token ids of the captions.
+        input_ids: ``(n, k, MAX_LENGTH)`` token ids of ``k`` differently worded captions per image; each step
+            picks one at random per sample.
         tokenizer: the world tokenizer (its empty-caption ids replace dropped captions).
         on_checkpoint: called every ``checkpoint_every`` steps with EMA copies of both models.
 
@@ -489,7 +504,8 @@ def train_denoiser(
         index = torch.randint(len(latents), (config.batch_size,), generator=generator)
         mean, std = latents[index, 0], latents[index, 1]
         x0 = mean + std * torch.randn(mean.shape, generator=generator)
-        ids = input_ids[index].clone()
+        variant = torch.randint(input_ids.shape[1], (config.batch_size,), generator=generator)
+        ids = input_ids[index, variant].clone()
         dropped = torch.rand(config.batch_size, generator=generator) < config.caption_dropout
         ids[dropped] = empty_ids
         noise = torch.randn(x0.shape, generator=generator)
@@ -625,6 +641,7 @@ def train_shapes(
     work_dir: Path = Path(".cache/shapes"),
     reuse_vae: bool = True,
     on_step: StepCallback | None = None,
+    vae_from: Path | None = None,
 ) -> TrainingReport:
     """Trains the shapes preset from scratch and writes it to ``output_dir``.
 
@@ -633,6 +650,7 @@ def train_shapes(
         config: hyperparameters; the defaults reproduce the shipped weights.
         work_dir: scratch space for the tokenizer, the stage-1 VAE, latents, checkpoints and ``report.json``.
         reuse_vae: skip stage 1 when ``work_dir/vae`` already holds a VAE (resume after an interrupted run).
+        vae_from: a trained VAE folder (e.g. ``<preset>/vae``); stages 1, 1b and 1c are then skipped.
         on_step: progress callback; defaults to logging every 50 steps.
 
     Returns:
@@ -643,13 +661,36 @@ def train_shapes(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        return _train_shapes(output_dir, config, work_dir, reuse_vae, on_step or _log_step(50))
+        return _train_shapes(output_dir, config, work_dir, reuse_vae, on_step or _log_step(50), vae_from)
     finally:
         torch.set_num_threads(previous_threads)
 
 
+def caption_ids(
+    tokenizer: CLIPTokenizer, dataset: world.BaseDataset, variants: int, *, seed: int
+) -> torch.Tensor:
+    """Token ids of ``variants`` captions per image: the scene's own and ``variants - 1`` more from
+    :func:`world.describe` (same objects, other wording and order).
+
+    Returns:
+        int64 tensor of shape ``(n, variants, MAX_LENGTH)``.
+    """
+    captions = []
+    for i, (caption, specs) in enumerate(zip(dataset.captions, dataset.specs, strict=True)):
+        rng = np.random.default_rng([seed, 11, i])
+        captions.append(caption)
+        captions.extend(world.describe(specs, rng) for _ in range(variants - 1))
+    ids = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids
+    return ids.view(len(dataset.captions), variants, MAX_LENGTH)
+
+
 def _train_shapes(
-    output_dir: Path, config: ShapesTrainingConfig, work_dir: Path, reuse_vae: bool, on_step: StepCallback
+    output_dir: Path,
+    config: ShapesTrainingConfig,
+    work_dir: Path,
+    reuse_vae: bool,
+    on_step: StepCallback,
+    vae_from: Path | None,
 ) -> TrainingReport:
     work_dir.mkdir(parents=True, exist_ok=True)
     report = TrainingReport(config=dataclasses.asdict(config))
@@ -676,27 +717,36 @@ def _train_shapes(
         report.seconds[name] = time.monotonic() - started
         return result, loss
 
-    first, report.vae_loss = stage("vae", config.vae_steps, vae_dir, None, lambda: train_vae(config, on_step=on_step))
-    assert first is not None  # vae_steps >= 1
-    decoded, report.decoder_loss = stage(
-        "vae_decoder",
-        config.decoder_steps,
-        work_dir / "vae_decoder",
-        first,
-        lambda: refine_vae_decoder(first, config, on_step=on_step),
-    )
-    assert decoded is not None
-    vae, report.anchor_loss = stage(
-        "vae_anchored",
-        config.anchor_steps,
-        work_dir / "vae_anchored",
-        decoded,
-        lambda: refine_vae_anchored(decoded, config, on_step=on_step),
-    )
-    assert vae is not None
+    if vae_from is not None:
+        # Stage 2 alone on a trained VAE (e.g. the shipped preset's): its latents are the ones the UNet learns.
+        logger.info("using the VAE in %s; stages 1, 1b and 1c skipped", vae_from)
+        vae = AutoencoderKL.from_pretrained(vae_from, torch_dtype=torch.float32).train(False)
+    else:
+        first, report.vae_loss = stage(
+            "vae", config.vae_steps, vae_dir, None, lambda: train_vae(config, on_step=on_step)
+        )
+        assert first is not None  # vae_steps >= 1
+        decoded, report.decoder_loss = stage(
+            "vae_decoder",
+            config.decoder_steps,
+            work_dir / "vae_decoder",
+            first,
+            lambda: refine_vae_decoder(first, config, on_step=on_step),
+        )
+        assert decoded is not None
+        anchored, report.anchor_loss = stage(
+            "vae_anchored",
+            config.anchor_steps,
+            work_dir / "vae_anchored",
+            decoded,
+            lambda: refine_vae_anchored(decoded, config, on_step=on_step),
+        )
+        assert anchored is not None
+        vae = anchored
 
     started = time.monotonic()
-    images, captions = world.draw_base_dataset(config.num_images, config.seed)
+    dataset = world.draw_base_dataset(config.num_images, config.seed)
+    images = dataset.images
     report.seconds["draw_dataset"] = time.monotonic() - started
     started = time.monotonic()
     held = world.draw_base_dataset(min(256, config.num_images), config.seed + 7)[0]
@@ -704,9 +754,10 @@ def _train_shapes(
     latents = encode_latents(vae, images)
     report.scaling_factor = float(1.0 / latents[:, 0].std())
     vae.register_to_config(scaling_factor=report.scaling_factor)
-    vae.save_pretrained(vae_dir, safe_serialization=True)
+    if vae_from is None:
+        vae.save_pretrained(vae_dir, safe_serialization=True)
     latents = latents * report.scaling_factor
-    input_ids = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids
+    input_ids = caption_ids(tokenizer, dataset, config.caption_variants, seed=config.seed)
     report.seconds["encode_latents"] = time.monotonic() - started
     logger.info(
         "VAE PSNR %.2f dB on held-out base images; scaling factor %.4f", report.vae_psnr_db, report.scaling_factor
@@ -749,6 +800,7 @@ _CLI_FIELDS = (
     "anchor_steps",
     "unet_steps",
     "num_images",
+    "caption_variants",
     "batch_size",
     "checkpoint_every",
 )
@@ -760,6 +812,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output-dir", type=Path, default=PRESET_DIR)
     parser.add_argument("--work-dir", type=Path, default=Path(".cache/shapes"))
     parser.add_argument("--fresh-vae", action="store_true", help="retrain the VAE even if work-dir has one")
+    parser.add_argument("--vae-from", type=Path, help="a trained VAE folder; train only stage 2 on its latents")
     parser.add_argument(
         "--refine-preset-vae",
         action="store_true",
@@ -779,7 +832,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         drift = refine_preset_vae(args.output_dir, config, on_step=_log_step(50))
         logger.info("stage 1c done; base-world latents moved by %.4f std (RMS)", drift)
         return
-    report = train_shapes(args.output_dir, config=config, work_dir=args.work_dir, reuse_vae=not args.fresh_vae)
+    report = train_shapes(
+        args.output_dir, config=config, work_dir=args.work_dir, reuse_vae=not args.fresh_vae, vae_from=args.vae_from
+    )
     logger.info("done: %s", json.dumps(dataclasses.asdict(report)["seconds"]))
 
 

@@ -17,6 +17,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -62,9 +63,13 @@ VOCABULARY: tuple[str, ...] = (
 )
 
 
+# The colour of an object whose caption names none ("a triangle on the right"): any named colour is right.
+ANY_COLOUR = "any"
+
+
 @dataclass(frozen=True)
 class ObjectSpec:
-    """What a caption says about one object: its colour name, shape, position and pattern."""
+    """What a caption says about one object: its colour name (or ``ANY_COLOUR``), shape, position and pattern."""
 
     colour: str
     shape: str
@@ -72,8 +77,8 @@ class ObjectSpec:
     pattern: str = "solid"
 
     def __post_init__(self) -> None:
-        if self.colour not in COLOURS:
-            raise ValueError(f"`colour` must be one of {sorted(COLOURS)} but is {self.colour!r}.")
+        if self.colour not in COLOURS and self.colour != ANY_COLOUR:
+            raise ValueError(f"`colour` must be one of {sorted(COLOURS)} or {ANY_COLOUR!r} but is {self.colour!r}.")
         if self.shape not in ALL_SHAPES:
             raise ValueError(f"`shape` must be one of {ALL_SHAPES} but is {self.shape!r}.")
         if self.position not in POSITIONS:
@@ -83,8 +88,9 @@ class ObjectSpec:
 
     @property
     def noun_phrase(self) -> str:
-        """The object without its position, e.g. ``"an orange ring"`` or ``"a striped yellow square"``."""
-        words = ([self.pattern] if self.pattern != "solid" else []) + [self.colour, self.shape]
+        """The object without its position, e.g. ``"an orange ring"``, ``"a striped yellow square"``, ``"a ring"``."""
+        colour = [self.colour] if self.colour != ANY_COLOUR else []
+        words = ([self.pattern] if self.pattern != "solid" else []) + colour + [self.shape]
         article = "an" if words[0][0] in "aeiou" else "a"
         return " ".join([article, *words])
 
@@ -254,11 +260,11 @@ def render_scene(scene: Scene, resolution: int = RESOLUTION) -> Image.Image:
 
 
 def caption_for(specs: Sequence[ObjectSpec], *, centre_phrase: bool = False) -> str:
-    """The caption of one or two objects.
+    """The canonical caption of one or two objects (what evaluation prompts and the concept recipes use).
 
     One centred object reads ``"a red circle"`` (``"a red circle in the center"`` with ``centre_phrase``);
     one object at a side ``"a red circle on the left"``; two objects
-    ``"a red circle on the left and a blue square on the right"``.
+    ``"a red circle on the left and a blue square on the right"`` (in the order given).
     """
     if len(specs) == 1:
         (spec,) = specs
@@ -270,14 +276,66 @@ def caption_for(specs: Sequence[ObjectSpec], *, centre_phrase: bool = False) -> 
     raise ValueError(f"`specs` must be one object or a left/right pair but is {specs!r}.")
 
 
+@dataclass(frozen=True)
+class CaptionStyle:
+    """How freely :func:`describe` words a scene; the base model is trained on these variants so that it reads
+    words by what they say rather than by their token index.
+
+    Args:
+        drop_colour: chance that an object's colour word is left out ("a triangle on the right").
+        definite: chance of "the" instead of "a"/"an".
+        solid_word: chance that a solid object is called "solid".
+        centre_phrase: chance that a lone centred object is said to be "in the center".
+        shuffle: whether objects of a multi-object scene are listed in random order (else left to right).
+    """
+
+    drop_colour: float = 0.25
+    definite: float = 0.15
+    solid_word: float = 0.1
+    centre_phrase: float = 0.3
+    shuffle: bool = True
+
+
+def _phrase(spec: ObjectSpec, rng: np.random.Generator, style: CaptionStyle, *, lone: bool) -> str:
+    words = []
+    if spec.pattern != "solid":
+        words.append(spec.pattern)
+    elif rng.random() < style.solid_word:
+        words.append("solid")
+    if not words or rng.random() >= style.drop_colour:
+        words.append(spec.colour)
+    words.append(spec.shape)
+    article = "the" if rng.random() < style.definite else ("an" if words[0][0] in "aeiou" else "a")
+    noun = " ".join([article, *words])
+    if spec.position != "center":
+        return f"{noun} on the {spec.position}"
+    if not lone or rng.random() < style.centre_phrase:
+        return f"{noun} in the center"
+    return noun
+
+
+def describe(specs: Sequence[ObjectSpec], rng: np.random.Generator, style: CaptionStyle = CaptionStyle()) -> str:
+    """A varied caption of one to three objects, e.g. ``"the triangle on the right and a red circle on the left"``.
+
+    Every object is named by its shape and placed by its position; colour, article, "solid" and the order of the
+    objects vary as ``style`` says.
+    """
+    order = list(specs)
+    if style.shuffle and len(order) > 1:
+        order = [order[int(i)] for i in rng.permutation(len(order))]
+    return " and ".join(_phrase(spec, rng, style, lone=len(specs) == 1) for spec in order)
+
+
 _PHRASE = re.compile(
-    r"an? (?:(?P<pattern>striped|solid) )?(?P<colour>[a-z]+) (?P<shape>[a-z]+)"
-    r"(?: (?:on the (?P<side>left|right)|in the center))?"
+    r"(?:an?|the) (?:(?P<pattern>striped|solid) )?(?:(?P<colour>[a-z]+) )?(?P<shape>[a-z]+)"
+    r"(?: (?:on the (?P<side>left|right)|in the (?P<center>center)))?"
 )
 
 
 def parse_caption(caption: str) -> tuple[ObjectSpec, ...]:
-    """The objects a caption of this world asks for; the inverse of :func:`caption_for`.
+    """The objects a caption of this world asks for; the inverse of :func:`caption_for` and :func:`describe`.
+
+    An object without a colour word gets ``ANY_COLOUR``.
 
     Raises:
         ValueError: if ``caption`` is not a caption of this world.
@@ -290,7 +348,7 @@ def parse_caption(caption: str) -> tuple[ObjectSpec, ...]:
             raise ValueError(f"`caption` must read like 'a red circle on the left' but has {part!r}.")
         specs.append(
             ObjectSpec(
-                match["colour"],
+                match["colour"] or ANY_COLOUR,
                 match["shape"],
                 match["side"] or "center",
                 match["pattern"] or "solid",
@@ -309,14 +367,23 @@ def _background(rng: np.random.Generator) -> RGB:
     return _jitter((grey, grey, grey - 3), rng, 3)
 
 
-def place_objects(specs: Sequence[ObjectSpec], rng: np.random.Generator, *, colour_jitter: int = 10) -> Scene:
-    """Draws sizes and positions for ``specs`` and returns the captioned scene.
+# Horizontal centres (in 64 px units) of a three-object row; its objects are smaller so that they never touch.
+_ROW_X = {"left": 11.0, "center": 32.0, "right": 53.0}
 
-    A centred object is 22-30 px wide around the middle; an object at a side is 17-24 px wide in its half.
+
+def place_objects(specs: Sequence[ObjectSpec], rng: np.random.Generator, *, colour_jitter: int = 10) -> Scene:
+    """Draws sizes and positions for ``specs`` and returns the scene with its canonical caption.
+
+    A lone centred object is 22-30 px wide around the middle; an object at a side is 17-24 px wide in its half;
+    in a row of three (left, center, right) each object is 14-18 px wide.
     """
     objects = []
+    row = len(specs) == 3
     for spec in specs:
-        if spec.position == "center":
+        if row:
+            size = float(rng.uniform(14, 18))
+            centre = (_ROW_X[spec.position] + float(rng.uniform(-2, 2)), 32 + float(rng.uniform(-6, 6)))
+        elif spec.position == "center":
             size = float(rng.uniform(22, 30))
             centre = (32 + float(rng.uniform(-3, 3)), 32 + float(rng.uniform(-3, 3)))
         else:
@@ -332,32 +399,43 @@ def place_objects(specs: Sequence[ObjectSpec], rng: np.random.Generator, *, colo
                 size * scale,
             )
         )
-    return Scene(tuple(objects), _background(rng), caption_for(specs), tuple(specs))
+    caption = caption_for(specs) if len(specs) < 3 else " and ".join(
+        f"{s.noun_phrase} {'in the center' if s.position == 'center' else 'on the ' + s.position}" for s in specs
+    )
+    return Scene(tuple(objects), _background(rng), caption, tuple(specs))
+
+
+def _random_base_object(rng: np.random.Generator) -> ObjectSpec:
+    return BASE_OBJECTS[int(rng.integers(len(BASE_OBJECTS)))]
+
+
+def _has_held_out_pair(specs: Sequence[ObjectSpec]) -> bool:
+    by_side = {s.position: s for s in specs}
+    if "left" not in by_side or "right" not in by_side:
+        return False
+    return (by_side["left"].at("left"), by_side["right"].at("right")) in HELD_OUT_PAIRS
 
 
 def sample_base_specs(rng: np.random.Generator, *, include_held_out_pairs: bool = False) -> tuple[ObjectSpec, ...]:
-    """Objects for one base-world scene: 30% one centred object, 20% one at a side, 50% a left/right pair."""
+    """Objects for one base-world scene: 30% one centred object, 20% one at a side, 40% a left/right pair and
+    10% a row of three (left, center, right). Held-out left/right pairs are redrawn unless included."""
     kind = rng.random()
-    first = BASE_OBJECTS[int(rng.integers(len(BASE_OBJECTS)))]
     if kind < 0.3:
-        return (first,)
+        return (_random_base_object(rng),)
     if kind < 0.5:
-        return (first.at("left" if rng.random() < 0.5 else "right"),)
+        return (_random_base_object(rng).at("left" if rng.random() < 0.5 else "right"),)
+    positions = ("left", "right") if kind < 0.9 else ("left", "center", "right")
     while True:
-        second = BASE_OBJECTS[int(rng.integers(len(BASE_OBJECTS)))]
-        pair = (first.at("left"), second.at("right"))
-        if include_held_out_pairs or pair not in HELD_OUT_PAIRS:
-            return pair
-        first = BASE_OBJECTS[int(rng.integers(len(BASE_OBJECTS)))]
+        specs = tuple(_random_base_object(rng).at(p) for p in positions)
+        if include_held_out_pairs or not _has_held_out_pair(specs):
+            return specs
 
 
-def sample_base_scene(rng: np.random.Generator) -> Scene:
-    """One base-world scene with its caption (held-out pairs excluded); a quarter of centred ones say so."""
+def sample_base_scene(rng: np.random.Generator, style: CaptionStyle = CaptionStyle()) -> Scene:
+    """One base-world scene (held-out pairs excluded) with a varied caption from :func:`describe`."""
     specs = sample_base_specs(rng)
     scene = place_objects(specs, rng)
-    if len(specs) == 1 and specs[0].position == "center" and rng.random() < 0.25:
-        scene = Scene(scene.objects, scene.background, caption_for(specs, centre_phrase=True), specs)
-    return scene
+    return Scene(scene.objects, scene.background, describe(specs, rng, style), specs)
 
 
 def _random_rgb(rng: np.random.Generator) -> RGB:
@@ -391,19 +469,28 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-def draw_base_dataset(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    """``n`` base-world images and captions, reproducible from ``seed``.
+class BaseDataset(NamedTuple):
+    """Base-world images with their captions and the objects each shows (to word them again)."""
+
+    images: np.ndarray
+    captions: list[str]
+    specs: list[tuple[ObjectSpec, ...]]
+
+
+def draw_base_dataset(n: int, seed: int) -> BaseDataset:
+    """``n`` base-world images, captions and object specs, reproducible from ``seed``.
 
     Returns:
-        uint8 images of shape ``(n, 64, 64, 3)`` and their ``n`` captions.
+        uint8 images of shape ``(n, 64, 64, 3)``, their ``n`` captions and ``n`` tuples of object specs.
     """
     images = np.empty((n, RESOLUTION, RESOLUTION, 3), dtype=np.uint8)
-    captions = []
+    captions, specs = [], []
     for i in range(n):
         scene = sample_base_scene(scene_rng(seed, i))
         images[i] = np.asarray(render_scene(scene))
         captions.append(scene.caption)
-    return images, captions
+        specs.append(scene.specs)
+    return BaseDataset(images, captions, specs)
 
 
 def draw_wide_dataset(n: int, seed: int) -> np.ndarray:
