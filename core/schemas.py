@@ -120,6 +120,69 @@ class MaskPrompt(_Strict):
         return self
 
 
+MAX_NEIGHBOURS = 4
+"""Other concepts a training may paste beside its concept (as many as a generation may combine)."""
+MAX_TRAINING_EXAMPLES = 200
+"""Training examples (the images plus composites) one training may encode."""
+
+
+class CompositesSpec(_Strict):
+    """Seg-Mix (MuDI): also train on composites that paste the concept beside other objects, with exact masks.
+
+    The worker cuts the concept out of its training images (by their masks) and pastes it into one half of an image
+    whose other half holds a neighbour cut out of another concept's training images (by that training's masks),
+    on the concept photo's own background with the concept filled in; the caption names both in image order
+    ("a <concept> on the left and a cat on the right"; a neighbour is named by its class word). The other object's
+    mask is what the separation loss's other-object term (``options.separation_other_weight``) needs.
+    """
+
+    neighbours: list[str] = Field(
+        min_length=1,
+        max_length=MAX_NEIGHBOURS,
+        description=(
+            f"1..{MAX_NEIGHBOURS} names or ids of this tenant's other concepts whose training images (and the masks "
+            "that training used) supply the neighbours; their training images must still be stored."
+        ),
+    )
+    share: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of the training examples that are composites; the rest are the images themselves.",
+    )
+    count: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_TRAINING_EXAMPLES,
+        description=(
+            f"Training examples in all, images plus composites, 1..{MAX_TRAINING_EXAMPLES}; null = twice the "
+            "number of images (at share 0.5: every image once alone and once in a composite)."
+        ),
+    )
+    background: Literal["concept", "flat"] = Field(
+        "concept",
+        description=(
+            "Composite background: the concept's photo with the concept filled in from its surroundings, or a flat "
+            "plate of that photo's median background colour."
+        ),
+    )
+
+    @field_validator("neighbours")
+    @classmethod
+    def _distinct_refs(cls, v: list[str]) -> list[str]:
+        for ref in v:
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", ref):
+                raise ValueError(f"each neighbour is a concept name or id, got {ref!r}")
+        repeated = sorted({ref for ref in v if v.count(ref) > 1})
+        if repeated:
+            raise ValueError(f"must not repeat a concept, got {repeated} more than once")
+        return v
+
+    def example_count(self, num_images: int) -> int:
+        """Training examples in all for ``num_images`` training images (``count`` or its default)."""
+        return self.count if self.count is not None else min(MAX_TRAINING_EXAMPLES, 2 * num_images)
+
+
 class TrainingRequest(_Strict):
     concept: ConceptSpec
     images: list[str] = Field(min_length=1, max_length=50, description="1..50 file ids of this tenant.")
@@ -127,6 +190,9 @@ class TrainingRequest(_Strict):
     mask_prompts: list[MaskPrompt | None] | None = None
     captions: list[str | None] | None = None
     options: EDLoRAConfig = Field(default_factory=EDLoRAConfig)
+    composites: CompositesSpec | None = Field(
+        None, description="Optional: also train on composites of the concept beside other concepts' objects."
+    )
     webhook: str | None = None
     webhook_events_filter: list[WebhookEvent] | None = None
     metadata: Metadata | None = None

@@ -122,7 +122,11 @@ class EDLoRAConfig(BaseModel):
         2.0,
         ge=0.0,
         le=10.0,
-        description="Weight of the separation term: concept-token attention mass on other objects' masks.",
+        description=(
+            "Weight of the separation term: concept-token attention mass on other objects' masks. It acts only on "
+            "examples that show other objects: those the segmenter finds in the photos, or the training request's "
+            "composites; the job's diagnostics say whether it had any (separation_other_term)."
+        ),
     )
     separation_dilation: float = Field(
         0.03,

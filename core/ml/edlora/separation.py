@@ -6,7 +6,7 @@ Inputs per training sample: the captured maps ``A_r`` ``[B, r, r, K]`` of the co
 edges, not nearest). Per resolution and word, with ``S = Σ_x A(x)``:
 
 - leak = ``Σ_x A(x)·(1 − M_dilated(x)) / S``: attention mass outside the dilated mask, in [0, 1], scale-free;
-- sep = ``Σ_x A(x)·O(x) / S``: attention mass on other objects;
+- sep = ``Σ_x A(x)·O(x)·(1 − M_dilated(x)) / S``: attention mass on other objects (outside the dilated concept);
 - fill (class word only) = ``MSE(A / max_x A, M)``, Break-A-Scene's form (per-sample max).
 
 The per-sample sum ``leak_w·leak + other_w·sep + fill_w·fill`` is weighted by the timestep weight and averaged over
@@ -16,6 +16,7 @@ samples, words and resolutions (a mean, so the weight does not grow with the num
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,21 @@ class SeparationMasks:
     concept: torch.Tensor
     dilated: torch.Tensor
     others: torch.Tensor
+
+
+class SeparationResult(NamedTuple):
+    """What ``separation_loss`` returns.
+
+    Args:
+        loss: scalar, not yet multiplied by ``separation_loss_weight``.
+        in_mask: side ``r`` → ``[B, K]`` share of each word's attention inside the (undilated) concept mask, detached.
+        on_others: side ``r`` → ``[B, K]`` share on other objects outside the dilated concept (the ``sep`` quantity,
+            before its weight), detached; exactly 0 for samples without other objects.
+    """
+
+    loss: torch.Tensor
+    in_mask: dict[int, torch.Tensor]
+    on_others: dict[int, torch.Tensor]
 
 
 def resize_mask(mask: torch.Tensor, side: int) -> torch.Tensor:
@@ -84,8 +100,8 @@ def separation_loss(
     weights: torch.Tensor,
     config: EDLoRAConfig,
     class_word_index: int = 1,
-) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """The unweighted-by-lambda attention loss and, detached, the attention-in-mask share per resolution.
+) -> SeparationResult:
+    """The unweighted-by-lambda attention loss and, detached, the attention shares in the mask and on other objects.
 
     Args:
         maps: side ``r`` → ``[B, r, r, K]`` captured maps (``ConceptAttentionStore.by_resolution``).
@@ -94,25 +110,28 @@ def separation_loss(
         class_word_index: which of the K words the fill term applies to (``V_class``).
 
     Returns:
-        ``(loss, in_mask)``: a scalar (multiply by ``separation_loss_weight``) and side ``r`` → ``[B, K]`` share
-        of attention inside the (undilated) concept mask.
+        ``SeparationResult``: the scalar loss (multiply by ``separation_loss_weight``), and per resolution the
+        attention share inside the concept mask and on other objects.
     """
     terms = []
     in_mask: dict[int, torch.Tensor] = {}
+    on_others: dict[int, torch.Tensor] = {}
     for side, side_maps in maps.items():
         concept = resize_mask(masks.concept, side).to(side_maps.device)
         dilated = resize_mask(masks.dilated, side).to(side_maps.device)
+        # Other objects count only outside the dilated concept: touching the concept's rim is the leak term's job.
+        others = resize_mask(masks.others, side).to(side_maps.device) * (1.0 - dilated)
         per_sample = torch.zeros(side_maps.shape[0], device=side_maps.device)
         if config.separation_leak_weight:
             per_sample = per_sample + config.separation_leak_weight * leakage_term(side_maps, dilated).mean(dim=1)
         if config.separation_other_weight:
-            others = resize_mask(masks.others, side).to(side_maps.device) * (1.0 - dilated)
             per_sample = per_sample + config.separation_other_weight * mass_inside(side_maps, others).mean(dim=1)
         if config.separation_fill_weight:
             fill = fill_term(side_maps[..., class_word_index], concept)
             per_sample = per_sample + config.separation_fill_weight * fill
         terms.append((per_sample * weights.to(per_sample.device)).mean())
         in_mask[side] = mass_inside(side_maps.detach(), concept)
+        on_others[side] = mass_inside(side_maps.detach(), others)
     if not terms:
-        return torch.zeros(()), in_mask
-    return torch.stack(terms).mean(), in_mask
+        return SeparationResult(torch.zeros(()), in_mask, on_others)
+    return SeparationResult(torch.stack(terms).mean(), in_mask, on_others)

@@ -17,6 +17,7 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import PIL.Image
 import torch
@@ -56,7 +57,7 @@ class _TrainingData:
     dilated: torch.Tensor | None  # [V, 1, h, w]: the concept dilated by separation_dilation (at pixel level)
     others: torch.Tensor | None  # [V, 1, h, w]: other objects (zeros when none were given)
     valid: torch.Tensor | None  # [V, 1, h, w]: 0 on padding; None when no view is padded
-    captions: list[list[PromptPart]] | None
+    captions: list[list[PromptPart] | None] | None  # per image; None (or a None entry) = the default templates
 
 
 def _check_inputs(
@@ -64,7 +65,7 @@ def _check_inputs(
     concept_name: str,
     class_word: str,
     masks: Sequence[PIL.Image.Image] | None,
-    captions: Sequence[str] | None,
+    captions: Sequence[str | None] | None,
     other_masks: Sequence[PIL.Image.Image | None] | None = None,
 ) -> None:
     if not images:
@@ -119,7 +120,7 @@ def _prepare_data(
     images: Sequence[PIL.Image.Image],
     masks: Sequence[PIL.Image.Image] | None,
     other_masks: Sequence[PIL.Image.Image | None] | None,
-    captions: Sequence[str] | None,
+    captions: Sequence[str | None] | None,
     concept_name: str,
     resolution: int,
     config: EDLoRAConfig,
@@ -155,10 +156,54 @@ def _prepare_data(
         radius = round(config.separation_dilation * resolution)
         dilated = to_latent(dilate_mask(concept, radius))
         others = to_latent(torch.stack([v.masks[1] for v in views]))
-    bound = None
-    if captions is not None:
-        bound = [bind_caption(c, concept_name, field=f"captions[{i}]") for i, c in enumerate(captions)]
+    bound: list[list[PromptPart] | None] | None = None
+    if captions is not None and any(c is not None for c in captions):
+        bound = [
+            None if c is None else bind_caption(c, concept_name, field=f"captions[{i}]")
+            for i, c in enumerate(captions)
+        ]
     return _TrainingData(mean, torch.cat(stds), source, latent_masks, dilated, others, valid, bound)
+
+
+def _prompts(
+    data: _TrainingData,
+    index: list[int],
+    templates: Sequence[str],
+    concept_name: str,
+    generator: torch.Generator,
+) -> list[list[PromptPart]]:
+    """The batch's captions: each image's own, or a random default template where it has none.
+
+    Templates are drawn (for the whole batch) only when some image has no caption, so runs where every image has
+    one, or none has, draw exactly what they always drew.
+    """
+    if data.captions is None:
+        picks = torch.randint(0, len(templates), (len(index),), generator=generator).tolist()
+        return [bind_caption(templates[p], concept_name) for p in picks]
+    own = [data.captions[data.source[i]] for i in index]
+    if all(c is not None for c in data.captions):
+        return [c for c in own if c is not None]
+    picks = torch.randint(0, len(templates), (len(index),), generator=generator).tolist()
+    return [c if c is not None else bind_caption(templates[p], concept_name) for c, p in zip(own, picks, strict=True)]
+
+
+OtherTermState = Literal["active", "no_other_objects", "off"]
+
+
+def _examples_with_other_objects(data: _TrainingData, augmentation_views: int) -> int:
+    """Training images whose (centre-view, latent-grid) other-objects mask marks anything."""
+    if data.others is None:
+        return 0
+    centre = data.others[:: 1 + augmentation_views]  # [N, 1, h, w]: the first view of each image is its centre view
+    return int((centre.sum(dim=(1, 2, 3)) > 0).sum())
+
+
+def _other_term_state(separating: bool, config: EDLoRAConfig, with_others: int) -> OtherTermState:
+    """``off``: no separation loss or no weight on the term; ``no_other_objects``: on, but no example has other
+    objects, so the term is identically 0; ``active``: it has something to act on."""
+    if not separating or not config.separation_other_weight:
+        return "off"
+    return "active" if with_others else "no_other_objects"
 
 
 def _batches(num_images: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
@@ -201,7 +246,7 @@ def train_edlora(
     config: EDLoRAConfig,
     masks: Sequence[PIL.Image.Image] | None = None,
     other_masks: Sequence[PIL.Image.Image | None] | None = None,
-    captions: Sequence[str] | None = None,
+    captions: Sequence[str | None] | None = None,
     on_step: StepCallback = no_progress,
 ) -> EDLoRAWeights:
     """Train one ED-LoRA concept and return its weights; ``components`` are left exactly as they were.
@@ -220,13 +265,18 @@ def train_edlora(
         config: hyperparameters (``config.resolution`` None = the model's native size).
         masks: optional, one L-mode mask per image, white = concept (resized like its image, then to latent size).
         other_masks: optional, per image the other objects' union (white) or None; used by the separation term.
-        captions: optional, one per image, with ``<concept>`` where the concept goes; default: the templates of
-            ``config.concept_type``.
+            Photos of the concept alone have none; ``core.ml.edlora.composites`` makes examples that do.
+        captions: optional, one per image, with ``<concept>`` where the concept goes; default (None, or a None
+            entry for that image): a random template of ``config.concept_type`` each step.
         on_step: called with ``Progress("training", step, max_train_steps)`` after every optimizer step; raise
             ``JobCanceledError`` inside it to stop (it propagates).
 
     Returns:
         ``EDLoRAWeights`` with ``token_embeddings`` ``[2, n_layers, hidden]`` and the two LoRA state dicts (float32).
+        ``training_options`` records the config and what training saw, among it ``examples_with_other_objects``,
+        ``attention_on_other_objects_during_training`` and ``separation_other_term``: ``"active"``,
+        ``"no_other_objects"`` (the loss is on but no example has other objects, so its other-object term is
+        identically 0) or ``"off"``.
 
     Raises:
         InvalidRequestError: bad images/masks/captions/names (``field`` names which).
@@ -242,6 +292,13 @@ def train_edlora(
     separating = config.separation_loss_weight > 0 and data.masks is not None
     if config.separation_loss_weight > 0 and data.masks is None:
         logger.info("separation loss skipped: it needs masks and none were given")
+    with_others = _examples_with_other_objects(data, config.augmentation_views)
+    other_term = _other_term_state(separating, config, with_others)
+    if other_term == "no_other_objects":
+        logger.warning(
+            "the separation loss's other-object term has nothing to act on: no training example has other objects' "
+            "masks (train with composites, core.ml.edlora.composites, to give it some)"
+        )
     store = ConceptAttentionStore()
 
     # 2. Private copies of the trained models; the shared ones are never touched.
@@ -283,6 +340,7 @@ def train_edlora(
         embeddings_frozen = False
         loss_value = math.nan
         in_mask_sums: dict[int, float] = {}
+        on_others_sums: dict[int, float] = {}
         in_mask_counts: dict[int, int] = {}
         if separating and not captured_layers:
             raise InvalidRequestError(
@@ -305,11 +363,7 @@ def train_edlora(
                 target = noise_scheduler.get_velocity(latents, noise, timesteps)
             else:
                 target = noise
-            if data.captions is not None:
-                prompts = [data.captions[data.source[i]] for i in index]
-            else:
-                picks = torch.randint(0, len(templates), (len(index),), generator=generator).tolist()
-                prompts = [bind_caption(templates[p], concept_name) for p in picks]
+            prompts = _prompts(data, index, templates, concept_name, generator)
 
             states = encode_layerwise(
                 components.tokenizer, text_encoder, prompts, {concept_name: embeddings}, num_layers
@@ -325,12 +379,11 @@ def train_edlora(
             if separating and data.masks is not None and data.dilated is not None and data.others is not None:
                 masks_b = SeparationMasks(data.masks[index], data.dilated[index], data.others[index])
                 weights_t = timestep_weight(timesteps, config, num_timesteps) * present
-                attention_loss, in_mask = separation_loss(
-                    store.by_resolution(), masks_b, weights=weights_t.to(device), config=config
-                )
-                loss = loss + config.separation_loss_weight * attention_loss.to(loss.device)
-                for side, share in in_mask.items():
+                result = separation_loss(store.by_resolution(), masks_b, weights=weights_t.to(device), config=config)
+                loss = loss + config.separation_loss_weight * result.loss.to(loss.device)
+                for side, share in result.in_mask.items():
                     in_mask_sums[side] = in_mask_sums.get(side, 0.0) + float(share.mean())
+                    on_others_sums[side] = on_others_sums.get(side, 0.0) + float(result.on_others[side].mean())
                     in_mask_counts[side] = in_mask_counts.get(side, 0) + 1
             loss_value = float(loss.item())
             if not math.isfinite(loss_value):
@@ -370,6 +423,13 @@ def train_edlora(
                 "attention_in_mask_during_training": {
                     str(side): round(in_mask_sums[side] / in_mask_counts[side], 4) for side in in_mask_sums
                 },
+                # Mean share of the concept words' attention on other objects: what the separation term pushes
+                # down; exactly 0 when no example has other objects (then that term had nothing to act on).
+                "attention_on_other_objects_during_training": {
+                    str(side): round(on_others_sums[side] / in_mask_counts[side], 6) for side in on_others_sums
+                },
+                "examples_with_other_objects": with_others,
+                "separation_other_term": other_term,
                 "num_layer_embeddings": num_layers,
                 "final_loss": loss_value,
             },

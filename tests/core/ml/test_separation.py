@@ -85,10 +85,16 @@ def test_separation_term_counts_mass_on_other_objects_and_the_gate_drops_late_ti
     maps = torch.zeros(1, side, side, 2)
     maps[0, :, side - 1, :] = 1.0  # everything on the other object
     config = EDLoRAConfig(separation_leak_weight=0.0, separation_other_weight=1.0)
-    loss, in_mask = separation_loss(
+    loss, in_mask, on_others = separation_loss(
         {side: maps}, SeparationMasks(concept, concept, others), weights=torch.ones(1), config=config
     )
     assert float(loss) == pytest.approx(1.0) and float(in_mask[side].mean()) == 0.0
+    assert float(on_others[side].mean()) == pytest.approx(1.0)
+    # Without other objects the term, and the share it reports, are exactly 0.
+    alone = separation_loss(
+        {side: maps}, SeparationMasks(concept, concept, torch.zeros_like(others)), weights=torch.ones(1), config=config
+    )
+    assert float(alone.loss) == 0.0 and float(alone.on_others[side].sum()) == 0.0
     gated = EDLoRAConfig(separation_max_timestep=800, separation_timestep_weighting="linear")
     assert timestep_weight(torch.tensor([0, 500, 800, 999]), gated, 1000).tolist() == [1.0, 0.5, 0.0, 0.0]
     assert float(mass_inside(maps, concept[:, 0]).mean()) == 0.0
@@ -113,7 +119,7 @@ def test_gradients_reach_only_adapter_parameters_and_the_concept_rows(components
         store.columns, _ = concept_columns(components.tokenizer, prompts, "corgi")
         unet(torch.randn(1, 4, 8, 8), torch.tensor([100]), encoder_hidden_states=states)
         mask = _left_half(8)[None]
-        loss, _ = separation_loss(
+        loss, _, _ = separation_loss(
             store.by_resolution(),
             SeparationMasks(mask, mask, torch.zeros_like(mask)),
             weights=torch.ones(1),
@@ -149,6 +155,7 @@ def test_training_with_the_separation_loss_records_it_and_leaves_components_alon
     )
     options = weights.training_options
     assert options["separation_loss"] is True
+    assert options["separation_other_term"] == "active" and options["examples_with_other_objects"] == 1
     assert set(options["attention_in_mask_during_training"]) == {"8", "4"}
     assert all(0.0 <= v <= 1.0 for v in options["attention_in_mask_during_training"].values())
     unchanged()
