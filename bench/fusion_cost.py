@@ -1,17 +1,21 @@
-"""Cost of one Concept Conductor denoising step: batched multipath vs per-path sequential vs plain sampling.
+"""Cost of one fusion denoising step: regional and Concept Conductor against plain sampling.
 
 For N = 1, 2, 3 concepts (each a random rank-4 LoRA on every attention projection, as ED-LoRA has) and the same
 image batch B with classifier-free guidance, it times one UNet step of
 
 - ``plain``: the base UNet alone at batch 2B (what ordinary sampling costs per step);
+- ``regional``: regional fusion as the service runs it: one forward at batch 2B whose attention layers apply each
+  region's LoRA per token and attend to N region prompts inside the regions (``core.ml.fusion.regional_attention``;
+  the ideal is about 1x plain, the extra being N low-rank products per projection and N cross-attentions per layer);
 - ``batched``: Concept Conductor as the service runs it: one forward at batch (N+1)·2B, per-row LoRA through peft's
   ``adapter_names``, up-block feature injection (``core.ml.fusion.multipath``);
 - ``sequential``: the same N+1 paths as N+1 forwards at batch 2B, switching the active peft adapter between them
   (already cheaper than the reference code, which deep-copies the UNet and re-merges LoRA per path and step).
 
-and prints per-step milliseconds, ``batched / plain`` (the ideal is N+1: the FLOP ratio), ``sequential / batched``
-(the batching speed-up; target >= 1.5x for N = 2) and peak memory (CUDA: ``max_memory_allocated``; CPU: growth of
-the process's max RSS, a coarse upper bound). Layout-guidance and refinement steps are not included.
+and prints per-step milliseconds, ``regional / plain``, ``batched / plain`` (the ideal is N+1: the FLOP ratio),
+``sequential / batched`` (the batching speed-up; target >= 1.5x for N = 2) and Conductor's peak memory (CUDA:
+``max_memory_allocated``; CPU: growth of the process's max RSS, a coarse upper bound). Conductor's layout-guidance
+and refinement steps are not included.
 
     .venv/bin/python -m bench.fusion_cost [--full] [--side 256] [--batch 1] [--repeats 3] [--device cpu]
 
@@ -38,6 +42,7 @@ from core.ml.components import load_components
 from core.ml.edlora.attention import cross_attention_layer_names, layerwise_cross_attention
 from core.ml.edlora.lora import UNET_TARGETS, activate_lora, add_lora, lora_scope
 from core.ml.fusion.multipath import MultipathState, multipath_attention, path_adapter_names
+from core.ml.fusion.regional_attention import RegionalState, regional_attention
 
 Step = Callable[[], object]
 
@@ -92,6 +97,9 @@ def measure(unet: UNet2DConditionModel, *, label: str, side: int, batch: int, re
             masks = torch.zeros(n, batch, latent, latent, device=device)
             for k in range(n):
                 masks[k, :, :, k * latent // n : (k + 1) * latent // n] = 1
+            regions = RegionalState(list(adapters[:n]), masks[:, 0], context.expand(n, -1, -1, -1), cfg=True)
+            with regional_attention(unet, regions):
+                regional = _time(lambda: unet(x, t, encoder_hidden_states=context.expand(rows, -1, -1, -1)), repeats)
             state = MultipathState(paths=n + 1, adapter_names=path_adapter_names(paths, rows), masks=masks, cfg=True)
             states = context.expand(rows * (n + 1), -1, -1, -1)
             xs = x.repeat(n + 1, 1, 1, 1)
@@ -111,7 +119,8 @@ def measure(unet: UNet2DConditionModel, *, label: str, side: int, batch: int, re
                 per_path = _time(sequential, repeats)
             activate_lora(unet, None)
             print(
-                f"  N={n} batched {batched:9.1f} ms/step ({batched / plain:4.2f}x plain, ideal {n + 1}x)"
+                f"  N={n} regional {regional:9.1f} ms/step ({regional / plain:4.2f}x plain, ideal ~1x)"
+                f" | conductor batched {batched:9.1f} ms/step ({batched / plain:4.2f}x plain, ideal {n + 1}x)"
                 f" | sequential {per_path:9.1f} ms/step | batched speed-up {per_path / batched:4.2f}x"
                 f" | peak {'+' if device.type != 'cuda' else ''}{peak:.0f} MiB"
             )

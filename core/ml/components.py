@@ -4,6 +4,9 @@ A preset is a folder in the standard diffusers layout (``unet/``, ``vae/``, ``te
 ``scheduler/``). ``tiny`` is built on first use; ``sd15`` is fetched by the operator (``tessera models pull sd15``);
 presets that ship inside the package (``shapes``) live in ``core/ml/presets/<name>/``. Nothing is downloaded here:
 every ``from_pretrained`` runs with ``local_files_only=True``.
+
+A preset folder may also hold ``preset.json``; the few keys the pipelines act on are read into ``PresetOptions``
+(``SDComponents.options``); a missing file or key means the default, so ``sd15`` and ``tiny`` need none.
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import torch
 from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from core.errors import InvalidRequestError, ModelLoadError
+from core.ml.prompts import StandIn
 from core.ml.tiny import write_tiny_preset
 
 logger = logging.getLogger(__name__)
@@ -32,6 +37,43 @@ PRESET_MARKER = "tessera_preset.json"
 SHIPPED_PRESETS = frozenset({"shapes"})
 SHIPPED_PRESETS_ROOT = Path(__file__).resolve().parent / "presets"
 _PRESET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+PRESET_OPTIONS_FILE = "preset.json"
+
+
+@dataclass(frozen=True)
+class PresetOptions:
+    """Per-preset choices the pipelines act on, read from the preset folder's ``preset.json``.
+
+    Args:
+        base_path_concept_words: how fusion writes a concept reference in a text that does not apply that concept's
+            adapter (the base/global prompt, the other concepts of a concept path, negative prompts):
+            ``"class_word"`` (its class word, usually one token: later tokens shift) or ``"learned_embeddings"``
+            (its two learned layer-wise embeddings with no LoRA: the slot keeps two tokens, for text encoders that
+            bind meaning to token positions). JSON key ``base_path_concept_words``; default ``"class_word"``.
+    """
+
+    base_path_concept_words: StandIn = "class_word"
+
+
+def read_preset_options(folder: Path) -> PresetOptions:
+    """``PresetOptions`` from ``folder/preset.json``; defaults for a missing file or key (other keys are ignored).
+
+    Raises:
+        ModelLoadError: the file is not a JSON object, or a known key has a value outside its choices.
+    """
+    path = Path(folder) / PRESET_OPTIONS_FILE
+    if not path.is_file():
+        return PresetOptions()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object")
+    words = data.get("base_path_concept_words", PresetOptions.base_path_concept_words)
+    if words not in get_args(StandIn):
+        raise ModelLoadError(f"{path}: base_path_concept_words must be one of {get_args(StandIn)}, got {words!r}")
+    return PresetOptions(base_path_concept_words=words)
 
 
 @dataclass
@@ -51,6 +93,7 @@ class SDComponents:
     scheduler: DPMSolverMultistepScheduler
     device: torch.device
     dtype: torch.dtype
+    options: PresetOptions = field(default_factory=PresetOptions)
 
     @property
     def base_model_id(self) -> str:
@@ -152,12 +195,15 @@ def load_components(
     scheduler config: it is deterministic (no noise is injected between steps), so the same seed gives the same
     pixels, and it reaches good samples in 20-50 steps, which is what Mix-of-Show samples ED-LoRA with. Training
     uses ``DDPMScheduler.from_config`` of the same config for its noise schedule. Weights are frozen
-    (``requires_grad=False``) and in eval mode.
+    (``requires_grad=False``) and in eval mode. ``options`` come from the folder's ``preset.json``
+    (``read_preset_options``).
 
     Raises:
-        ModelLoadError: the folder is missing, incomplete, or a component fails to load.
+        ModelLoadError: the folder is missing, incomplete, has an invalid ``preset.json``, or a component fails to
+            load.
     """
     folder = init_preset(preset, models_root)
+    options = read_preset_options(folder)
     torch_device = torch.device(device)
     try:
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
@@ -186,4 +232,5 @@ def load_components(
         scheduler=scheduler,
         device=torch_device,
         dtype=dtype,
+        options=options,
     )

@@ -107,3 +107,33 @@ def region_masks(
     full = masks.repeat_interleave(scale_factor, dim=2).repeat_interleave(scale_factor, dim=3)
     images = [PIL.Image.fromarray((m[0].numpy() * 255).astype(np.uint8)) for m in full]
     return masks, images
+
+
+def layer_grid(height: int, width: int, tokens: int) -> tuple[int, int]:
+    """The ``(h, w)`` of a UNet attention layer with ``tokens`` positions on a ``height x width`` latent grid.
+
+    Each UNet level halves the grid, rounding up (a diffusers downsampler with padding 1), 0 to 6 times.
+
+    Raises:
+        ValueError: no such halving of the grid has ``tokens`` positions.
+    """
+    h, w = height, width
+    for _ in range(7):
+        if h * w == tokens:
+            return h, w
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    raise ValueError(f"no downsampling of the {height}x{width} latent grid has {tokens} positions")
+
+
+def masks_at(masks: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Latent-grid masks ``[..., h, w]`` at a layer's resolution: ``[..., tokens]`` bool.
+
+    A layer cell is inside when at least half of the latent cells it covers are (Concept Conductor's 0.5 threshold
+    after resizing); at the latent resolution itself the masks are unchanged.
+    """
+    height, width = int(masks.shape[-2]), int(masks.shape[-1])
+    h, w = layer_grid(height, width, tokens)
+    lead = masks.shape[:-2]
+    flat = masks.reshape(-1, 1, height, width).float()
+    small = torch.nn.functional.adaptive_avg_pool2d(flat, (h, w)) >= 0.5
+    return small.reshape(*lead, h * w)

@@ -10,22 +10,33 @@ Per denoising step ``s`` of ``S``:
    the concept paths are pulled towards the base path's layout. One partial UNet forward (all paths and the
    reference in one batch, stopped right after the guidance layer) and one backward.
 2. *Multipath denoising*: one UNet forward on ``[base | concept 1 | … | concept K]`` × ``[uncond, cond]`` rows with
-   per-row ED-LoRA; in every up-block attention layer the base rows are overwritten inside each concept's mask by
-   that concept's rows (``core.ml.fusion.multipath``). The base path's guided noise is the prediction.
+   per-row ED-LoRA (text encoder and UNet both at ``weight · alpha``); in every up-block attention layer the base
+   rows are overwritten inside each concept's mask by that concept's rows (``core.ml.fusion.multipath``). The base
+   path's guided noise is the prediction.
 3. *Mask refinement* (``refine_start <= s / S <= refine_end``, ``refine_updates`` times): k-means on the mask
    layer's self-attention of each path (``core.ml.fusion.refinement``); the new masks apply from the next step.
 
+Paths read (``core.ml.fusion.paths``): the base path the prompt with every concept as the preset's stand-in
+(class word, or learned embeddings without LoRA); concept path ``i`` what ``ConductorConfig.concept_prompt`` says,
+by default the prompt with concept ``i`` in every slot, as Concept Conductor's shipped configs do. Layer roles are
+chosen by resolution (``multipath.conductor_layers``): on SD 1.5 the reference's layers, on a model with an 8×8
+latent grid its highest-resolution up-block attention.
+
 Cost per step: one UNet forward at batch ``(K + 1) · 2B`` (the same FLOPs as ``K + 1`` sequential passes, in one
-launch); guidance steps add a partial forward + backward at batch ``(K + 1) · B (+1)``. Nothing is merged,
-copied or switched per step: adapters are attached once as named peft adapters and removed in a ``finally``.
+launch); guidance steps add a partial forward + backward at batch ``(K + 1) · B (+1)`` (partial: up to the
+guidance layer, which on a model whose only usable level is its finest is nearly the whole UNet). Nothing is
+merged, copied or switched per step: adapters are attached once as named peft adapters and removed in a
+``finally``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import get_args
 
 import numpy as np
 import PIL.Image
@@ -33,22 +44,24 @@ import torch
 
 from core.errors import InvalidRequestError
 from core.ml.components import SDComponents
-from core.ml.edlora.attention import cross_attention_layer_names
-from core.ml.edlora.embeddings import encode_layerwise
+from core.ml.edlora.attention import cross_attention_layer_names, layerwise_cross_attention
 from core.ml.edlora.lora import lora_scope
 from core.ml.fusion.inversion import InversionCache, invert_reference, nearest_latent
 from core.ml.fusion.multipath import (
+    GUIDANCE_MIN_SIDE,
+    MASK_MAX_SIDE,
     FeatureObserver,
     GuidanceStop,
     MultipathState,
+    conductor_layers,
     multipath_attention,
     path_adapter_names,
 )
-from core.ml.fusion.paths import SamplingPath, encode_paths
+from core.ml.fusion.paths import PathPrompt, SamplingPath, bind_for, encode, encode_paths
 from core.ml.fusion.refinement import MaskTracks, refine_masks
 from core.ml.fusion.request import ConceptPlacement, GenerationResult, check_request
 from core.ml.fusion.sampler import denoise
-from core.ml.prompts import bind_prompt
+from core.ml.prompts import ConceptSlot, PromptPart, parts_text
 from core.ml.regions import image_mask, region_masks
 from core.progress import StepCallback, no_progress
 
@@ -75,6 +88,13 @@ class ConductorConfig:
             previous mask's bounding box (Concept Conductor's config: 0, i.e. always accept).
         inversion_steps: DDIM inversion steps for a layout image.
         inject: feature injection on (False only for ablations).
+        concept_prompt: what each concept path reads (``core.ml.fusion.paths.PathPrompt``): ``"every_slot"``
+            (default; the reference's shipped config: "A <dog> and a <dog> on the beach" for the dog's path),
+            ``"own_clause"`` (the clauses naming the concept: "a <dog> on the left"; the reference's README
+            example is of this kind) or ``"full"`` (the full prompt, other concepts as their stand-ins).
+        guidance_min_side, mask_max_side: layer roles by native grid side (``multipath.conductor_layers``):
+            guidance at the coarsest up-block level at least ``guidance_min_side`` wide (else the finest), masks
+            at the finest level at most ``mask_max_side`` wide (else the coarsest); SD 1.5: 16×16 and 32×32.
     """
 
     guidance_end: float = 0.3
@@ -88,6 +108,9 @@ class ConductorConfig:
     overlap_threshold: float = 0.0
     inversion_steps: int = 100
     inject: bool = True
+    concept_prompt: PathPrompt = "every_slot"
+    guidance_min_side: int = GUIDANCE_MIN_SIDE
+    mask_max_side: int = MASK_MAX_SIDE
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.refine_start <= self.refine_end <= 1.0:
@@ -96,6 +119,10 @@ class ConductorConfig:
             raise ValueError("refine_updates >= 0, kmeans_restarts >= 1 and kmeans_iterations >= 0 are required")
         if self.inversion_steps < 1:
             raise ValueError(f"inversion_steps must be >= 1, got {self.inversion_steps}")
+        if self.concept_prompt not in get_args(PathPrompt):
+            raise ValueError(f"concept_prompt must be one of {get_args(PathPrompt)}, got {self.concept_prompt!r}")
+        if self.guidance_min_side < 1 or self.mask_max_side < 1:
+            raise ValueError("guidance_min_side and mask_max_side must be >= 1")
 
     def guidance_steps(self, total: int) -> frozenset[int]:
         """Step indices (0-based) that take a layout-alignment gradient step."""
@@ -166,6 +193,20 @@ def _mask_images(masks: torch.Tensor, scale: int) -> list[PIL.Image.Image]:
     return [PIL.Image.fromarray((m.cpu().numpy() * 255).astype(np.uint8)) for per_image in full for m in per_image]
 
 
+def _reference_caption(parts: Sequence[PromptPart], placements: Sequence[ConceptPlacement]) -> str:
+    """The layout reference's caption as a cache key: the base text, plus a digest of any learned embeddings in it."""
+    text = parts_text(parts)
+    slots = sorted({p.name for p in parts if isinstance(p, ConceptSlot)})
+    if not slots:
+        return text
+    digest = hashlib.sha256()
+    for placement in placements:
+        if placement.weights.concept_name in slots:
+            digest.update(placement.weights.concept_name.encode())
+            digest.update(placement.weights.token_embeddings.detach().float().cpu().numpy().tobytes())
+    return f"{text} [embeddings {digest.hexdigest()[:16]}]"
+
+
 def _key_loss(keys: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """``Σ_b mean_{n,d} (K_b − K_ref)²`` for ``keys [B, n, d]`` and ``reference [1 or B, n, d]``."""
     return (keys - reference).pow(2).mean(dim=(-1, -2)).sum()
@@ -215,8 +256,7 @@ def generate_conductor(
         components, prompt, placements, width, height, num_inference_steps, guidance_scale, seed, num_outputs
     )
     masks = _initial_masks(components, placements, layout, width, height)
-    class_words = {p.weights.concept_name: p.weights.class_word for p in placements}
-    base_parts = bind_prompt(prompt, learned=(), class_words=class_words)
+    base_parts = bind_for(components, prompt, placements)
     seeds = [seed + i for i in range(num_outputs)]
     unet, device, dtype = components.unet, components.device, components.dtype
     num_layers = len(cross_attention_layer_names(unet))
@@ -225,20 +265,21 @@ def generate_conductor(
     rows = 2 * batch if use_cfg else batch
 
     with torch.no_grad():
-        # 2. The layout reference's trajectory (plain UNet, before any adapter is attached).
+        # 2. The layout reference's trajectory (plain UNet, before any adapter is attached), captioned with the
+        # base path's text (its stand-ins may be learned embeddings, hence layer-wise states).
         trajectory = None
         if layout is not None:
-            reference_states = encode_layerwise(components.tokenizer, components.text_encoder, [base_parts], {}, 1)
-            trajectory = invert_reference(
-                components,
-                layout.image,
-                prompt="".join(p for p in base_parts if isinstance(p, str)),
-                prompt_states=reference_states[:, 0],
-                width=width,
-                height=height,
-                steps=config.inversion_steps,
-                cache=inversions,
-            )
+            with layerwise_cross_attention(unet):
+                trajectory = invert_reference(
+                    components,
+                    layout.image,
+                    prompt=_reference_caption(base_parts, placements),
+                    prompt_states=encode(components, base_parts, placements, num_layers),
+                    width=width,
+                    height=height,
+                    steps=config.inversion_steps,
+                    cache=inversions,
+                )
 
     state = MultipathState(
         paths=paths_count,
@@ -251,10 +292,16 @@ def generate_conductor(
     generator = torch.Generator().manual_seed(seed)
     refine_at = config.refinement_steps(num_inference_steps) if placements else frozenset()
 
-    with torch.no_grad(), lora_scope(components.text_encoder, unet), multipath_attention(unet, state):
-        # 3. Adapters and prompts of every path, laid out as one batch.
+    layers = conductor_layers(unet, guidance_min_side=config.guidance_min_side, mask_max_side=config.mask_max_side)
+    with torch.no_grad(), lora_scope(components.text_encoder, unet), multipath_attention(unet, state, layers):
+        # 3. Adapters (text encoder and UNet at weight · alpha) and prompts of every path, laid out as one batch.
         base, concepts = encode_paths(
-            components, prompt=prompt, negative_prompt=negative_prompt, placements=placements, num_layers=num_layers
+            components,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            placements=placements,
+            num_layers=num_layers,
+            concept_prompt=config.concept_prompt,
         )
         paths: list[SamplingPath] = [base, *concepts]
         adapters = [p.adapter for p in paths]
@@ -310,13 +357,16 @@ def generate_conductor(
         )
     final = state.masks.float().cpu()
     logger.info(
-        "conductor: %d image(s) %dx%d with %d concept(s), %d guided and %d refinement step(s)",
+        "conductor: %d image(s) %dx%d with %d concept(s), %d guided and %d refinement step(s); guidance layer %s, "
+        "mask layer %s",
         num_outputs,
         width,
         height,
         len(placements),
         len(guidance.steps) if guidance else 0,
         len(refine_at),
+        layers.guidance,
+        layers.mask,
     )
     return GenerationResult(images=images, masks=_mask_images(final, components.vae_scale_factor), seeds=seeds)
 

@@ -78,11 +78,12 @@ def invert_reference(
 ) -> dict[int, torch.Tensor]:
     """Invert ``image`` with DDIM and return ``{timestep: latent [1, C, h, w]}`` for every inversion timestep.
 
-    Call with the UNet's ordinary processors and no adapters active, under ``torch.no_grad()``.
+    Call with no adapters active, under ``torch.no_grad()``, with the UNet's ordinary processors (3-D states) or
+    inside ``layerwise_cross_attention`` (4-D states).
 
     Args:
-        prompt: the caption the reference is inverted with (part of the cache key).
-        prompt_states: ``[1, seq, dim]`` encoder states of ``prompt``.
+        prompt: the caption the reference is inverted with (part of the cache key; it must identify the states).
+        prompt_states: ``[1, seq, dim]`` or layer-wise ``[1, n_layers, seq, dim]`` encoder states of ``prompt``.
         width, height: the output size; the reference is resized to it.
         steps: inversion steps (timesteps spaced over the whole schedule).
         cache: where inversions are kept between calls.

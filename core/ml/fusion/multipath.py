@@ -6,8 +6,9 @@ Every attention layer gets a ``MultipathAttnProcessor`` (installed with ``unet.s
 afterwards) that
 
 - applies each row's own ED-LoRA: the peft LoRA layers are called with ``adapter_names=`` (peft's mixed-batch
-  inference: ``W x + s_a·B_a A_a x`` with ``a`` the row's adapter, ``"__base__"`` for none), so no weights are
-  merged, copied or switched between paths;
+  inference: ``W x + s_a·B_a A_a x`` with ``a`` the row's adapter, ``"__base__"`` for none, ``s_a`` the adapter's
+  peft scaling, set to ``weight · alpha`` when it is attached), so no weights are merged, copied or switched
+  between paths;
 - feeds ``attn2`` its own layer's slice of 4-D ED-LoRA encoder states ``[rows, n_layers, seq, dim]``;
 - in *merge* layers (the up blocks), overwrites the base path's attention output (after ``to_out[0]``) inside each
   concept's mask with that concept's output at the same layer, concepts in order (later ones win overlaps). Concept
@@ -16,6 +17,12 @@ afterwards) that
   remaining blocks are not needed for layout alignment);
 - in the *mask* layer, on refinement steps only, also computes the head-averaged self-attention probabilities of
   the conditional rows (every other call uses fused SDPA and never materialises probabilities).
+
+The roles are picked by resolution (``conductor_layers``): merge = every up-block attention layer; guidance = the
+first self-attention of the coarsest up-block level at least 16 cells wide at the UNet's native sample size, mask =
+the last self-attention of the finest level at most 32 wide. SD 1.5 (levels 16/32/64) gets Concept Conductor's
+``up_blocks.1.attentions.0`` and ``up_blocks.2.attentions.2``; a model on an 8×8 latent gets its 8×8 level for
+both when it has attention there.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from diffusers.models.attention_processor import Attention
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from core.ml.edlora.attention import cross_attention_layer_names
+from core.ml.regions import layer_grid, masks_at
 
 BASE_ADAPTER = "__base__"
 """peft's name for "no adapter" in ``adapter_names``."""
@@ -48,8 +56,9 @@ class GuidanceStop(Exception):
 class ConductorLayers:
     """Which attention layers play which role (processor names, ``…attn1.processor``).
 
-    For SD 1.5 this is Concept Conductor's choice: guidance = ``up_blocks.1.attentions.0`` self-attention (16×16),
-    mask = ``up_blocks.2.attentions.2`` self-attention (32×32), merge = all 18 up-block attention layers.
+    Chosen by resolution (``conductor_layers``); for SD 1.5 this is Concept Conductor's choice: guidance =
+    ``up_blocks.1.attentions.0`` self-attention (16×16), mask = ``up_blocks.2.attentions.2`` self-attention
+    (32×32), merge = all 18 up-block attention layers.
     """
 
     guidance: str
@@ -57,25 +66,66 @@ class ConductorLayers:
     merge: frozenset[str]
 
 
-def conductor_layers(unet: UNet2DConditionModel) -> ConductorLayers:
-    """Pick the guidance, mask and merge layers of any SD-style UNet by position, not by hard-coded name.
+GUIDANCE_MIN_SIDE = 16
+"""The guidance layer is at the coarsest up-block level whose native grid side is at least this (SD 1.5: 16×16)."""
 
-    Guidance: the self-attention of the first transformer of the first up block with attention. Mask: the
-    self-attention of the last transformer of the second up block with attention (the last one overall when there
-    is only one, as in the tiny preset). Merge: every attention layer of the up blocks.
+MASK_MAX_SIDE = 32
+"""The mask layer is at the finest up-block level whose native grid side is at most this (SD 1.5: 32×32; 64×64
+would mean k-means on 4096×4096 affinities)."""
+
+
+def up_block_sides(unet: UNet2DConditionModel) -> dict[str, int]:
+    """The native grid side (at ``unet.config.sample_size``) that each up block's attention layers run at.
+
+    Returns:
+        ``{"up_blocks.<i>": side}``; SD 1.5: 8, 16, 32, 64.
+    """
+    sample = unet.config.sample_size
+    side = int(sample) if isinstance(sample, int) else int(min(sample))
+    for block in unet.down_blocks:
+        if getattr(block, "downsamplers", None) is not None:
+            side = math.ceil(side / 2)
+    sides: dict[str, int] = {}
+    for i, block in enumerate(unet.up_blocks):
+        sides[f"up_blocks.{i}"] = side
+        if getattr(block, "upsamplers", None) is not None:
+            side *= 2
+    return sides
+
+
+def conductor_layers(
+    unet: UNet2DConditionModel,
+    *,
+    guidance_min_side: int = GUIDANCE_MIN_SIDE,
+    mask_max_side: int = MASK_MAX_SIDE,
+) -> ConductorLayers:
+    """Pick the guidance, mask and merge layers of any SD-style UNet by resolution, not by hard-coded name.
+
+    The up-block levels with attention are ordered by their native grid side (``up_block_sides``). Guidance: the
+    first self-attention of the coarsest level with side >= ``guidance_min_side``, else of the finest level. Mask:
+    the last self-attention of the finest level with side <= ``mask_max_side``, else of the coarsest level. Merge:
+    every attention layer of the up blocks. SD 1.5 gets Concept Conductor's layers (16×16 / 32×32 / all 18); a
+    model whose latent grid is smaller than 16 (the shapes preset's 8×8) gets guidance and masks at its
+    highest-resolution up-block level with attention.
+
+    Raises:
+        ValueError: the UNet has no attention in its up blocks.
     """
     names = list(unet.attn_processors)
     up_self = [n for n in names if n.startswith("up_blocks.") and n.endswith("attn1.processor")]
     if not up_self:
         raise ValueError("the UNet has no attention in its up blocks; Concept Conductor needs some")
-    blocks: dict[str, list[str]] = {}
+    sides = up_block_sides(unet)
+    levels: dict[int, list[str]] = {}
     for name in up_self:
-        blocks.setdefault(".".join(name.split(".")[:2]), []).append(name)
-    ordered = list(blocks.values())
-    mask_block = ordered[1] if len(ordered) > 1 else ordered[0]
+        levels.setdefault(sides[".".join(name.split(".")[:2])], []).append(name)
+    ordered = sorted(levels)  # coarse → fine
+    guidance_side = next((side for side in ordered if side >= guidance_min_side), ordered[-1])
+    fitting = [side for side in ordered if side <= mask_max_side]
+    mask_side = fitting[-1] if fitting else ordered[0]
     return ConductorLayers(
-        guidance=ordered[0][0],
-        mask=mask_block[-1],
+        guidance=levels[guidance_side][0],
+        mask=levels[mask_side][-1],
         merge=frozenset(n for n in names if n.startswith("up_blocks.")),
     )
 
@@ -110,12 +160,7 @@ class MultipathState:
 
     def grid_for(self, tokens: int) -> tuple[int, int]:
         """The ``(h, w)`` of a layer with ``tokens`` positions: the latent grid halved (rounding up) 0..6 times."""
-        h, w = int(self.masks.shape[-2]), int(self.masks.shape[-1])
-        for _ in range(7):
-            if h * w == tokens:
-                return h, w
-            h, w = math.ceil(h / 2), math.ceil(w / 2)
-        raise ValueError(f"no downsampling of the {self.masks.shape[-2:]} latent grid has {tokens} positions")
+        return layer_grid(int(self.masks.shape[-2]), int(self.masks.shape[-1]), tokens)
 
     def masks_for(self, tokens: int, rows: int, dtype: torch.dtype) -> torch.Tensor:
         """Concept masks at a layer's resolution, repeated over the CFG halves: ``[K, rows, tokens, 1]``.
@@ -123,10 +168,7 @@ class MultipathState:
         A cell is inside when at least half of the latent cells it covers are (Concept Conductor's 0.5 threshold).
         """
         if tokens not in self._by_tokens:
-            h, w = self.grid_for(tokens)
-            k, b = self.masks.shape[:2]
-            small = F.adaptive_avg_pool2d(self.masks.reshape(k * b, 1, *self.masks.shape[-2:]).float(), (h, w))
-            self._by_tokens[tokens] = (small >= 0.5).reshape(k, b, h * w)
+            self._by_tokens[tokens] = masks_at(self.masks, tokens)  # [K, B, tokens]
         masks = self._by_tokens[tokens]
         repeats = rows // masks.shape[1]
         return masks.repeat(1, repeats, 1)[..., None].to(dtype)
@@ -260,13 +302,18 @@ class MultipathAttnProcessor:
 
 
 @contextmanager
-def multipath_attention(unet: UNet2DConditionModel, state: MultipathState) -> Iterator[ConductorLayers]:
+def multipath_attention(
+    unet: UNet2DConditionModel, state: MultipathState, layers: ConductorLayers | None = None
+) -> Iterator[ConductorLayers]:
     """Within the block every attention layer of ``unet`` runs ``MultipathAttnProcessor``; processors are restored.
 
+    Args:
+        layers: the roles; ``conductor_layers(unet)`` (default thresholds) when None.
+
     Yields:
-        the roles chosen for this UNet (``conductor_layers``).
+        the roles used.
     """
-    layers = conductor_layers(unet)
+    layers = layers if layers is not None else conductor_layers(unet)
     originals = unet.attn_processors
     order = {name: i for i, name in enumerate(cross_attention_layer_names(unet))}
     unet.set_attn_processor(

@@ -1,24 +1,40 @@
-"""The prompts of each sampling path: a base path with class words, one path per concept with its ED-LoRA.
+"""The texts each fusion path reads, and the concept adapters every path-based fusion attaches.
 
-Shared by the fusion methods that sample several paths from the same latents (``regional``, ``conductor``): the
-base path reads the prompt with every ``<concept>`` as its class word and no adapter; concept path ``i`` reads it
-with concept ``i``'s learned words (its text-encoder LoRA active at ``weight · alpha``) and the other concepts as
-class words. Negative prompts are encoded by the same (adapted) text encoder as each path's positive prompt.
+Shared by the fusion methods that give concepts their own prompts (``conductor``, ``regional``):
+
+- Concept ``i``'s LoRA is attached as peft adapter ``tessera_concept_<i>`` to the text encoder and the UNet, both
+  scaled by its multiplier ``weight · alpha`` (``attach_concepts``).
+- A text is written for one adapter (or none) with ``core.ml.prompts.bind_concepts``: the adapted concept is its
+  learned words, every other concept its *stand-in*, the preset's choice ``components.options
+  .base_path_concept_words`` (class word by default, or its learned embeddings without LoRA, which keeps each
+  slot two tokens long).
+- Conductor's *base path* reads the prompt with every concept as its stand-in and no adapter; *concept path* ``i``
+  reads a text chosen by ``PathPrompt`` with concept ``i``'s text-encoder LoRA active: the full prompt
+  (``"full"``), the part of it that names concept ``i`` (``"own_clause"``), or the prompt with concept ``i`` in
+  every concept slot (``"every_slot"``, Concept Conductor's shipped configs).
+
+Negative prompts are encoded by the same (adapted) text encoder as each path's positive prompt.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from peft.tuners.lora import LoraLayer
 
 from core.ml.components import SDComponents
 from core.ml.edlora.embeddings import encode_layerwise
 from core.ml.edlora.lora import activate_lora
 from core.ml.fusion.request import ConceptPlacement
 from core.ml.fusion.sampler import attach_concept
-from core.ml.prompts import bind_prompt
+from core.ml.prompts import PromptPart, bind_concepts, every_slot_prompt, single_concept_prompt
+
+PathPrompt = Literal["full", "own_clause", "every_slot"]
+"""What concept path ``i`` reads: the full prompt (other concepts as stand-ins), only the clauses that name concept
+``i`` (``core.ml.prompts.single_concept_prompt``), or the prompt with concept ``i`` in every slot."""
 
 
 @dataclass
@@ -37,6 +53,83 @@ class SamplingPath:
     negative: torch.Tensor
 
 
+def adapter_name(index: int) -> str:
+    """The peft adapter name of the request's ``index``-th concept."""
+    return f"tessera_concept_{index}"
+
+
+def multiplier(placement: ConceptPlacement) -> float:
+    """A concept's LoRA multiplier: ``placement.weight · weights.alpha`` (text encoder and UNet alike)."""
+    return placement.weight * placement.weights.alpha
+
+
+def set_lora_scale(model: torch.nn.Module, adapter: str, scale: float) -> None:
+    """Set ``adapter``'s scaling in every peft LoRA layer of ``model`` (active adapters are left as they are)."""
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.set_scale(adapter, scale)
+
+
+def attach_concepts(components: SDComponents, placements: Sequence[ConceptPlacement], num_layers: int) -> list[str]:
+    """Attach every concept's LoRA (``adapter_name(i)``), its UNet adapter scaled by ``multiplier(placement)``.
+
+    Call inside ``lora_scope(text_encoder, unet)``. The text-encoder adapters are left inactive (activate one
+    with ``activate_lora(text_encoder, name, multiplier)`` to encode with it).
+
+    Returns:
+        the adapter names, in placement order.
+
+    Raises:
+        ModelLoadError: an adapter does not fit the loaded model.
+    """
+    names = []
+    for i, placement in enumerate(placements):
+        name = adapter_name(i)
+        attach_concept(components, placement.weights, name, num_layers)
+        set_lora_scale(components.unet, name, multiplier(placement))
+        names.append(name)
+    activate_lora(components.text_encoder, None)
+    return names
+
+
+def class_words(placements: Sequence[ConceptPlacement]) -> dict[str, str]:
+    """Concept name → class word for every placement."""
+    return {p.weights.concept_name: p.weights.class_word for p in placements}
+
+
+def bind_for(
+    components: SDComponents,
+    text: str,
+    placements: Sequence[ConceptPlacement],
+    *,
+    adapted: Sequence[str] = (),
+    field: str = "prompt",
+) -> list[PromptPart]:
+    """``text`` bound for a path that adapts ``adapted`` (names): the others are the preset's stand-ins."""
+    stand_in = components.options.base_path_concept_words
+    return bind_concepts(text, adapted=adapted, class_words=class_words(placements), stand_in=stand_in, field=field)
+
+
+def encode(
+    components: SDComponents, parts: Sequence[PromptPart], placements: Sequence[ConceptPlacement], num_layers: int
+) -> torch.Tensor:
+    """Encode one bound text with whatever text-encoder adapter is active now: ``[1, n_layers, seq, dim]``.
+
+    Every concept slot in ``parts`` takes that concept's learned layer-wise embeddings.
+    """
+    embeddings = {p.weights.concept_name: p.weights.token_embeddings for p in placements}
+    return encode_layerwise(components.tokenizer, components.text_encoder, [list(parts)], embeddings, num_layers)
+
+
+def path_text(prompt: str, name: str, mode: PathPrompt) -> str:
+    """The text concept ``name``'s path reads (see ``PathPrompt``)."""
+    if mode == "own_clause":
+        return single_concept_prompt(prompt, name)
+    if mode == "every_slot":
+        return every_slot_prompt(prompt, name)
+    return prompt
+
+
 def encode_paths(
     components: SDComponents,
     *,
@@ -44,11 +137,16 @@ def encode_paths(
     negative_prompt: str,
     placements: Sequence[ConceptPlacement],
     num_layers: int,
+    concept_prompt: PathPrompt = "full",
 ) -> tuple[SamplingPath, list[SamplingPath]]:
-    """Attach every concept's LoRA as adapter ``tessera_concept_<i>`` and encode the base and concept paths.
+    """Attach every concept's LoRA (``attach_concepts``) and encode the base and concept paths.
 
     Call under ``torch.no_grad()`` inside ``lora_scope(text_encoder, unet)`` and ``layerwise``-aware processors.
-    The UNet adapters are left attached (scale 1) for the caller to use; the text encoder's are left inactive.
+    The UNet adapters are left attached, each scaled by its multiplier, for the caller to use; the text encoder's
+    are left inactive.
+
+    Args:
+        concept_prompt: what each concept path reads (``PathPrompt``).
 
     Returns:
         ``(base, concepts)``.
@@ -56,27 +154,23 @@ def encode_paths(
     Raises:
         ModelLoadError: an adapter does not fit the loaded model.
     """
-    class_words = {p.weights.concept_name: p.weights.class_word for p in placements}
-    negative_parts = bind_prompt(negative_prompt, learned=(), class_words=class_words, field="negative_prompt")
-    tokenizer, text_encoder = components.tokenizer, components.text_encoder
+    adapters = attach_concepts(components, placements, num_layers)
+    text_encoder = components.text_encoder
+    negative_parts = bind_for(components, negative_prompt, placements, field="negative_prompt")
     concepts: list[SamplingPath] = []
-    for i, placement in enumerate(placements):
-        weights, adapter = placement.weights, f"tessera_concept_{i}"
-        attach_concept(components, weights, adapter, num_layers)
-        multiplier = placement.weight * weights.alpha
-        activate_lora(text_encoder, adapter, multiplier)
-        others = {k: v for k, v in class_words.items() if k != weights.concept_name}
-        parts = bind_prompt(prompt, learned={weights.concept_name}, class_words=others)
-        embeddings = {weights.concept_name: weights.token_embeddings}
-        positive = encode_layerwise(tokenizer, text_encoder, [parts], embeddings, num_layers)
-        negative = encode_layerwise(tokenizer, text_encoder, [negative_parts], {}, num_layers)
-        concepts.append(SamplingPath(adapter, multiplier, positive, negative))
+    for adapter, placement in zip(adapters, placements, strict=True):
+        name, scale = placement.weights.concept_name, multiplier(placement)
+        activate_lora(text_encoder, adapter, scale)
+        parts = bind_for(components, path_text(prompt, name, concept_prompt), placements, adapted=[name])
+        positive = encode(components, parts, placements, num_layers)
+        negative = encode(components, negative_parts, placements, num_layers)
+        concepts.append(SamplingPath(adapter, scale, positive, negative))
     activate_lora(text_encoder, None)
-    base_parts = bind_prompt(prompt, learned=(), class_words=class_words)
+    base_parts = bind_for(components, prompt, placements)
     base = SamplingPath(
         None,
         0.0,
-        encode_layerwise(tokenizer, text_encoder, [base_parts], {}, num_layers),
-        encode_layerwise(tokenizer, text_encoder, [negative_parts], {}, num_layers),
+        encode(components, base_parts, placements, num_layers),
+        encode(components, negative_parts, placements, num_layers),
     )
     return base, concepts

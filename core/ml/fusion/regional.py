@@ -1,37 +1,103 @@
-"""Regionally composed multi-concept sampling: the cheap fusion baseline (API ``fusion: "regional"``).
+"""Regionally composed multi-concept sampling, as Mix-of-Show's regionally controllable sampling does it (API
+``fusion: "regional"``).
 
-One *base path* samples the prompt with every ``<concept>`` written as its class word and no adapter; one *concept
-path* per concept samples the prompt with that concept's ED-LoRA (its learned words, its LoRA at ``weight``) and
-the other concepts as class words. At every denoising step each path's classifier-free-guided noise prediction is
-computed from the same latents, and inside each concept's region (latent resolution) the concept's prediction
-replaces the base one (overlapping regions average). Cost: ``(K + 1)`` UNet passes per step at batch ``2 · N``.
+Composition happens inside the attention layers of ONE UNet pass per denoising step
+(``core.ml.fusion.regional_attention``):
 
-Concept adapters are injected as named peft adapters into the shared text encoder and UNet for the duration of
-the call and switched per path (``set_adapter`` + scale); weights are never merged. Everything is removed in a
-``finally``: the components come back exactly as they were. Not safe to run concurrently on one set of
-components (the worker runs one job at a time per process).
+- the *global prompt* is the user's prompt with every ``<concept>`` written as the preset's stand-in (its class
+  word, or its learned embeddings without LoRA: ``components.options.base_path_concept_words``), encoded with the
+  plain text encoder;
+- each concept's *region prompt* is the part of the user's prompt that names it
+  (``core.ml.prompts.single_concept_prompt``: its clauses plus the clauses that name no concept, e.g. "a <red> on
+  the left" from "a <red> on the left and a <blue> on the right"; the whole prompt when it names one concept),
+  written with its learned layer-wise embeddings and encoded with its text-encoder LoRA at ``weight · alpha``;
+- in every cross-attention layer, conditional queries inside concept ``k``'s region attend to its region prompt
+  (keys/values through its UNet LoRA), queries outside every region to the global prompt, overlapping regions
+  average; every image-side attention projection applies the LoRA of the region its token is in (none outside);
+- the unconditional rows attend to the global negative prompt (stand-ins, plain text encoder) everywhere.
+
+Cost per step: one UNet pass at batch ``2 · N`` (``N`` without guidance), plus per attention layer ``K`` rank-``r``
+LoRA products per projection and per cross-attention layer ``K`` extra attentions of the conditional rows against
+the region prompts (``bench.fusion_cost`` measures it against plain sampling). Text: ``2 + K`` prompts encoded
+once per call (``n_layers`` copies each when they hold learned embeddings).
+
+Concept adapters are attached as named peft adapters (their weights are read by the attention processors, never
+merged) and removed in a ``finally`` with the processors: the components come back exactly as they were. Not safe to
+run concurrently on one set of components (the worker runs one job at a time per process).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from core.ml.components import SDComponents
-from core.ml.edlora.attention import layerwise_cross_attention
+from core.ml.edlora.attention import cross_attention_layer_names
 from core.ml.edlora.lora import activate_lora, lora_scope
-from core.ml.fusion.paths import SamplingPath, encode_paths
+from core.ml.fusion.paths import attach_concepts, bind_for, encode, multiplier
+from core.ml.fusion.regional_attention import RegionalState, regional_attention
 from core.ml.fusion.request import ConceptPlacement, GenerationResult, check_request
 from core.ml.fusion.sampler import denoise, guided_noise
+from core.ml.prompts import single_concept_prompt
 from core.ml.regions import region_masks
 from core.progress import StepCallback, no_progress
 
 # Placements and results are defined with the checks every fusion method shares; callers import them from here.
-__all__ = ["ConceptPlacement", "GenerationResult", "generate_regional"]
+__all__ = ["ConceptPlacement", "GenerationResult", "RegionalPrompts", "encode_regional_prompts", "generate_regional"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RegionalPrompts:
+    """The encoded texts of one regional generation.
+
+    Args:
+        adapters: the peft adapter name of each concept.
+        positive: ``[1, n_layers, seq, dim]`` the global prompt (stand-ins, no adapter).
+        negative: ``[1, n_layers, seq, dim]`` the global negative prompt (stand-ins, no adapter).
+        regions: ``[K, n_layers, seq, dim]`` each concept's region prompt (its learned words and text-encoder
+            LoRA), None without concepts.
+    """
+
+    adapters: list[str]
+    positive: torch.Tensor
+    negative: torch.Tensor
+    regions: torch.Tensor | None
+
+
+def encode_regional_prompts(
+    components: SDComponents,
+    *,
+    prompt: str,
+    negative_prompt: str,
+    placements: Sequence[ConceptPlacement],
+    num_layers: int,
+) -> RegionalPrompts:
+    """Attach every concept's LoRA and encode the global, negative and region prompts (see the module docstring).
+
+    Call under ``torch.no_grad()`` inside ``lora_scope(text_encoder, unet)``. The UNet adapters are left attached
+    but disabled (the regional processors apply their deltas themselves); the text encoder's are left inactive.
+
+    Raises:
+        ModelLoadError: an adapter does not fit the loaded model.
+    """
+    adapters = attach_concepts(components, placements, num_layers)
+    activate_lora(components.unet, None)
+    positive = encode(components, bind_for(components, prompt, placements), placements, num_layers)
+    negative_parts = bind_for(components, negative_prompt, placements, field="negative_prompt")
+    negative = encode(components, negative_parts, placements, num_layers)
+    regions = []
+    for adapter, placement in zip(adapters, placements, strict=True):
+        name = placement.weights.concept_name
+        activate_lora(components.text_encoder, adapter, multiplier(placement))
+        parts = bind_for(components, single_concept_prompt(prompt, name), placements, adapted=[name])
+        regions.append(encode(components, parts, placements, num_layers))
+    activate_lora(components.text_encoder, None)
+    return RegionalPrompts(adapters, positive, negative, torch.cat(regions) if regions else None)
 
 
 def generate_regional(
@@ -55,8 +121,9 @@ def generate_regional(
     Args:
         prompt: text with ``<name>`` for each concept (``name`` = ``weights.concept_name``); every placement's
             concept must appear, and no other ``<name>`` may.
-        negative_prompt: classifier-free guidance's negative text (concept references become class words).
-        placements: up to 4 concepts with their regions and weights.
+        negative_prompt: classifier-free guidance's negative text, used everywhere in the image (concept
+            references become the preset's stand-ins).
+        placements: up to 4 concepts with their regions and weights (``weight · alpha`` scales both LoRAs).
         width, height: output size in pixels, multiples of 8 within 64..1024.
         num_inference_steps: DPM-Solver++ steps (1..150); ``on_step`` gets ``Progress("sampling", i, total)``
             after each.
@@ -65,7 +132,7 @@ def generate_regional(
         num_outputs: images to make (1..8).
 
     Returns:
-        ``GenerationResult`` with the images, one mask per concept, and the seeds.
+        ``GenerationResult`` with the images, one mask per concept (its region), and the seeds.
 
     Raises:
         InvalidRequestError: an argument breaks a rule (``field`` names it; ``UnknownConceptError`` for a prompt
@@ -81,40 +148,33 @@ def generate_regional(
         [p.region for p in placements], width=width, height=height, scale_factor=components.vae_scale_factor
     )
     seeds = [seed + i for i in range(num_outputs)]
-    unet, device = components.unet, components.device
+    unet, device, dtype = components.unet, components.device, components.dtype
+    num_layers = len(cross_attention_layer_names(unet))
+    state = RegionalState(adapters=[], masks=masks[:, 0].to(device), prompts=None, cfg=guidance_scale > 1.0)
 
-    with torch.no_grad(), lora_scope(components.text_encoder, unet), layerwise_cross_attention(unet) as num_layers:
-        # 2. Attach each concept's LoRA as a named adapter and encode every path's prompts.
-        base, paths = encode_paths(
-            components,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            placements=placements,
-            num_layers=num_layers,
+    with torch.no_grad(), lora_scope(components.text_encoder, unet), regional_attention(unet, state):
+        # 2. Attach each concept's LoRA and encode the global, negative and region prompts.
+        prompts = encode_regional_prompts(
+            components, prompt=prompt, negative_prompt=negative_prompt, placements=placements, num_layers=num_layers
         )
+        state.adapters = prompts.adapters
+        state.prompts = None if prompts.regions is None else prompts.regions.to(dtype)
 
-        # 3. Denoise: every path predicts from the same latents; concept predictions replace the base in-region.
-        region = masks.to(device, components.dtype)[:, None]  # [K, 1, 1, h, w]
-
-        def predict(path: SamplingPath, model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            activate_lora(unet, path.adapter, path.multiplier)
+        # 3. Denoise: one UNet pass per step; the attention processors compose the regions.
+        def predict(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return guided_noise(
-                unet, model_input, t, positive=path.positive, negative=path.negative, guidance_scale=guidance_scale
+                unet,
+                model_input,
+                t,
+                positive=prompts.positive,
+                negative=prompts.negative,
+                guidance_scale=guidance_scale,
             )
-
-        def blended(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            noise_pred = predict(base, model_input, t)
-            if paths:
-                concept_preds = torch.stack([predict(path, model_input, t) for path in paths])  # [K, N, C, h, w]
-                coverage = region.sum(dim=0)  # [1, 1, h, w]
-                mixed = (concept_preds * region).sum(dim=0) / coverage.clamp(min=1.0)
-                noise_pred = torch.where(coverage > 0, mixed, noise_pred)
-            return noise_pred
 
         # 4. Sample and decode.
         images = denoise(
             components,
-            blended,
+            predict,
             seeds=seeds,
             width=width,
             height=height,

@@ -1,7 +1,7 @@
 """What every fusion method is asked for and answers: concept placements, limits, checks, and the result.
 
-Shared by ``regional`` (the service's fusion) and ``stacked`` (the naive baseline it is measured against), so both
-accept and refuse exactly the same requests.
+Shared by ``conductor`` and ``regional`` (the service's fusion modes) and ``stacked`` (the naive baseline they are
+measured against), so all accept and refuse exactly the same requests.
 """
 
 from __future__ import annotations

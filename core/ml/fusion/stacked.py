@@ -6,7 +6,7 @@ with all UNet LoRAs summed (``W + Σ_k m_k·B_k·A_k``) for a single guided pred
 concept's adapter from acting on the other concept's words or pixels, which is exactly the interference that
 region-aware fusion is supposed to remove. Cost: one UNet pass per step at batch ``2 · N``.
 
-Adapters are attached, switched and removed as in ``regional``: the components come back exactly as they were.
+Adapters are attached for the call and removed in a ``finally``: the components come back exactly as they were.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from core.ml.components import SDComponents
 from core.ml.edlora.attention import layerwise_cross_attention
 from core.ml.edlora.embeddings import encode_layerwise
 from core.ml.edlora.lora import lora_scope
+from core.ml.fusion.paths import bind_for, encode
 from core.ml.fusion.request import ConceptPlacement, GenerationResult, check_request
 from core.ml.fusion.sampler import attach_concept, denoise, guided_noise
 from core.ml.prompts import bind_prompt
@@ -69,7 +70,8 @@ def generate_stacked(
 
     Args:
         prompt: text with ``<name>`` for each concept; every reference becomes that concept's learned words.
-        negative_prompt: classifier-free guidance's negative text (concept references become class words).
+        negative_prompt: classifier-free guidance's negative text (concept references become the preset's
+            stand-ins: class words, or learned embeddings, ``components.options.base_path_concept_words``).
         placements: up to 4 concepts; ``weight · weights.alpha`` is each LoRA's multiplier.
         width, height, num_inference_steps, guidance_scale, seed, num_outputs, on_step: as ``generate_regional``.
 
@@ -85,9 +87,8 @@ def generate_stacked(
         components, prompt, placements, width, height, num_inference_steps, guidance_scale, seed, num_outputs
     )
     names = {p.weights.concept_name for p in placements}
-    class_words = {p.weights.concept_name: p.weights.class_word for p in placements}
     parts = bind_prompt(prompt, learned=names, class_words={})
-    negative_parts = bind_prompt(negative_prompt, learned=(), class_words=class_words, field="negative_prompt")
+    negative_parts = bind_for(components, negative_prompt, placements, field="negative_prompt")
     embeddings = {p.weights.concept_name: p.weights.token_embeddings for p in placements}
     seeds = [seed + i for i in range(num_outputs)]
     text_encoder, unet, tokenizer = components.text_encoder, components.unet, components.tokenizer
@@ -101,9 +102,9 @@ def generate_stacked(
         if multipliers:
             activate_together(text_encoder, multipliers)
             activate_together(unet, multipliers)
-        # The negative prompt is encoded by the same (adapted) text encoder, as each concept path of regional does.
+        # The negative prompt is encoded by the same (adapted) text encoder, as each concept path of conductor does.
         positive = encode_layerwise(tokenizer, text_encoder, [parts], embeddings, num_layers)
-        negative = encode_layerwise(tokenizer, text_encoder, [negative_parts], {}, num_layers)
+        negative = encode(components, negative_parts, placements, num_layers)
 
         def predict(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return guided_noise(

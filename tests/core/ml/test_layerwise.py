@@ -9,7 +9,16 @@ from core.errors import InvalidRequestError, UnknownConceptError
 from core.ml.components import SDComponents
 from core.ml.edlora.attention import EDLoRAAttnProcessor, cross_attention_layer_names, layerwise_cross_attention
 from core.ml.edlora.embeddings import encode_layerwise, tokenize_parts
-from core.ml.prompts import ConceptSlot, bind_caption, bind_prompt, concept_refs
+from core.ml.prompts import (
+    ConceptSlot,
+    bind_caption,
+    bind_concepts,
+    bind_prompt,
+    concept_refs,
+    every_slot_prompt,
+    parts_text,
+    single_concept_prompt,
+)
 
 
 def test_bind_prompt_learned_and_class_words() -> None:
@@ -23,6 +32,38 @@ def test_bind_prompt_learned_and_class_words() -> None:
     with pytest.raises(UnknownConceptError) as info:
         bind_prompt(prompt, learned={"corgi"}, class_words={})
     assert info.value.field == "prompt"
+
+
+def test_bind_concepts_writes_other_concepts_as_their_stand_in(components: SDComponents) -> None:
+    prompt = "a <corgi> and a <tabby> on the beach"
+    words = {"corgi": "dog", "tabby": "cat"}
+    by_word = bind_concepts(prompt, adapted=["corgi"], class_words=words, stand_in="class_word")
+    assert by_word == ["a ", ConceptSlot("corgi"), " and a cat on the beach"]
+    by_embedding = bind_concepts(prompt, adapted=["corgi"], class_words=words, stand_in="learned_embeddings")
+    assert by_embedding == ["a ", ConceptSlot("corgi"), " and a ", ConceptSlot("tabby"), " on the beach"]
+    assert bind_concepts(prompt, adapted=(), class_words=words, stand_in="class_word") == [
+        "a dog and a cat on the beach"
+    ]
+    # Learned-embedding stand-ins keep every later token where the adapted text has it; class words shift it by one.
+    _, own = tokenize_parts(
+        components.tokenizer,
+        bind_concepts(prompt, adapted=["tabby"], class_words=words, stand_in="learned_embeddings"),
+    )
+    _, base = tokenize_parts(components.tokenizer, by_embedding)
+    assert own == base and [s[0] for s in own] == [2, 3, 6, 7]
+    assert parts_text(by_embedding) == prompt
+
+
+def test_single_concept_prompt_keeps_the_clauses_that_name_the_concept() -> None:
+    pair = "a <red> on the left and a <blue> on the right"
+    assert single_concept_prompt(pair, "red") == "a <red> on the left"
+    assert single_concept_prompt(pair, "blue") == "a <blue> on the right"
+    scene = "<corgi>, <tabby> and a ball; on the beach, 4k"
+    assert single_concept_prompt(scene, "corgi") == "<corgi>, a ball, on the beach, 4k"  # no-concept clauses: shared
+    assert single_concept_prompt(scene, "tabby") == "<tabby>, a ball, on the beach, 4k"
+    assert single_concept_prompt("<corgi> chasing <tabby>, at dusk", "corgi") == "<corgi> chasing <tabby>, at dusk"
+    assert single_concept_prompt("a <corgi> and a ball", "corgi") == "a <corgi> and a ball"  # one concept: as is
+    assert every_slot_prompt(pair, "blue") == "a <blue> on the left and a <blue> on the right"
 
 
 def test_bind_caption() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -9,14 +10,22 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
 
 from core.errors import InvalidRequestError, JobCanceledError
-from core.ml.components import SDComponents
+from core.ml.components import PresetOptions, SDComponents
 from core.ml.edlora.adapter import EDLoRAWeights
+from core.ml.edlora.attention import cross_attention_layer_names
 from core.ml.fusion.conductor import ConductorConfig, LayoutReference, generate_conductor
 from core.ml.fusion.inversion import InversionCache
 from core.ml.fusion.kmeans import kmeans
-from core.ml.fusion.multipath import conductor_layers
+from core.ml.fusion.multipath import (
+    GuidanceStop,
+    MultipathState,
+    conductor_layers,
+    multipath_attention,
+    up_block_sides,
+)
 from core.ml.fusion.refinement import MaskTracks, refine_masks
 from core.ml.fusion.regional import ConceptPlacement, GenerationResult
 from core.progress import Progress
@@ -215,3 +224,129 @@ def test_kmeans_separates_clear_groups_and_refinement_follows_them() -> None:
     )
     assert torch.equal(masks[0, 0].flatten().bool(), objects == 1)
     assert torch.equal(masks[1, 0].flatten().bool(), objects == 2)
+
+
+def _zeroed(weights: EDLoRAWeights) -> EDLoRAWeights:
+    """The same concept with both LoRAs zero (its learned embeddings kept)."""
+    zero = {k: torch.zeros_like(v) for k, v in weights.unet_lora.items()}
+    return dataclasses.replace(
+        weights,
+        unet_lora=zero,
+        text_encoder_lora={k: torch.zeros_like(v) for k, v in weights.text_encoder_lora.items()},
+    )
+
+
+def test_lora_weight_scales_the_unet_lora_as_well_as_the_text_encoders(
+    components: SDComponents, corgi: EDLoRAWeights, tabby: EDLoRAWeights
+) -> None:
+    # Weight 0 must switch a concept's whole LoRA off: the same pixels as an adapter whose LoRA is zero.
+    config = ConductorConfig(guidance_end=0.4, refine_start=0.0, refine_end=1.0, refine_updates=2, kmeans_restarts=2)
+    off = _generate(components, [ConceptPlacement(corgi, None, 0.0), ConceptPlacement(tabby, None)], config=config)
+    zero = _generate(
+        components, [ConceptPlacement(_zeroed(corgi), None), ConceptPlacement(tabby, None)], config=config
+    )
+    on = _generate(components, [ConceptPlacement(corgi, None), ConceptPlacement(tabby, None)], config=config)
+    assert np.array_equal(np.asarray(off.images[0]), np.asarray(zero.images[0]))
+    assert not np.array_equal(np.asarray(on.images[0]), np.asarray(off.images[0]))
+
+
+def _roles(unet: UNet2DConditionModel) -> tuple[str, str, int]:
+    layers = conductor_layers(unet)
+
+    def short(name: str) -> str:
+        return name.split(".transformer_blocks")[0]
+
+    return short(layers.guidance), short(layers.mask), len(layers.merge)
+
+
+def _small_unet(**config: Any) -> UNet2DConditionModel:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return UNet2DConditionModel(cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4, **config)
+
+
+def test_layer_roles_are_chosen_by_resolution() -> None:
+    # SD 1.5's block layout (diffusers' defaults) at toy width: Concept Conductor's own layers.
+    sd15 = _small_unet(sample_size=64, block_out_channels=(4, 4, 4, 4))
+    assert list(up_block_sides(sd15).values()) == [8, 16, 32, 64]
+    assert _roles(sd15) == ("up_blocks.1.attentions.0", "up_blocks.2.attentions.2", 18)
+    # The new shapes base model: cross-attention on every level of an 8x8 latent, up levels 2, 4, 8.
+    full_grid = _small_unet(
+        sample_size=8,
+        block_out_channels=(4, 8, 8),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",) * 3,
+        up_block_types=("CrossAttnUpBlock2D",) * 3,
+    )
+    assert list(up_block_sides(full_grid).values()) == [2, 4, 8]
+    assert _roles(full_grid) == ("up_blocks.2.attentions.0", "up_blocks.2.attentions.1", 12)
+    # The shipped shapes layout (attention at 2x2 and 4x4 only): its finest attention level, 4x4.
+    shipped = _small_unet(
+        sample_size=8,
+        block_out_channels=(4, 8, 8),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    )
+    assert _roles(shipped) == ("up_blocks.1.attentions.0", "up_blocks.1.attentions.1", 8)
+    # Thresholds move the choice (a 64-wide mask layer when allowed).
+    assert conductor_layers(sd15, mask_max_side=64).mask.startswith("up_blocks.3.attentions.2.")
+    assert conductor_layers(sd15, guidance_min_side=32).guidance.startswith("up_blocks.2.attentions.0.")
+
+
+def test_full_grid_model_guides_and_clusters_on_the_8x8_grid() -> None:
+    unet = _small_unet(
+        sample_size=8,
+        block_out_channels=(4, 8, 8),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",) * 3,
+        up_block_types=("CrossAttnUpBlock2D",) * 3,
+    ).eval()
+    layers = len(cross_attention_layer_names(unet))
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 4, 8, 8, generator=generator)
+    context = torch.randn(2, layers, 6, 8, generator=generator)
+    state = MultipathState(paths=1, adapter_names=None, masks=torch.zeros(0, 2, 8, 8), cfg=False)
+    with torch.no_grad(), multipath_attention(unet, state):
+        state.guidance = True
+        with pytest.raises(GuidanceStop):
+            unet(sample, 10, encoder_hidden_states=context)
+        state.guidance, state.capture_probs = False, True
+        unet(sample, 10, encoder_hidden_states=context)
+    assert state.keys is not None and state.keys.shape[:2] == (2, 64)
+    assert state.probs is not None and state.probs.shape == (1, 2, 64, 64)
+
+
+def test_learned_embedding_stand_ins_reach_the_base_path_and_the_layout_inversion(
+    components: SDComponents, corgi: EDLoRAWeights, tabby: EDLoRAWeights
+) -> None:
+    embedded = dataclasses.replace(components, options=PresetOptions(base_path_concept_words="learned_embeddings"))
+    layout = LayoutReference(square_image((10, 200, 10), 9))
+    placements = [ConceptPlacement(corgi, None), ConceptPlacement(tabby, None)]
+    config = ConductorConfig(guidance_end=0.4, refine_updates=0, inversion_steps=4)
+    cache = InversionCache()
+    by_word = _generate(components, placements, layout=layout, inversions=cache, config=config)
+    by_embedding = _generate(embedded, placements, layout=layout, inversions=cache, config=config)
+    again = _generate(embedded, placements, layout=layout, inversions=cache, config=config)
+    assert len(cache) == 2  # the two captions differ, so do their inversions; the repeat is a cache hit
+    assert np.array_equal(np.asarray(by_embedding.images[0]), np.asarray(again.images[0]))
+    assert not np.array_equal(np.asarray(by_word.images[0]), np.asarray(by_embedding.images[0]))
+
+
+def test_concept_prompt_choices_change_the_concept_paths(
+    components: SDComponents, corgi: EDLoRAWeights, tabby: EDLoRAWeights
+) -> None:
+    assert ConductorConfig().concept_prompt == "every_slot"
+    placements = [ConceptPlacement(corgi, None), ConceptPlacement(tabby, None)]
+    images = {
+        mode: np.asarray(
+            _generate(
+                components, placements, config=dataclasses.replace(FAST, concept_prompt=mode, refine_updates=0)
+            ).images[0]
+        )
+        for mode in ("full", "own_clause", "every_slot")
+    }
+    assert not np.array_equal(images["full"], images["every_slot"])
+    assert not np.array_equal(images["own_clause"], images["every_slot"])
+    with pytest.raises(ValueError, match="concept_prompt"):
+        ConductorConfig(concept_prompt="whatever")  # type: ignore[arg-type]
