@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.config import GenerationDefaults
 from core.ml.edlora.config import EDLoRAConfig
 
 CONCEPT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
@@ -260,10 +261,12 @@ class GenerationRequest(_Strict):
     fusion: Literal["regional", "conductor"] = "conductor"
     style: StyleSpec | None = None
     control: ControlSpec | None = None
-    width: Annotated[int, Field(ge=64, le=1024)] = 512
-    height: Annotated[int, Field(ge=64, le=1024)] = 512
-    num_inference_steps: int = Field(50, ge=1, le=150)
-    guidance_scale: float = Field(7.5, ge=0.0, le=30.0)
+    # Left out, these take the preset's defaults (``core.config.PRESET_GENERATION_DEFAULTS``: its native size and
+    # the sampling it was measured with); the accepted job records the values it ran with.
+    width: Annotated[int | None, Field(ge=64, le=1024, description="Default: the preset's native width.")] = None
+    height: Annotated[int | None, Field(ge=64, le=1024, description="Default: the preset's native height.")] = None
+    num_inference_steps: int | None = Field(None, ge=1, le=150, description="Default: the preset's (sd15 50).")
+    guidance_scale: float | None = Field(None, ge=0.0, le=30.0, description="Default: the preset's (sd15 7.5).")
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     num_outputs: int = Field(1, ge=1, le=8)
     webhook: str | None = None
@@ -272,8 +275,21 @@ class GenerationRequest(_Strict):
 
     @field_validator("width", "height")
     @classmethod
-    def _size(cls, v: int) -> int:
-        return _multiple_of_8(v)
+    def _size(cls, v: int | None) -> int | None:
+        return None if v is None else _multiple_of_8(v)
+
+    def with_defaults(self, defaults: GenerationDefaults) -> GenerationRequest:
+        """A copy with every sampling field it leaves out taken from ``defaults``."""
+        given = {name: getattr(self, name) for name in ("width", "height", "num_inference_steps", "guidance_scale")}
+        return self.model_copy(update={k: getattr(defaults, k) if v is None else v for k, v in given.items()})
+
+    def sampling(self) -> tuple[int, int, int, float]:
+        """``(width, height, num_inference_steps, guidance_scale)`` of a request that went through
+        :meth:`with_defaults` (every accepted job did)."""
+        width, height, steps, guidance = self.width, self.height, self.num_inference_steps, self.guidance_scale
+        if width is None or height is None or steps is None or guidance is None:
+            raise ValueError("sampling() needs a request with its defaults applied (with_defaults)")
+        return width, height, steps, guidance
 
     def concept_refs(self) -> list[str]:
         """Names or ids of concepts the prompt refers to, in prompt order, without repeats."""

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from core.config import PRESET_GENERATION_DEFAULTS, GenerationDefaults
 from core.errors import InvalidRequestError, NotFoundError, ServiceError, UnknownConceptError
 from core.jobs import JobRecord, new_id
 from core.schemas import CONCEPT_REF_RE, CompositesSpec, ControlSpec, GenerationRequest, JobError, TrainingRequest
@@ -33,6 +34,7 @@ class Policy:
     resolver: Resolver = system_resolver
     styling: bool = True
     preset: str = ""
+    defaults: GenerationDefaults = PRESET_GENERATION_DEFAULTS["sd15"]
 
     def check_styling(self, request: GenerationRequest) -> None:
         if request.style is not None and not self.styling:
@@ -310,7 +312,7 @@ def submit_generation(
     # The ML pipeline names concepts <name>; ids in the prompt are rewritten to names.
     prompt = CONCEPT_REF_RE.sub(lambda m: f"<{by_ref[m.group(1)].name}>", request.prompt)
     seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
-    accepted = request.model_copy(update={"seed": seed})
+    accepted = request.with_defaults(policy.defaults).model_copy(update={"seed": seed})
     record = JobRecord(
         id=new_id("job"),
         tenant=tenant,

@@ -96,6 +96,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
             allow_http_webhooks=settings.webhooks.allow_http,
             styling=settings.models.has_styling,
             preset=settings.models.preset,
+            defaults=settings.models.generation_defaults,
         ),
     )
     errors.install(app)

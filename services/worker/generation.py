@@ -48,14 +48,15 @@ def _layout(run: JobRun) -> LayoutReference | None:
 
 
 def _fuse(run: JobRun, request: GenerationRequest, placements: list[ConceptPlacement]) -> GenerationResult:
+    width, height, steps, guidance = request.sampling()
     arguments: dict[str, Any] = {
         "prompt": run.record.plan["prompt"],
         "negative_prompt": request.negative_prompt,
         "placements": placements,
-        "width": request.width,
-        "height": request.height,
-        "num_inference_steps": request.num_inference_steps,
-        "guidance_scale": request.guidance_scale,
+        "width": width,
+        "height": height,
+        "num_inference_steps": steps,
+        "guidance_scale": guidance,
         "seed": request.seed or 0,
         "num_outputs": request.num_outputs,
         "on_step": run.reporter("sampling"),
@@ -83,8 +84,8 @@ def _style(run: JobRun, request: GenerationRequest, result: GenerationResult) ->
         scale=plan["scale"],
         control_type=plan["control"]["type"],
         control_scale=plan["control"]["scale"],
-        num_inference_steps=request.num_inference_steps,
-        guidance_scale=request.guidance_scale,
+        num_inference_steps=request.sampling()[2],
+        guidance_scale=request.sampling()[3],
         seeds=result.seeds,
         on_step=run.reporter("styling"),
     )
@@ -92,7 +93,10 @@ def _style(run: JobRun, request: GenerationRequest, result: GenerationResult) ->
 
 def run_generation(run: JobRun) -> dict[str, Any]:
     """Generate (and style) the images of ``run.record`` and store them as output files (API.md §5)."""
-    request = GenerationRequest.model_validate(run.record.input)
+    # The API fills sampling defaults at submission; a record written without them gets the same ones here.
+    request = GenerationRequest.model_validate(run.record.input).with_defaults(
+        run.ctx.settings.models.generation_defaults
+    )
     with run.stage("loading"):
         run.ctx.models.components()
         placements = _placements(run)

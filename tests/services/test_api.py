@@ -7,6 +7,7 @@ stores nothing.
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import redis
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from core.config import Settings
+from core.config import PRESET_GENERATION_DEFAULTS, Settings
 from core.stores.catalog import Catalog, ConceptRecord
 from services.api.app import create_app
 
@@ -287,3 +288,29 @@ def test_openapi_lists_the_endpoints(client: TestClient) -> None:
         "/v1/concepts/{ref}",
     ):
         assert path in paths
+
+
+@pytest.mark.parametrize("preset", ["shapes", "sd15", "tiny"])
+def test_generation_left_to_defaults_gets_the_presets_sampling(settings: Settings, preset: str) -> None:
+    chosen = settings.model_copy(update={"models": settings.models.model_copy(update={"preset": preset})})
+    make_ready_concept(settings, "tenant-a", "rex")
+    expected = PRESET_GENERATION_DEFAULTS[preset]
+    with TestClient(create_app(chosen)) as client:
+        job = client.post("/v1/generations", json={"prompt": "a <rex>"}, headers=A).json()
+        given = client.post(
+            "/v1/generations", json={"prompt": "a <rex>", "num_inference_steps": 7, "width": 128}, headers=A
+        ).json()
+    recorded = {k: job["input"][k] for k in ("width", "height", "num_inference_steps", "guidance_scale")}
+    assert recorded == expected.model_dump()
+    assert given["input"]["num_inference_steps"] == 7 and given["input"]["width"] == 128
+    assert given["input"]["guidance_scale"] == expected.guidance_scale
+
+
+def test_shapes_defaults_are_the_ones_its_preset_declares() -> None:
+    declared = json.loads((Path(__file__).parents[2] / "core/ml/presets/shapes/preset.json").read_text())
+    defaults = PRESET_GENERATION_DEFAULTS["shapes"]
+    assert (defaults.num_inference_steps, defaults.guidance_scale) == (
+        declared["recommended_steps"],
+        declared["recommended_guidance_scale"],
+    )
+    assert defaults.width == defaults.height == declared["resolution"]
