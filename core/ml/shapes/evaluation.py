@@ -57,12 +57,25 @@ def single_prompts() -> list[str]:
     return [world.caption_for([o.at(p)]) for o in world.BASE_OBJECTS for p in ("center", "left", "right")]
 
 
-def pair_prompts(*, held_out: bool | None = None) -> list[str]:
-    """Left/right pairs of base objects: all 144, or only those (not) held out of training."""
+def class_word_prompts() -> list[str]:
+    """The 6 colourless side prompts, ``"a triangle on the right"``: does the model place a shape by its words?"""
+    return [world.caption_for([world.ObjectSpec(world.ANY_COLOUR, s, p)]) for s in world.BASE_SHAPES for p in SIDES]
+
+
+SIDES = ("left", "right")
+
+
+def pair_prompts(*, held_out: bool | None = None, right_first: bool = False) -> list[str]:
+    """Left/right pairs of base objects: all 144, or only those (not) held out of training.
+
+    Args:
+        right_first: name the right-hand object first (``"a blue square on the right and a red circle on the
+            left"``), the order a model that reads words by their index gets wrong.
+    """
     pairs = [(a.at("left"), b.at("right")) for a in world.BASE_OBJECTS for b in world.BASE_OBJECTS]
     if held_out is not None:
         pairs = [p for p in pairs if (p in world.HELD_OUT_PAIRS) == held_out]
-    return [world.caption_for(p) for p in pairs]
+    return [world.caption_for(p[::-1] if right_first else p) for p in pairs]
 
 
 def generate(
@@ -142,25 +155,41 @@ def evaluate_base_model(
     guidance_scale: float = 4.0,
     num_inference_steps: int = 20,
 ) -> dict[str, SetScore]:
-    """Samples and scores single-object prompts (36 x ``single_repeats``) and pairs (144 x ``pair_repeats``).
+    """Samples and scores single-object prompts (36 x ``single_repeats``), colourless side prompts
+    (6 x ``4 * single_repeats``) and pairs in both orders (2 x 144 x ``pair_repeats``).
 
     Returns:
-        scores for ``single``, ``single_center``, ``single_side``, ``pair``, ``pair_seen`` and ``pair_held_out``.
+        scores for ``single``, ``single_center``, ``single_side``, ``class_word_side``, ``pair`` (both orders),
+        ``pair_left_first``, ``pair_right_first``, ``pair_seen`` and ``pair_held_out``.
     """
+    sets = {
+        "single": single_prompts() * single_repeats,
+        "class_word_side": class_word_prompts() * (4 * single_repeats),
+        "pair_left_first": pair_prompts() * pair_repeats,
+        "pair_right_first": pair_prompts(right_first=True) * pair_repeats,
+    }
     results: dict[str, list[tuple[str, ImageScore]]] = {}
-    for name, prompts in (("single", single_prompts() * single_repeats), ("pair", pair_prompts() * pair_repeats)):
+    for offset, (name, prompts) in enumerate(sets.items()):
         images = generate(
-            pipeline, prompts, seed=seed, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps
+            pipeline,
+            prompts,
+            seed=seed + 100_000 * offset,
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
         )
         results[name] = [(p, score_image(img, world.parse_caption(p))) for p, img in zip(prompts, images, strict=True)]
-    held = set(pair_prompts(held_out=True))
+    held = set(pair_prompts(held_out=True)) | set(pair_prompts(held_out=True, right_first=True))
+    pairs = results["pair_left_first"] + results["pair_right_first"]
     groups = {
         "single": [s for _, s in results["single"]],
         "single_center": [s for p, s in results["single"] if " on the " not in p],
         "single_side": [s for p, s in results["single"] if " on the " in p],
-        "pair": [s for _, s in results["pair"]],
-        "pair_seen": [s for p, s in results["pair"] if p not in held],
-        "pair_held_out": [s for p, s in results["pair"] if p in held],
+        "class_word_side": [s for _, s in results["class_word_side"]],
+        "pair": [s for _, s in pairs],
+        "pair_left_first": [s for _, s in results["pair_left_first"]],
+        "pair_right_first": [s for _, s in results["pair_right_first"]],
+        "pair_seen": [s for p, s in pairs if p not in held],
+        "pair_held_out": [s for p, s in pairs if p in held],
     }
     return {name: summarise(scores) for name, scores in groups.items()}
 
@@ -205,6 +234,39 @@ def vae_fidelity(vae: AutoencoderKL, *, images_per_concept: int = 24, seed: int 
             scorer_correct=sum(verdicts) / len(verdicts),
         )
     return report
+
+
+def decoder_ceiling(
+    vae: AutoencoderKL,
+    concepts: Sequence[world.Concept],
+    pairs: Sequence[tuple[world.Concept, world.Concept]] = (),
+    *,
+    images_per_cell: int = 24,
+    seed: int = 98,
+) -> dict[str, tuple[int, int]]:
+    """The best a generator could score: drawn scenes through the VAE (posterior mean), judged by the scorer.
+
+    Cells: ``"<concept>.<position>"`` for each concept alone at each position, and ``"<left>+<right>"`` for each
+    pair scene (left concept on the left, right concept on the right). A fusion figure above its cell's ceiling
+    would mean the scorer, not the model, is wrong.
+
+    Returns:
+        per cell ``(scorer-correct reconstructions, images)``.
+    """
+    cells: dict[str, list[tuple[world.ObjectSpec, ...]]] = {}
+    for concept in concepts:
+        for position in world.POSITIONS:
+            cells[f"{concept.name}.{position}"] = [(concept.spec.at(position),)] * images_per_cell
+    for left, right in pairs:
+        cells[f"{left.name}+{right.name}"] = [(left.spec.at("left"), right.spec.at("right"))] * images_per_cell
+    result: dict[str, tuple[int, int]] = {}
+    for index, (name, specs) in enumerate(cells.items()):
+        scenes = [world.place_objects(s, world.scene_rng(seed + index, i)) for i, s in enumerate(specs)]
+        drawn = np.stack([np.asarray(world.render_scene(scene)) for scene in scenes])
+        recon = reconstruct(vae, drawn)
+        hits = sum(score_image(r, scene.specs).correct for r, scene in zip(recon, scenes, strict=True))
+        result[name] = (hits, len(scenes))
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> None:

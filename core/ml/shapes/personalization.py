@@ -26,6 +26,7 @@ import PIL.Image
 
 from core.ml.components import SDComponents
 from core.ml.edlora.adapter import EDLoRAWeights
+from core.ml.edlora.composites import Cutout, TrainingExample, compose_examples
 from core.ml.edlora.config import EDLoRAConfig
 from core.ml.edlora.diagnostics import measure_attention_in_mask
 from core.ml.edlora.trainer import train_edlora
@@ -33,6 +34,7 @@ from core.ml.fusion.conductor import generate_conductor
 from core.ml.fusion.regional import ConceptPlacement, GenerationResult, generate_regional
 from core.ml.fusion.request import MAX_OUTPUTS
 from core.ml.fusion.stacked import generate_stacked
+from core.ml.prompts import CAPTION_PLACEHOLDER
 from core.ml.shapes import world
 from core.ml.shapes.evaluation import _wilson
 from core.ml.shapes.scorer import detect_objects, score_image
@@ -53,7 +55,12 @@ class PersonalizationRecipe:
         num_images: drawn example images per concept, each showing the concept alone.
         example_positions: where the examples put the concept, cycled over the images; a side is captioned
             ``"a <concept> on the left"``, the centre ``"a <concept>"``. Examples only in the centre teach a LoRA
-            that draws the concept in the centre only (at the sides it loses its shape).
+            that draws the concept in the centre only (at the sides it loses its shape); every side should get at
+            least two (one right-side example made right-side results swing with the seed).
+        composites: training examples added beside the ``num_images`` drawn ones, each the concept cut out of an
+            example and pasted beside a drawn base-world object (``core.ml.edlora.composites``, MuDI's Seg-Mix),
+            captioned in image order, so the concept is seen in either slot of a two-object caption and the
+            separation loss's other-object term has other objects to act on. 0: the concept alone only.
         lora_weight: LoRA strength at sampling, relative to training (``ConceptPlacement.weight``).
         guidance_scale: classifier-free guidance; this world's base model wants 3-5 (7.5 over-saturates).
         num_inference_steps: DPM-Solver++ steps.
@@ -61,8 +68,9 @@ class PersonalizationRecipe:
     """
 
     training: EDLoRAConfig
-    num_images: int = 5
-    example_positions: tuple[str, ...] = ("center", "left", "right")
+    num_images: int = 6
+    example_positions: tuple[str, ...] = ("left", "right", "center")
+    composites: int = 6
     lora_weight: float = 1.0
     guidance_scale: float = 4.0
     num_inference_steps: int = 20
@@ -177,6 +185,48 @@ def concept_masks(
     return [coverage_mask(scene.objects[0]) for scene in _example_scenes(concept, count, seed, positions)]
 
 
+# Where composites put objects: world pairs are 17-24 px in a 32 px half, mid-height (place_objects' side layout).
+COMPOSITE_SCALE = (0.55, 0.75)
+COMPOSITE_BAND = (0.2, 0.8)
+
+
+def neighbour_cutouts(count: int, seed: int) -> list[Cutout]:
+    """``count`` base-world objects drawn alone in the centre, each with its exact mask and its caption phrase."""
+    cutouts = []
+    for i in range(count):
+        rng = world.scene_rng(seed, i)
+        spec = world.BASE_OBJECTS[int(rng.integers(len(world.BASE_OBJECTS)))]
+        scene = world.place_objects((spec,), rng)
+        cutouts.append(Cutout(world.render_scene(scene), coverage_mask(scene.objects[0]), spec.noun_phrase))
+    return cutouts
+
+
+def training_examples(
+    concept: world.Concept, *, recipe: PersonalizationRecipe = SHAPES_RECIPE, seed: int
+) -> list[TrainingExample]:
+    """The drawn examples of ``concept`` with exact masks, then ``recipe.composites`` Seg-Mix composites of them
+    beside base-world objects (exact masks for both, captions in image order, the concept on either side)."""
+    positions = recipe.example_positions
+    images, captions = concept_examples(concept, count=recipe.num_images, seed=seed, positions=positions)
+    masks = concept_masks(concept, count=recipe.num_images, seed=seed, positions=positions)
+    own = [TrainingExample(i, m, None, c) for i, m, c in zip(images, masks, captions, strict=True)]
+    if recipe.composites == 0:
+        return own
+    total = recipe.num_images + recipe.composites
+    return compose_examples(
+        own,
+        neighbour_cutouts(max(8, recipe.composites), seed + 7_777),
+        count=total,
+        seed=seed,
+        resolution=world.RESOLUTION,
+        share=recipe.composites / total,
+        background="flat",
+        scale=COMPOSITE_SCALE,
+        vertical=COMPOSITE_BAND,
+        concept_phrase=f"a {CAPTION_PLACEHOLDER}",
+    )
+
+
 def learn_concept(
     components: SDComponents,
     concept: world.Concept,
@@ -185,30 +235,29 @@ def learn_concept(
     seed: int,
     separation_loss_weight: float | None = None,
 ) -> EDLoRAWeights:
-    """Train an ED-LoRA for ``concept`` from ``recipe.num_images`` images drawn with ``seed``.
+    """Train an ED-LoRA for ``concept`` on :func:`training_examples` drawn with ``seed``.
 
     The same seed draws the images and seeds training, so the adapter is reproducible from ``(concept, seed)``.
+    Training always gets the examples' exact masks (the service has its segmenter's), so the diffusion loss is
+    masked and, in composites, the other object's mask feeds the separation loss's other-object term.
 
     Args:
-        separation_loss_weight: None trains the recipe as it is (no masks). A number also hands the trainer the
-            examples' exact masks (so the diffusion loss is masked) and sets the attention separation loss to that
-            weight; 0 and a positive weight are the two arms that isolate the loss's effect.
+        separation_loss_weight: the attention separation loss weight; None keeps the recipe's. 0 and a positive
+            weight are the two arms that isolate the loss's effect.
     """
-    positions = recipe.example_positions
-    images, captions = concept_examples(concept, count=recipe.num_images, seed=seed, positions=positions)
+    examples = training_examples(concept, recipe=recipe, seed=seed)
     config = recipe.training.model_copy(update={"seed": seed})
-    masks = None
     if separation_loss_weight is not None:
         config = config.model_copy(update={"separation_loss_weight": separation_loss_weight})
-        masks = concept_masks(concept, count=recipe.num_images, seed=seed, positions=positions)
     return train_edlora(
         components,
-        images,
+        [e.image for e in examples],
         concept_name=concept.name,
         class_word=class_word(concept),
         config=config,
-        masks=masks,
-        captions=captions,
+        masks=[e.mask for e in examples],
+        other_masks=[e.others for e in examples],
+        captions=[e.caption for e in examples],
     )
 
 

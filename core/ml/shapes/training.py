@@ -458,6 +458,30 @@ def _min_snr_weight(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: fl
     return torch.clamp(snr, max=gamma) / snr
 
 
+def warm_start(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, preset_dir: Path) -> list[str]:
+    """Loads a trained preset's UNet and text encoder weights into freshly built models, in place.
+
+    Modules the old UNet lacks (e.g. the attention blocks of a level that had none) keep their initialisation,
+    except that each such transformer's output projection starts at zero: the warm-started UNet then computes
+    exactly what the old one did, and the new attention grows in from there instead of adding noise.
+
+    Returns:
+        the names of the UNet parameters that were not in the old weights.
+    """
+    old_unet = UNet2DConditionModel.from_pretrained(preset_dir / "unet", torch_dtype=torch.float32)
+    result = unet.load_state_dict(old_unet.state_dict(), strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"{preset_dir}: UNet weights this architecture has no place for: {result.unexpected_keys}")
+    new_blocks = {key.split(".transformer_blocks")[0] for key in result.missing_keys if ".attentions." in key}
+    for name, module in unet.named_modules():
+        if name in new_blocks and hasattr(module, "proj_out"):
+            torch.nn.init.zeros_(module.proj_out.weight)
+            torch.nn.init.zeros_(module.proj_out.bias)
+    old_text = CLIPTextModel.from_pretrained(preset_dir / "text_encoder", dtype=torch.float32)
+    text_encoder.load_state_dict(old_text.state_dict())
+    return list(result.missing_keys)
+
+
 def train_denoiser(
     config: ShapesTrainingConfig,
     latents: torch.Tensor,
@@ -466,6 +490,7 @@ def train_denoiser(
     *,
     on_step: StepCallback | None = None,
     on_checkpoint: Callable[[UNet2DConditionModel, CLIPTextModel, int], None] | None = None,
+    init_from: Path | None = None,
 ) -> tuple[UNet2DConditionModel, CLIPTextModel, float]:
     """Trains the UNet and text encoder jointly on pre-encoded, already *scaled* latents.
 
@@ -475,6 +500,7 @@ def train_denoiser(
             picks one at random per sample.
         tokenizer: the world tokenizer (its empty-caption ids replace dropped captions).
         on_checkpoint: called every ``checkpoint_every`` steps with EMA copies of both models.
+        init_from: a preset folder whose UNet and text encoder weights start the run (see :func:`warm_start`).
 
     Returns:
         the EMA UNet, the EMA text encoder (both eval mode) and the final smoothed loss.
@@ -483,6 +509,8 @@ def train_denoiser(
     generator = torch.Generator().manual_seed(config.seed)
     unet = build_unet(config)
     text_encoder = build_text_encoder(config, tokenizer)
+    if init_from is not None:
+        warm_start(unet, text_encoder, init_from)
     noise_scheduler = build_scheduler()
     params = [*unet.parameters(), *text_encoder.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -642,6 +670,7 @@ def train_shapes(
     reuse_vae: bool = True,
     on_step: StepCallback | None = None,
     vae_from: Path | None = None,
+    init_from: Path | None = None,
 ) -> TrainingReport:
     """Trains the shapes preset from scratch and writes it to ``output_dir``.
 
@@ -651,6 +680,7 @@ def train_shapes(
         work_dir: scratch space for the tokenizer, the stage-1 VAE, latents, checkpoints and ``report.json``.
         reuse_vae: skip stage 1 when ``work_dir/vae`` already holds a VAE (resume after an interrupted run).
         vae_from: a trained VAE folder (e.g. ``<preset>/vae``); stages 1, 1b and 1c are then skipped.
+        init_from: a preset folder whose UNet and text encoder start stage 2 (:func:`warm_start`).
         on_step: progress callback; defaults to logging every 50 steps.
 
     Returns:
@@ -661,7 +691,7 @@ def train_shapes(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        return _train_shapes(output_dir, config, work_dir, reuse_vae, on_step or _log_step(50), vae_from)
+        return _train_shapes(output_dir, config, work_dir, reuse_vae, on_step or _log_step(50), vae_from, init_from)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -691,6 +721,7 @@ def _train_shapes(
     reuse_vae: bool,
     on_step: StepCallback,
     vae_from: Path | None,
+    init_from: Path | None = None,
 ) -> TrainingReport:
     work_dir.mkdir(parents=True, exist_ok=True)
     report = TrainingReport(config=dataclasses.asdict(config))
@@ -776,7 +807,7 @@ def _train_shapes(
 
     started = time.monotonic()
     unet, text_encoder, report.unet_loss = train_denoiser(
-        config, latents, input_ids, tokenizer, on_step=on_step, on_checkpoint=checkpoint
+        config, latents, input_ids, tokenizer, on_step=on_step, on_checkpoint=checkpoint, init_from=init_from
     )
     report.seconds["unet"] = time.monotonic() - started
     report.unet_steps_done = config.unet_steps
@@ -803,6 +834,7 @@ _CLI_FIELDS = (
     "caption_variants",
     "batch_size",
     "checkpoint_every",
+    "warmup_steps",
 )
 
 
@@ -813,6 +845,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--work-dir", type=Path, default=Path(".cache/shapes"))
     parser.add_argument("--fresh-vae", action="store_true", help="retrain the VAE even if work-dir has one")
     parser.add_argument("--vae-from", type=Path, help="a trained VAE folder; train only stage 2 on its latents")
+    parser.add_argument("--init-from", type=Path, help="a preset folder whose UNet and text encoder start stage 2")
     parser.add_argument(
         "--refine-preset-vae",
         action="store_true",
@@ -821,11 +854,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     defaults = ShapesTrainingConfig()
     for name in _CLI_FIELDS:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="stage-2 peak learning rate")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = dataclasses.replace(
         defaults,
         **{n: getattr(args, n) for n in _CLI_FIELDS},
+        lr=args.lr,
     )
     if args.refine_preset_vae:
         torch.set_num_threads(config.threads)
@@ -833,7 +868,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         logger.info("stage 1c done; base-world latents moved by %.4f std (RMS)", drift)
         return
     report = train_shapes(
-        args.output_dir, config=config, work_dir=args.work_dir, reuse_vae=not args.fresh_vae, vae_from=args.vae_from
+        args.output_dir, config=config, work_dir=args.work_dir, reuse_vae=not args.fresh_vae,
+        vae_from=args.vae_from,
+        init_from=args.init_from,
     )
     logger.info("done: %s", json.dumps(dataclasses.asdict(report)["seconds"]))
 

@@ -302,7 +302,7 @@ def _phrase(spec: ObjectSpec, rng: np.random.Generator, style: CaptionStyle, *, 
         words.append(spec.pattern)
     elif rng.random() < style.solid_word:
         words.append("solid")
-    if not words or rng.random() >= style.drop_colour:
+    if rng.random() >= style.drop_colour:
         words.append(spec.colour)
     words.append(spec.shape)
     article = "the" if rng.random() < style.definite else ("an" if words[0][0] in "aeiou" else "a")

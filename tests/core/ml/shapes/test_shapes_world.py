@@ -5,19 +5,19 @@ from core.ml.shapes import world
 
 
 def test_same_seed_draws_the_same_pixels_and_captions() -> None:
-    a_images, a_captions = world.draw_base_dataset(24, seed=5)
-    b_images, b_captions = world.draw_base_dataset(24, seed=5)
-    c_images, _ = world.draw_base_dataset(24, seed=6)
+    a_images, a_captions, a_specs = world.draw_base_dataset(24, seed=5)
+    b_images, b_captions, b_specs = world.draw_base_dataset(24, seed=5)
+    c_images = world.draw_base_dataset(24, seed=6).images
 
     assert a_images.shape == (24, 64, 64, 3)
     assert a_images.dtype == np.uint8
     assert np.array_equal(a_images, b_images)
-    assert a_captions == b_captions
+    assert a_captions == b_captions and a_specs == b_specs
     assert not np.array_equal(a_images, c_images)
 
 
 def test_any_scene_can_be_redrawn_alone() -> None:
-    images, captions = world.draw_base_dataset(10, seed=3)
+    images, captions, _ = world.draw_base_dataset(10, seed=3)
 
     scene = world.sample_base_scene(world.scene_rng(3, 7))
 
@@ -25,15 +25,62 @@ def test_any_scene_can_be_redrawn_alone() -> None:
     assert np.array_equal(np.asarray(world.render_scene(scene)), images[7])
 
 
+def _said(specs: tuple[world.ObjectSpec, ...]) -> set[tuple[str, str]]:
+    return {(s.shape, s.position) for s in specs}
+
+
+def _colours_agree(said: tuple[world.ObjectSpec, ...], drawn: tuple[world.ObjectSpec, ...]) -> bool:
+    by_position = {s.position: s for s in drawn}
+    return all(s.colour in (world.ANY_COLOUR, by_position[s.position].colour) for s in said)
+
+
 def test_captions_name_the_drawn_objects() -> None:
-    for i in range(200):
+    for i in range(300):
         scene = world.sample_base_scene(world.scene_rng(11, i))
-        assert world.parse_caption(scene.caption) == scene.specs
+        said = world.parse_caption(scene.caption)
+        assert _said(said) == _said(scene.specs) and len(said) == len(scene.specs)
+        assert _colours_agree(said, scene.specs)
         assert tuple(o.spec for o in scene.objects) == scene.specs
         for obj in scene.objects:
             x = obj.centre[0]
             expected = {"left": x < 24, "right": x > 40, "center": 24 <= x <= 40}
             assert expected[obj.spec.position]
+
+
+def test_captions_vary_so_no_word_is_tied_to_a_token_index() -> None:
+    scenes = [world.sample_base_scene(world.scene_rng(4, i)) for i in range(2000)]
+    captions = [s.caption for s in scenes]
+    pairs = [s for s in scenes if len(s.specs) == 2]
+    rows = [s for s in scenes if len(s.specs) == 3]
+
+    right_first = [s for s in pairs if s.caption.index("right") < s.caption.index("left")]
+    assert 0.4 < len(right_first) / len(pairs) < 0.6
+    assert 0.05 < len(rows) / len(scenes) < 0.15
+    colourless = [c for c in captions if any(p.colour == world.ANY_COLOUR for p in world.parse_caption(c))]
+    assert 0.2 < len(colourless) / len(captions) < 0.6
+    assert any(c.startswith("the ") for c in captions) and any(" solid " in f" {c} " for c in captions)
+    # Token counts differ for the same kind of scene, so positions in the sequence cannot stand for meanings.
+    assert len({len(s.caption.split()) for s in pairs}) >= 4
+
+
+def test_describe_words_the_same_objects_differently() -> None:
+    specs = (world.ObjectSpec("red", "circle", "left"), world.ObjectSpec("blue", "square", "right"))
+    rng = np.random.default_rng(0)
+    captions = {world.describe(specs, rng) for _ in range(50)}
+
+    assert len(captions) > 10
+    for caption in captions:
+        said = world.parse_caption(caption)
+        assert _said(said) == _said(specs) and _colours_agree(said, specs)
+    fixed = world.CaptionStyle(drop_colour=0, definite=0, solid_word=0, shuffle=False)
+    assert world.describe(specs, rng, fixed) == world.caption_for(specs)
+
+
+def test_an_object_without_a_colour_word_takes_any_colour() -> None:
+    (spec,) = world.parse_caption("the triangle on the right")
+
+    assert spec == world.ObjectSpec(world.ANY_COLOUR, "triangle", "right")
+    assert world.caption_for([spec]) == "a triangle on the right"
 
 
 def test_caption_forms() -> None:
