@@ -116,6 +116,7 @@ def demo(
     data_dir: Annotated[Path, typer.Option()] = Path("data/demo"),
     preset: Annotated[str, typer.Option(help="Model preset: shapes (trained toy world) | tiny | sd15.")] = "shapes",
     out: Annotated[Path, typer.Option(help="Where to save the generated images.")] = Path("data/demo-output"),
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the generated scene.")] = 7,
 ) -> None:
     """Upload sample images, train two concepts, generate one image with both, over HTTP."""
     from services.demo import run_demo
@@ -124,10 +125,10 @@ def demo(
     if url is not None:
         if api_key is None:
             raise typer.BadParameter("--api-key (or TESSERA_API_KEY) is required with --url", param_hint="--api-key")
-        sys.exit(run_demo(url, api_key, out=out, preset=preset))
+        sys.exit(run_demo(url, api_key, out=out, preset=preset, seed=seed))
     with Stack(data_dir=data_dir, preset=preset) as stack:
         typer.echo(f"embedded service at {stack.url} (logs in {stack.data_dir / 'logs'})")
-        code = run_demo(stack.url, stack.api_key, out=out, preset=preset)
+        code = run_demo(stack.url, stack.api_key, out=out, preset=preset, seed=seed)
     sys.exit(code)
 
 

@@ -1,8 +1,8 @@
 """The demo client: two concepts learned from sample images, then one image with both, all over HTTP.
 
-On the ``shapes`` preset (the default of ``make demo``) the samples are two held-out concepts of the
-shapes world (a purple star, an orange ring) and the scorer judges the generated scene: each concept
-in its half, with its own colour and shape, and no attribute leakage.
+On the ``shapes`` preset (the default of ``make demo``) the samples are the shapes world's two evaluation
+concepts (a purple triangle, a green ring: a colour and a shape the base model never saw) and the scorer
+judges the generated scene: each concept in its half, with its own colour and shape, and no attribute leakage.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class DemoPlan:
     steps: int
     guidance: float
     weight: float = 0.7
-    judge: Callable[[bytes], list[str]] | None = None
+    judge: Callable[[bytes], tuple[bool, list[str]]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -96,7 +96,7 @@ def _shapes_plan() -> DemoPlan:
 
     recipe = SHAPES_RECIPE
     suffix = str(int(time.time()))
-    picked = [world.concept("purple_star"), world.concept("orange_ring")]
+    picked = [world.concept(name) for name in world.EVALUATION_CONCEPTS]
     concepts = []
     for index, concept in enumerate(picked):
         images, captions = concept_examples(
@@ -113,7 +113,7 @@ def _shapes_plan() -> DemoPlan:
             )
         )
 
-    def judge(png: bytes) -> list[str]:
+    def judge(png: bytes) -> tuple[bool, list[str]]:
         import numpy as np
 
         expected = [picked[0].spec.at("left"), picked[1].spec.at("right")]
@@ -126,7 +126,9 @@ def _shapes_plan() -> DemoPlan:
                 f"found {found}"
             )
         lines.append(f"leakage: {'yes' if score.leakage else 'none'}")
-        return lines
+        if score.extra_objects:
+            lines.append(f"extra objects: {score.extra_objects}")
+        return score.correct, lines
 
     return DemoPlan(
         size=world.RESOLUTION,
@@ -158,8 +160,16 @@ def _timeline(jobs: list[tuple[str, dict[str, Any]]]) -> None:
         )
 
 
-def run_demo(url: str, api_key: str, *, out: Path, preset: str = "tiny") -> int:
-    """Run the demo against ``url``; returns a process exit code."""
+DEFAULT_SEED = 7
+
+
+def run_demo(url: str, api_key: str, *, out: Path, preset: str = "tiny", seed: int = DEFAULT_SEED) -> int:
+    """Run the demo against ``url``; returns a process exit code.
+
+    Args:
+        seed: the generation's seed (training is seeded by the plan), so a scene can be drawn again or another
+            drawn from the same concepts.
+    """
     plan = plan_for(preset)
     started = time.monotonic()
     finished: list[tuple[str, dict[str, Any]]] = []
@@ -196,7 +206,7 @@ def run_demo(url: str, api_key: str, *, out: Path, preset: str = "tiny") -> int:
                     "height": plan.size,
                     "num_inference_steps": plan.steps,
                     "guidance_scale": plan.guidance,
-                    "seed": 7,
+                    "seed": seed,
                 }
             )
             final = client.wait(job["id"], timeout=3600, progress="generate")
@@ -217,8 +227,12 @@ def run_demo(url: str, api_key: str, *, out: Path, preset: str = "tiny") -> int:
     typer.echo(f"\nimages: {', '.join(str(p) for p in saved)}")
     typer.echo(f"output URLs (valid 1 h): {final['output']['images'][0]['url']}")
     if plan.judge is not None:
-        typer.echo("\nscorer's verdict on the generated scene:")
-        for line in plan.judge(saved[0].read_bytes()):
-            typer.echo(f"  {line}")
+        good, lines = plan.judge(saved[0].read_bytes())
+        typer.echo(f"\nscorer's verdict on the generated scene (seed {seed}):")
+        typer.echo(
+            f"  {'GOOD' if good else 'BAD'}: {'both concepts bound, nothing else drawn' if good else 'see below'}"
+        )
+        for line in lines:
+            typer.echo(f"    {line}")
     typer.echo(f"demo took {time.monotonic() - started:.1f}s")
     return 0

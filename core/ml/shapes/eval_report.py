@@ -34,11 +34,16 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import Stabl
 
 from core.ml.components import SDComponents, load_components
 from core.ml.shapes import world
-from core.ml.shapes.evaluation import SetScore, evaluate_base_model
+from core.ml.shapes.calibration import scorer_calibration
+from core.ml.shapes.eval_figure import render_figure
+from core.ml.shapes.evaluation import SetScore, decoder_ceiling, evaluate_base_model
 from core.ml.shapes.personalization import (
     FUSION_METHODS,
     SHAPES_RECIPE,
+    ConceptScores,
+    FusionMethod,
     MeanShare,
+    PairScores,
     PersonalizationRecipe,
     Tally,
     attention_in_mask,
@@ -49,30 +54,46 @@ from core.ml.shapes.personalization import (
 
 logger = logging.getLogger(__name__)
 
-REPORT_VERSION = 1
-SECTIONS = ("base_model", "concept_learning", "separation", "fusion")
+REPORT_VERSION = 2
+SECTIONS = ("scorer", "decoder_ceiling", "base_model", "concept_learning", "fusion", "separation")
 SEPARATION_LOSS_WEIGHT = 1.0
 """The with-loss arm's weight: ``EDLoRAConfig``'s default, what the service trains with when it has masks."""
-NOT_IN_QUICK_PLAN = "not in the quick plan (it trains every concept twice more); make eval measures it"
+NOT_IN_PLAN = "not in this plan (it trains every concept a second time); make eval measures it"
+FUSED_METHODS = ("stacked", "regional", "conductor", "conductor+separation", "regional+separation")
+"""Fusion rows of the report: the three methods on concepts trained without the separation loss, then conductor and
+regional on the same concepts trained with it (same examples, masks, seeds)."""
 
 Figure = dict[str, Any]
 
 DEFINITIONS = {
+    "scorer": (
+        "ground_truth = drawn scenes (every colour x scored shape x pattern x position, plus random pairs; crisp and "
+        "softened like a decoder) judged fully correct; near_misses = drawn wrong shapes (pinched squares, rounded "
+        "diamonds, blobs, stars for triangles, rings without a hole, ...) refused as the shape they pretend to be"
+    ),
+    "decoder_ceiling": (
+        "drawn scenes of each evaluation concept (per position) and pair through the VAE (posterior mean), judged "
+        "by the scorer: the most any generation could score"
+    ),
     "base_model": (
-        "stock pipeline, DPM-Solver++; trait rates are per expected object, all_correct per image (every object "
-        "right and nothing extra); leakage = an object wears the other object's colour or shape"
+        "stock pipeline with the preset's default sampling; trait rates are per expected object, all_correct per "
+        "image (every object right and nothing extra); class_word_side = 'a triangle on the right' (no colour); "
+        "pair = both caption orders pooled; leakage = an object wears the other object's colour or shape"
     ),
     "concept_learning.fidelity": "'a <c>': some object has the concept's colour, shape and pattern",
     "concept_learning.position_following": "'a <c> on the left/right': the concept right in every trait, on that side",
-    "separation": (
-        "each concept trained twice more from its examples with their exact masks (masked diffusion loss in both "
-        "arms), separation loss weight 0 vs 1; attention_in_mask = share of the concept tokens' cross-attention "
-        "inside the concept's mask on held-out scenes with a neighbour (mean over images); leakage = fusion.leakage "
-        "under regional fusion with that arm's adapters"
+    "fusion.binding": (
+        "'a <c1> on the left and a <c2> on the right', every ordered pair (both orders), every training seed: both "
+        "right in every trait, each on its side, pooled and per pair"
     ),
-    "fusion.binding": "'a <c1> on the left and a <c2> on the right': both right in every trait, each on its side",
     "fusion.concept_binding": "same scenes, per concept: this concept right in every trait on its side",
     "fusion.leakage": "same scenes: an object wears the other concept's colour or shape",
+    "separation": (
+        "the concepts trained a second time with the attention separation loss (weight 1) on the same examples (Seg-"
+        "Mix composites with exact masks for both objects) and seeds; attention_in_mask = share of the concept "
+        "words' cross-attention inside the concept's mask on held-out scenes with a neighbour (mean over images); "
+        "leakage as fusion.leakage, per method and arm"
+    ),
 }
 
 
@@ -81,52 +102,72 @@ class EvalPlan:
     """How many samples each part of the evaluation draws.
 
     Args:
-        single_repeats, pair_repeats: repeats of the 36 one-object and 144 two-object base prompts.
-        concepts: held-out concepts learned with ED-LoRA (names from ``world.HELD_OUT_CONCEPTS``).
-        concept_samples: images of ``"a <c>"`` per concept for fidelity, and again of ``"a <c> on the left/right"``
-            (split evenly) for position following.
-        pairs: ordered (left, right) concept pairs sampled for fusion.
-        pair_samples: images per pair and fusion method.
-        separation: train the ``concepts`` with and without the separation loss and measure both arms.
-        attention_images: held-out scenes per concept and arm for attention-in-mask.
+        single_repeats, pair_repeats: repeats of the base prompt sets (``evaluation.evaluate_base_model``).
+        concepts: evaluation concepts learned with ED-LoRA (names from ``world.HELD_OUT_CONCEPTS``); every ordered
+            pair of two of them is a fusion pair, so both orders are measured.
+        training_seeds: every concept is trained once per seed (and once more per seed with the separation loss).
+        concept_samples: per concept and seed, images of ``"a <c>"`` for fidelity, and again of
+            ``"a <c> on the left/right"`` (split evenly) for position following.
+        pair_samples: images per ordered pair, seed and fusion method.
+        separation: also train the with-loss arm and report its fusion rows and the separation section.
+        attention_images: held-out scenes per concept, seed and arm for attention-in-mask.
+        ceiling_images: drawn scenes per decoder-ceiling cell.
+        scorer_samples: near misses per kind (and random ground-truth pairs) in the scorer's check.
+        figure_samples: images per pair and method kept for ``eval/shapes.png`` (first training seed).
         recipe: how concepts are learned and sampled.
     """
 
     single_repeats: int
     pair_repeats: int
     concepts: tuple[str, ...]
+    training_seeds: tuple[int, ...]
     concept_samples: int
-    pairs: tuple[tuple[str, str], ...]
     pair_samples: int
     separation: bool = False
-    attention_images: int = 16
+    attention_images: int = 8
+    ceiling_images: int = 24
+    scorer_samples: int = 24
+    figure_samples: int = 4
     recipe: PersonalizationRecipe = field(default=SHAPES_RECIPE)
 
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        """Every ordered pair of two evaluation concepts: each pair in both orders."""
+        return tuple((a, b) for a in self.concepts for b in self.concepts if a != b)
 
-ALL_CONCEPTS = tuple(c.name for c in world.HELD_OUT_CONCEPTS)
+
 FULL_PLAN = EvalPlan(
-    single_repeats=6,
-    pair_repeats=2,
-    concepts=ALL_CONCEPTS,
-    concept_samples=64,
-    pairs=tuple((a, b) for a in ALL_CONCEPTS for b in ALL_CONCEPTS if a != b),
-    pair_samples=16,
+    single_repeats=2,
+    pair_repeats=1,
+    concepts=world.EVALUATION_CONCEPTS,
+    training_seeds=(0, 1, 2),
+    concept_samples=16,
+    pair_samples=8,
     separation=True,
 )
+"""``make eval``: 3 training seeds x 2 orders x 8 = 48 pair images per method (more with a third concept)."""
 QUICK_PLAN = EvalPlan(
     single_repeats=1,
     pair_repeats=1,
-    concepts=("purple_star", "orange_ring"),
-    concept_samples=16,
-    pairs=(("purple_star", "orange_ring"),),
-    pair_samples=16,
+    concepts=world.EVALUATION_CONCEPTS[:2],
+    training_seeds=(0,),
+    concept_samples=8,
+    pair_samples=8,
+    ceiling_images=8,
+    scorer_samples=4,
+    figure_samples=2,
 )
+"""``make test``: one training seed, one pair in both orders."""
 
 
 def plan_json(plan: EvalPlan) -> dict[str, Any]:
     """The plan, recipe included, as JSON-ready values."""
     recipe = {**asdict(plan.recipe), "training": plan.recipe.training.model_dump(mode="json")}
-    plain = {**{f.name: getattr(plan, f.name) for f in fields(plan) if f.name != "recipe"}, "recipe": recipe}
+    plain = {
+        **{f.name: getattr(plan, f.name) for f in fields(plan) if f.name != "recipe"},
+        "pairs": plan.pairs,
+        "recipe": recipe,
+    }
     # Tuples become lists, as they read back from the file.
     loaded: dict[str, Any] = json.loads(json.dumps(plain))
     return loaded
@@ -172,11 +213,12 @@ def base_pipeline(components: SDComponents) -> StableDiffusionPipeline:
 
 def _base_figures(scores: dict[str, SetScore]) -> dict[str, Figure]:
     figures: dict[str, Figure] = {}
-    for name, objects in (("single", 1), ("pair", 2), ("pair_held_out", 2)):
+    for name, objects in (("single", 1), ("pair", 2)):
         score = scores[name]
-        if name != "pair_held_out":
-            for trait in ("colour", "shape", "position"):
-                figures[f"{name}.{trait}"] = figure(_rate_tally(getattr(score, trait), score.n * objects))
+        for trait in ("colour", "shape", "position"):
+            figures[f"{name}.{trait}"] = figure(_rate_tally(getattr(score, trait), score.n * objects))
+    for name in ("single", "class_word_side", "pair", "pair_left_first", "pair_right_first", "pair_held_out"):
+        score = scores[name]
         figures[f"{name}.all_correct"] = figure(Tally(round(score.correct * score.n), score.n))
     pair = scores["pair"]
     figures["pair.leakage"] = figure(_rate_tally(pair.leakage, pair.n))
@@ -190,55 +232,119 @@ def _sum(tallies: Sequence[Tally]) -> Tally:
     return total
 
 
-SEPARATION_FIGURES = (
-    "attention_in_mask.without_loss",
-    "attention_in_mask.with_loss",
-    "leakage.without_loss",
-    "leakage.with_loss",
-)
+def _scorer_figures(plan: EvalPlan, seed: int) -> dict[str, Figure]:
+    check = scorer_calibration(seed, plan.scorer_samples)
+    figures = {"ground_truth_accepted": _count_figure(check["ground_truth"]["all"])}
+    for name, share in check["near_misses"].items():
+        figures[f"near_misses_refused.{name}"] = _count_figure(share)
+    return figures
 
 
-def _separation_figures(
-    components: SDComponents, plan: EvalPlan, pairs: Sequence[tuple[world.Concept, world.Concept]], *, seed: int
-) -> dict[str, Figure]:
-    """Both arms of the separation comparison: same examples, masks and seeds; only the loss weight differs."""
-    figures: dict[str, Figure] = {}
-    names = dict.fromkeys([*plan.concepts, *(c.name for pair in pairs for c in pair)])
-    for arm, weight in (("without_loss", 0.0), ("with_loss", SEPARATION_LOSS_WEIGHT)):
+def _count_figure(share: dict[str, Any]) -> Figure:
+    return figure(Tally(int(share["count"]), int(share["n"])))
+
+
+def _ceiling_figures(components: SDComponents, plan: EvalPlan) -> dict[str, Figure]:
+    concepts = [world.concept(name) for name in plan.concepts]
+    pairs = [(world.concept(a), world.concept(b)) for a, b in plan.pairs]
+    cells = decoder_ceiling(components.vae, concepts, pairs, images_per_cell=plan.ceiling_images)
+    return {name: figure(Tally(hits, n)) for name, (hits, n) in cells.items()}
+
+
+@dataclass
+class _Arm:
+    """One training arm over every seed: per-concept scores, fusion scores, attention-in-mask shares."""
+
+    concepts: dict[str, ConceptScores] = field(default_factory=dict)
+    fusion: dict[str, PairScores] = field(default_factory=dict)
+    attention: MeanShare = field(default_factory=MeanShare)
+
+
+def _run_arm(
+    components: SDComponents,
+    plan: EvalPlan,
+    *,
+    weight: float,
+    methods: Sequence[FusionMethod],
+    seed: int,
+    seconds: dict[str, float],
+    measure_concepts: bool,
+) -> _Arm:
+    """Trains every concept once per training seed at separation weight ``weight`` and measures it."""
+    arm = _Arm()
+    pairs = [(world.concept(a), world.concept(b)) for a, b in plan.pairs]
+    for seed_index, training_seed in enumerate(plan.training_seeds):
+        started = time.monotonic()
         adapters = {
             name: learn_concept(
-                components, world.concept(name), recipe=plan.recipe, seed=seed + index, separation_loss_weight=weight
+                components,
+                world.concept(name),
+                recipe=plan.recipe,
+                seed=seed + 1_000 * training_seed + index,
+                separation_loss_weight=weight,
             )
-            for index, name in enumerate(names)
+            for index, name in enumerate(plan.concepts)
         }
-        shares = MeanShare()
+        seconds["concept_training"] = seconds.get("concept_training", 0.0) + time.monotonic() - started
+        started = time.monotonic()
         for index, name in enumerate(plan.concepts):
-            measured = attention_in_mask(
+            concept = world.concept(name)
+            if measure_concepts:
+                scores = measure_concept(
+                    components,
+                    adapters[name],
+                    concept,
+                    samples=plan.concept_samples,
+                    seed=seed + 100_000 * (index + 1) + 10 * training_seed,
+                    recipe=plan.recipe,
+                )
+                previous = arm.concepts.get(name, ConceptScores())
+                arm.concepts[name] = ConceptScores(
+                    previous.fidelity.merged(scores.fidelity), previous.position.merged(scores.position)
+                )
+            shares = attention_in_mask(
                 components,
                 adapters[name],
-                world.concept(name),
+                concept,
                 images=plan.attention_images,
-                seed=seed + 50_000 + index,
+                seed=seed + 50_000 + 100 * index + training_seed,
             )
-            shares.values.extend(measured.values)
+            arm.attention.values.extend(shares.values)
+        seconds["concept_sampling"] = seconds.get("concept_sampling", 0.0) + time.monotonic() - started
+        started = time.monotonic()
         fused = measure_pairs(
             components,
             adapters,
             pairs,
             samples_per_pair=plan.pair_samples,
-            seed=seed + 900_000,
-            methods=("regional",),
+            seed=seed + 900_000 + 10_000 * training_seed,
+            methods=methods,
             recipe=plan.recipe,
+            keep=plan.figure_samples if seed_index == 0 else 0,
         )
-        figures[f"attention_in_mask.{arm}"] = mean_figure(shares)
-        figures[f"leakage.{arm}"] = figure(fused["regional"].leakage)
-    return {name: figures[name] for name in SEPARATION_FIGURES}
+        for method, fused_scores in fused.items():
+            known = arm.fusion.get(method)
+            arm.fusion[method] = fused_scores if known is None else known.merged(fused_scores)
+        seconds["fusion"] = seconds.get("fusion", 0.0) + time.monotonic() - started
+    return arm
+
+
+def _fusion_figures(rows: dict[str, PairScores]) -> dict[str, Figure]:
+    figures: dict[str, Figure] = {}
+    for method, scores in rows.items():
+        figures[f"binding.{method}"] = figure(scores.binding)
+        for pair, tally in scores.per_pair.items():
+            figures[f"binding.{method}.{pair}"] = figure(tally)
+        figures[f"concept_binding.{method}"] = figure(scores.concept_binding)
+        figures[f"leakage.{method}"] = figure(scores.leakage)
+    return figures
 
 
 def run_shapes_eval(
     components: SDComponents, *, quick: bool, seed: int, plan: EvalPlan | None = None
-) -> dict[str, Any]:
-    """Measure the loaded model and return the report (the ``eval/shapes.json`` structure).
+) -> tuple[dict[str, Any], dict[str, PairScores]]:
+    """Measure the loaded model and return the report (the ``eval/shapes.json`` structure) and the fusion rows
+    (with the samples kept for the figure).
 
     Args:
         components: the model to measure (normally the shipped ``shapes`` preset); left as found.
@@ -247,12 +353,17 @@ def run_shapes_eval(
         plan: overrides the plan ``quick`` picks (tests use a smaller one).
 
     Returns:
-        ``{"version", "preset", "base_model_id", "quick", "seed", "plan", "seconds", "definitions", <section>:
-        {<figure>: Figure}}`` for the sections in ``SECTIONS``.
+        ``({"version", "preset", "base_model_id", "quick", "seed", "plan", "seconds", "definitions", <section>:
+        {<figure>: Figure}}, {fusion row: PairScores})`` for the sections in ``SECTIONS``.
     """
     plan = plan or (QUICK_PLAN if quick else FULL_PLAN)
     recipe = plan.recipe
     seconds: dict[str, float] = {}
+
+    started = time.monotonic()
+    scorer_figures = _scorer_figures(plan, seed)
+    ceiling = _ceiling_figures(components, plan)
+    seconds["scorer_and_ceiling"] = time.monotonic() - started
 
     started = time.monotonic()
     scores = evaluate_base_model(
@@ -265,53 +376,40 @@ def run_shapes_eval(
     )
     seconds["base_model"] = time.monotonic() - started
 
-    started = time.monotonic()
-    needed = dict.fromkeys([*plan.concepts, *(name for pair in plan.pairs for name in pair)])
-    adapters = {
-        name: learn_concept(components, world.concept(name), recipe=recipe, seed=seed + index)
-        for index, name in enumerate(needed)
+    plain = _run_arm(
+        components, plan, weight=0.0, methods=FUSION_METHODS, seed=seed, seconds=seconds, measure_concepts=True
+    )
+    learning: dict[str, Figure] = {
+        "fidelity": figure(_sum([s.fidelity for s in plain.concepts.values()])),
+        "position_following": figure(_sum([s.position for s in plain.concepts.values()])),
     }
-    seconds["concept_training"] = time.monotonic() - started
-
-    started = time.monotonic()
-    learning: dict[str, Figure] = {}
-    per_concept = {
-        name: measure_concept(
-            components,
-            adapters[name],
-            world.concept(name),
-            samples=plan.concept_samples,
-            seed=seed + 100_000 * (index + 1),
-            recipe=recipe,
-        )
-        for index, name in enumerate(plan.concepts)
-    }
-    learning["fidelity"] = figure(_sum([s.fidelity for s in per_concept.values()]))
-    learning["position_following"] = figure(_sum([s.position for s in per_concept.values()]))
-    for name, concept_scores in per_concept.items():
+    for name, concept_scores in plain.concepts.items():
         learning[f"fidelity.{name}"] = figure(concept_scores.fidelity)
         learning[f"position_following.{name}"] = figure(concept_scores.position)
-    seconds["concept_sampling"] = time.monotonic() - started
 
-    started = time.monotonic()
-    pairs = [(world.concept(a), world.concept(b)) for a, b in plan.pairs]
-    fused = measure_pairs(
-        components, adapters, pairs, samples_per_pair=plan.pair_samples, seed=seed + 900_000, recipe=recipe
-    )
-    seconds["fusion"] = time.monotonic() - started
-
-    fusion: dict[str, Figure] = {}
-    for kind in ("binding", "concept_binding", "leakage"):
-        for method in FUSION_METHODS:
-            fusion[f"{kind}.{method}"] = figure(getattr(fused[method], kind))
-
-    started = time.monotonic()
-    separation = {name: missing(NOT_IN_QUICK_PLAN) for name in SEPARATION_FIGURES}
+    rows: dict[str, PairScores] = dict(plain.fusion)
+    separation: dict[str, Figure] = {"attention_in_mask.without_loss": mean_figure(plain.attention)}
     if plan.separation:
-        separation = _separation_figures(components, plan, pairs, seed=seed)
-    seconds["separation"] = time.monotonic() - started
+        with_loss = _run_arm(
+            components,
+            plan,
+            weight=SEPARATION_LOSS_WEIGHT,
+            methods=("conductor", "regional"),
+            seed=seed,
+            seconds=seconds,
+            measure_concepts=False,
+        )
+        rows["conductor+separation"] = with_loss.fusion["conductor"]
+        rows["regional+separation"] = with_loss.fusion["regional"]
+        separation["attention_in_mask.with_loss"] = mean_figure(with_loss.attention)
+    else:
+        separation["attention_in_mask.with_loss"] = missing(NOT_IN_PLAN)
+    for method in ("conductor", "regional"):
+        separation[f"leakage.{method}.without_loss"] = figure(rows[method].leakage)
+        arm = f"{method}+separation"
+        separation[f"leakage.{method}.with_loss"] = figure(rows[arm].leakage) if arm in rows else missing(NOT_IN_PLAN)
 
-    return {
+    report = {
         "version": REPORT_VERSION,
         "preset": components.preset,
         "base_model_id": components.base_model_id,
@@ -320,11 +418,14 @@ def run_shapes_eval(
         "plan": plan_json(plan),
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "definitions": DEFINITIONS,
+        "scorer": scorer_figures,
+        "decoder_ceiling": ceiling,
         "base_model": _base_figures(scores),
         "concept_learning": learning,
+        "fusion": _fusion_figures(rows),
         "separation": separation,
-        "fusion": fusion,
     }
+    return report, rows
 
 
 def _format_value(fig: Figure) -> tuple[str, str, str]:
@@ -366,11 +467,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     components = load_components(args.preset, args.models_root)
-    report = run_shapes_eval(components, quick=args.quick, seed=args.seed)
+    report, rows = run_shapes_eval(components, quick=args.quick, seed=args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    picture = args.out.with_suffix(".png")
+    render_figure(rows, report["plan"]["pairs"], recipe=SHAPES_RECIPE, seed=args.seed).save(picture)
     # A command-line entry point: the table is its output.
     print(format_table(report))
+    print(f"wrote {args.out} and {picture}")
 
 
 if __name__ == "__main__":

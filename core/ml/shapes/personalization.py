@@ -135,12 +135,28 @@ class PairScores:
     binding: Tally = field(default_factory=Tally)
     concept_binding: Tally = field(default_factory=Tally)
     leakage: Tally = field(default_factory=Tally)
+    per_pair: dict[str, Tally] = field(default_factory=dict)
+    kept: dict[str, Sampled] = field(default_factory=dict)
+
+    def merged(self, other: PairScores) -> PairScores:
+        """Both sets of tallies added (e.g. two training seeds); kept samples of ``self`` win."""
+        pairs = {
+            k: self.per_pair.get(k, Tally()).merged(other.per_pair.get(k, Tally()))
+            for k in {*self.per_pair, *other.per_pair}
+        }
+        return PairScores(
+            self.binding.merged(other.binding),
+            self.concept_binding.merged(other.concept_binding),
+            self.leakage.merged(other.leakage),
+            dict(sorted(pairs.items())),
+            {**other.kept, **self.kept},
+        )
 
 
 # The nearest shape the base model knows, per held-out shape. The class word stands for the concept wherever its
 # learned words are absent (the other concept's path in regional fusion, the base path) and initialises V_class; a
 # word the base model never saw in a caption ("star") has a random embedding and derails the whole prompt.
-KNOWN_CLASS_WORDS: dict[str, str] = {"star": "triangle", "ring": "circle", "square": "square"}
+KNOWN_CLASS_WORDS: dict[str, str] = {"star": "triangle", "ring": "circle", **{s: s for s in world.BASE_SHAPES}}
 
 
 def class_word(concept: world.Concept) -> str:
@@ -261,7 +277,16 @@ def learn_concept(
     )
 
 
-def sample(
+@dataclass
+class Sampled:
+    """Images of one prompt and, per image, the masks its fusion method composed each concept in (L mode, image
+    size; conductor's are its final refined masks, regional's its regions, stacked has none)."""
+
+    images: list[np.ndarray] = field(default_factory=list)
+    masks: list[list[PIL.Image.Image]] = field(default_factory=list)
+
+
+def sample_with_masks(
     components: SDComponents,
     adapters: Sequence[EDLoRAWeights],
     prompt: str,
@@ -270,18 +295,15 @@ def sample(
     seed: int,
     method: FusionMethod = "stacked",
     recipe: PersonalizationRecipe = SHAPES_RECIPE,
-) -> list[np.ndarray]:
-    """``count`` images of ``prompt`` with ``adapters``, seeds ``seed, seed + 1, ...``.
+) -> Sampled:
+    """``count`` images of ``prompt`` with ``adapters``, seeds ``seed, seed + 1, ...``, with their masks.
 
     ``"stacked"`` runs every adapter in one path (with one adapter: plain ED-LoRA sampling); ``"regional"`` gives
     the i-th adapter the i-th half of the image (left, right) and ``"conductor"`` starts its masks there (default
     ``ConductorConfig``, no layout reference), so both take at most two adapters.
-
-    Returns:
-        uint8 arrays of shape ``(64, 64, 3)`` (the components' native size).
     """
     side = components.default_resolution
-    images: list[np.ndarray] = []
+    out = Sampled()
     generators: dict[FusionMethod, Callable[..., GenerationResult]] = {
         "stacked": generate_stacked,
         "regional": generate_regional,
@@ -292,6 +314,7 @@ def sample(
     regions = [None] * len(adapters) if method == "stacked" else list(HALVES[: len(adapters)])
     for start in range(0, count, MAX_OUTPUTS):
         placements = [ConceptPlacement(w, r, recipe.lora_weight) for w, r in zip(adapters, regions, strict=True)]
+        batch = min(MAX_OUTPUTS, count - start)
         result = generate(
             components,
             prompt=prompt,
@@ -302,10 +325,30 @@ def sample(
             num_inference_steps=recipe.num_inference_steps,
             guidance_scale=recipe.guidance_scale,
             seed=seed + start,
-            num_outputs=min(MAX_OUTPUTS, count - start),
+            num_outputs=batch,
         )
-        images.extend(np.asarray(image.convert("RGB")) for image in result.images)
-    return images
+        out.images.extend(np.asarray(image.convert("RGB")) for image in result.images)
+        k = len(adapters)
+        for i in range(batch):
+            if len(result.masks) == batch * k:  # one set per image (conductor)
+                out.masks.append(result.masks[i * k : (i + 1) * k])
+            else:  # one set for the call (regional's regions) or none (stacked)
+                out.masks.append(list(result.masks[:k]))
+    return out
+
+
+def sample(
+    components: SDComponents,
+    adapters: Sequence[EDLoRAWeights],
+    prompt: str,
+    *,
+    count: int,
+    seed: int,
+    method: FusionMethod = "stacked",
+    recipe: PersonalizationRecipe = SHAPES_RECIPE,
+) -> list[np.ndarray]:
+    """The images of :func:`sample_with_masks`: uint8 arrays of shape ``(64, 64, 3)`` (the native size)."""
+    return sample_with_masks(components, adapters, prompt, count=count, seed=seed, method=method, recipe=recipe).images
 
 
 def shows_concept(image: np.ndarray, concept: world.Concept) -> bool:
@@ -356,17 +399,21 @@ def measure_pairs(
     seed: int,
     methods: Sequence[FusionMethod] = FUSION_METHODS,
     recipe: PersonalizationRecipe = SHAPES_RECIPE,
+    keep: int = 0,
 ) -> dict[FusionMethod, PairScores]:
     """Binding and leakage of each fusion method over ``samples_per_pair`` images of every (left, right) pair.
 
-    Every method samples the same seeds, so the methods are compared on the same starting noise.
+    Every method samples the same seeds, so the methods are compared on the same starting noise. Each pair's own
+    tallies are in ``PairScores.per_pair`` under ``"<left>+<right>"``; the first ``keep`` images of each pair and
+    their masks in ``PairScores.kept``.
     """
     results: dict[FusionMethod, PairScores] = {m: PairScores() for m in methods}
     for index, (left, right) in enumerate(pairs):
         expected = [left.spec.at("left"), right.spec.at("right")]
         pair_adapters = [adapters[left.name], adapters[right.name]]
+        key = f"{left.name}+{right.name}"
         for method in methods:
-            images = sample(
+            sampled = sample_with_masks(
                 components,
                 pair_adapters,
                 pair_prompt(left, right),
@@ -375,12 +422,18 @@ def measure_pairs(
                 method=method,
                 recipe=recipe,
             )
-            for image in images:
+            scores = results[method]
+            own = scores.per_pair.setdefault(key, Tally())
+            for image in sampled.images:
                 score = score_image(image, expected)
-                results[method].binding.add(all(v.correct for v in score.objects))
+                bound = all(v.correct for v in score.objects)
+                scores.binding.add(bound)
+                own.add(bound)
                 for verdict in score.objects:
-                    results[method].concept_binding.add(verdict.correct)
-                results[method].leakage.add(score.leakage)
+                    scores.concept_binding.add(verdict.correct)
+                scores.leakage.add(score.leakage)
+            if keep:
+                scores.kept[key] = Sampled(sampled.images[:keep], sampled.masks[:keep])
     return results
 
 

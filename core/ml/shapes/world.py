@@ -109,9 +109,19 @@ class Concept:
 
 HELD_OUT_CONCEPTS: tuple[Concept, ...] = (
     Concept("purple_star", ObjectSpec("purple", "star")),
+    Concept("green_ring", ObjectSpec("green", "ring")),
+    Concept("purple_triangle", ObjectSpec("purple", "triangle")),
+    Concept("striped_red_triangle", ObjectSpec("red", "triangle", pattern="striped")),
     Concept("orange_ring", ObjectSpec("orange", "ring")),
     Concept("striped_square", ObjectSpec("yellow", "square", pattern="striped")),
 )
+# The concepts the evaluation learns and pairs: ones the shipped VAE draws at every position (its round trip is
+# scorer-correct for 23-24/24 at left, centre and right; orange comes back too yellow for the scorer in about a
+# third of side positions, so orange_ring and the yellow striped square stay out of the figures), with distinct
+# colours and shapes so that leakage either way is visible. purple_star is not learned by today's recipe (2/16
+# samples pass the strict scorer: the LoRA draws blobby five-lobed shapes), which would hide fusion behind
+# concept learning; preset README, "Known limits".
+EVALUATION_CONCEPTS: tuple[str, ...] = ("purple_triangle", "green_ring")
 
 BASE_OBJECTS: tuple[ObjectSpec, ...] = tuple(ObjectSpec(c, s) for c in BASE_COLOURS for s in BASE_SHAPES)
 
@@ -399,8 +409,12 @@ def place_objects(specs: Sequence[ObjectSpec], rng: np.random.Generator, *, colo
                 size * scale,
             )
         )
-    caption = caption_for(specs) if len(specs) < 3 else " and ".join(
-        f"{s.noun_phrase} {'in the center' if s.position == 'center' else 'on the ' + s.position}" for s in specs
+    caption = (
+        caption_for(specs)
+        if len(specs) < 3
+        else " and ".join(
+            f"{s.noun_phrase} {'in the center' if s.position == 'center' else 'on the ' + s.position}" for s in specs
+        )
     )
     return Scene(tuple(objects), _background(rng), caption, tuple(specs))
 

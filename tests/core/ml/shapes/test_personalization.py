@@ -19,14 +19,25 @@ import torch
 
 from core.ml.components import SHIPPED_PRESETS_ROOT, SDComponents, load_components
 from core.ml.shapes import world
-from core.ml.shapes.eval_report import QUICK_PLAN, SECTIONS, EvalPlan, format_table, main, run_shapes_eval
+from core.ml.shapes.eval_figure import render_figure
+from core.ml.shapes.eval_report import (
+    FUSED_METHODS,
+    QUICK_PLAN,
+    SECTIONS,
+    EvalPlan,
+    format_table,
+    main,
+    run_shapes_eval,
+)
 from core.ml.shapes.personalization import (
     SHAPES_RECIPE,
+    PairScores,
     Tally,
     concept_examples,
     learn_concept,
     sample,
     shows_concept,
+    training_examples,
 )
 from core.ml.shapes.scorer import detect_objects
 
@@ -36,12 +47,15 @@ TOY_RECIPE = dataclasses.replace(
 TOY_PLAN = EvalPlan(
     single_repeats=1,
     pair_repeats=1,
-    concepts=("purple_star", "striped_square"),
+    concepts=("purple_star", "green_ring"),
+    training_seeds=(0, 1),
     concept_samples=3,
-    pairs=(("purple_star", "orange_ring"), ("orange_ring", "purple_star")),
     pair_samples=2,
     separation=True,
     attention_images=2,
+    ceiling_images=2,
+    scorer_samples=1,
+    figure_samples=1,
     recipe=TOY_RECIPE,
 )
 FIGURE_KEYS = {"value", "n", "ci95", "reason"}
@@ -49,17 +63,17 @@ SHAPES_READY = (SHIPPED_PRESETS_ROOT / "shapes" / "unet").is_dir()
 
 
 def test_concept_examples_are_the_concept_alone_where_captioned_and_reproducible() -> None:
-    concept = world.concept("striped_square")
+    concept = world.concept("striped_red_triangle")
     positions = ("center", "left", "right")
     images, captions = concept_examples(concept, count=5, seed=3, positions=positions)
     again, _ = concept_examples(concept, count=5, seed=3, positions=positions)
 
     assert captions == [
-        "a <striped_square>",
-        "a <striped_square> on the left",
-        "a <striped_square> on the right",
-        "a <striped_square>",
-        "a <striped_square> on the left",
+        "a <striped_red_triangle>",
+        "a <striped_red_triangle> on the left",
+        "a <striped_red_triangle> on the right",
+        "a <striped_red_triangle>",
+        "a <striped_red_triangle> on the left",
     ]
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, again, strict=True))
     for image, position in zip(images, [*positions, *positions], strict=False):
@@ -78,9 +92,36 @@ def test_tally_rates_and_intervals() -> None:
     assert tally.merged(Tally(1, 2)) == Tally(4, 6)
 
 
+def test_training_examples_are_balanced_and_half_of_them_show_a_neighbour() -> None:
+    concept = world.concept("purple_star")
+    examples = training_examples(concept, seed=4)
+    own, composites = examples[: SHAPES_RECIPE.num_images], examples[SHAPES_RECIPE.num_images :]
+
+    assert len(examples) == SHAPES_RECIPE.num_images + SHAPES_RECIPE.composites
+    sides = [o.position for e in own for o in detect_objects(e.image)]
+    assert all(sides.count(side) >= 2 for side in ("left", "right", "center"))
+    concept_first = 0
+    for example in composites:
+        assert example.others is not None and example.caption is not None
+        concept_mask = np.asarray(example.mask) > 127
+        other_mask = np.asarray(example.others) > 127
+        assert concept_mask.any() and other_mask.any() and not (concept_mask & other_mask).any()
+        objects = detect_objects(example.image)
+        assert len(objects) == 2 and sum(shows_concept(np.asarray(example.image), concept) for _ in (0,)) == 1
+        left_is_concept = concept_mask[:, :32].sum() > concept_mask[:, 32:].sum()
+        assert example.caption.startswith("a <concept> on the left") == left_is_concept
+        concept_first += left_is_concept
+    assert 0 < concept_first < len(composites)  # the concept is seen in either slot
+
+
 @pytest.fixture(scope="module")
-def toy_report(components: SDComponents) -> dict[str, Any]:
+def toy_run(components: SDComponents) -> tuple[dict[str, Any], dict[str, PairScores]]:
     return run_shapes_eval(components, quick=True, seed=0, plan=TOY_PLAN)
+
+
+@pytest.fixture(scope="module")
+def toy_report(toy_run: tuple[dict[str, Any], dict[str, PairScores]]) -> dict[str, Any]:
+    return toy_run[0]
 
 
 def test_report_has_every_figure_with_its_sample_count(toy_report: dict[str, Any]) -> None:
@@ -96,33 +137,56 @@ def test_report_has_every_figure_with_its_sample_count(toy_report: dict[str, Any
 
     base = figures["base_model"]
     assert base["single.colour"]["n"] == 36 and base["single.all_correct"]["n"] == 36
-    assert base["pair.position"]["n"] == 288 and base["pair.all_correct"]["n"] == 144
-    assert base["pair_held_out.all_correct"]["n"] == len(world.HELD_OUT_PAIRS)
+    assert base["class_word_side.all_correct"]["n"] == 24
+    assert base["pair.position"]["n"] == 2 * 288 and base["pair.all_correct"]["n"] == 288
+    assert base["pair_left_first.all_correct"]["n"] == base["pair_right_first.all_correct"]["n"] == 144
+    assert base["pair_held_out.all_correct"]["n"] == 2 * len(world.HELD_OUT_PAIRS)
 
     learning = figures["concept_learning"]
-    assert learning["fidelity.purple_star"]["n"] == learning["position_following.striped_square"]["n"] == 3
-    assert learning["fidelity"]["n"] == learning["position_following"]["n"] == 6
-    assert "fidelity.orange_ring" not in learning  # trained for the pairs only
+    assert learning["fidelity.purple_star"]["n"] == learning["position_following.green_ring"]["n"] == 3 * 2
+    assert learning["fidelity"]["n"] == learning["position_following"]["n"] == 12
+
+    ceiling = figures["decoder_ceiling"]
+    assert ceiling["green_ring.left"]["n"] == 2 and ceiling["purple_star+green_ring"]["n"] == 2
+    assert figures["scorer"]["ground_truth_accepted"]["n"] > 0 and "near_misses_refused.pooled" in figures["scorer"]
 
     fusion, separation = figures["fusion"], figures["separation"]
-    for method in ("stacked", "regional", "conductor"):
-        assert fusion[f"binding.{method}"]["n"] == fusion[f"leakage.{method}"]["n"] == 4
-        assert fusion[f"concept_binding.{method}"]["n"] == 8
+    for method in FUSED_METHODS:
+        # 2 ordered pairs x 2 samples x 2 training seeds
+        assert fusion[f"binding.{method}"]["n"] == fusion[f"leakage.{method}"]["n"] == 8
+        assert fusion[f"binding.{method}.green_ring+purple_star"]["n"] == 4
+        assert fusion[f"concept_binding.{method}"]["n"] == 16
     for arm in ("without_loss", "with_loss"):
-        assert separation[f"leakage.{arm}"]["n"] == 4
-        assert separation[f"attention_in_mask.{arm}"]["n"] == 2 * 2  # images x concepts
+        for method in ("conductor", "regional"):
+            assert separation[f"leakage.{method}.{arm}"]["n"] == 8
+        assert separation[f"attention_in_mask.{arm}"]["n"] == 2 * 2 * 2  # images x concepts x seeds
         assert 0.0 <= separation[f"attention_in_mask.{arm}"]["value"] <= 1.0
     assert report["plan"]["recipe"]["training"]["max_train_steps"] == 2
     assert report["preset"] == "tiny" and report["quick"] is True
 
 
-def test_the_quick_plan_leaves_separation_out_with_a_reason(components: SDComponents) -> None:
-    plan = dataclasses.replace(TOY_PLAN, concepts=("purple_star",), pairs=(), separation=False, concept_samples=1)
-    report = run_shapes_eval(components, quick=True, seed=0, plan=plan)
+def test_a_plan_without_separation_leaves_its_figures_out_with_a_reason(components: SDComponents) -> None:
+    plan = dataclasses.replace(TOY_PLAN, training_seeds=(0,), separation=False, concept_samples=1, pair_samples=1)
+    report, rows = run_shapes_eval(components, quick=True, seed=0, plan=plan)
 
-    for fig in report["separation"].values():
-        assert fig["value"] is None and "quick plan" in fig["reason"]
-    assert report["fusion"]["binding.regional"]["n"] == 0 and report["fusion"]["binding.regional"]["value"] is None
+    assert report["separation"]["attention_in_mask.with_loss"]["value"] is None
+    for method in ("conductor", "regional"):
+        fig = report["separation"][f"leakage.{method}.with_loss"]
+        assert fig["value"] is None and "not in this plan" in fig["reason"]
+    assert set(rows) == {"stacked", "regional", "conductor"}
+
+
+def test_the_figure_has_a_block_per_pair_and_a_row_per_method(
+    toy_run: tuple[dict[str, Any], dict[str, PairScores]],
+) -> None:
+    report, rows = toy_run
+    picture = render_figure(rows, report["plan"]["pairs"], recipe=TOY_RECIPE, seed=0)
+
+    row_height = 64 * 3
+    assert picture.height >= len(report["plan"]["pairs"]) * (1 + len(FUSED_METHODS)) * row_height
+    for scores in rows.values():
+        assert set(scores.kept) == {"purple_star+green_ring", "green_ring+purple_star"}
+        assert all(len(kept.images) == 1 for kept in scores.kept.values())
 
 
 def test_table_lists_every_figure(toy_report: dict[str, Any]) -> None:
@@ -137,10 +201,11 @@ def test_table_lists_every_figure(toy_report: dict[str, Any]) -> None:
 def test_concept_learning_and_sampling_leave_the_components_alone(
     components: SDComponents, unchanged: Callable[[], None]
 ) -> None:
-    weights = learn_concept(components, world.concept("orange_ring"), recipe=TOY_RECIPE, seed=1)
-    images = sample(components, [weights], "a <orange_ring> on the left", count=2, seed=0, recipe=TOY_RECIPE)
+    weights = learn_concept(components, world.concept("green_ring"), recipe=TOY_RECIPE, seed=1)
+    images = sample(components, [weights], "a <green_ring> on the left", count=2, seed=0, recipe=TOY_RECIPE)
 
-    assert weights.class_word == "circle" and weights.training_options["num_images"] == 5
+    assert weights.class_word == "circle"
+    assert weights.training_options["num_images"] == SHAPES_RECIPE.num_images + SHAPES_RECIPE.composites
     assert [i.shape for i in images] == [(64, 64, 3)] * 2
     unchanged()
 
@@ -166,6 +231,7 @@ def test_command_line_writes_the_json(
         torch.set_num_threads(threads)
     report = json.loads((tmp_path / "eval" / "shapes.json").read_text())
     assert set(SECTIONS) <= set(report) and report["quick"] is True
+    assert (tmp_path / "eval" / "shapes.png").stat().st_size > 0
     assert "fusion" in capsys.readouterr().out
 
 

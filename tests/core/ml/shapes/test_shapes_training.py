@@ -10,19 +10,28 @@ from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
 from core.ml.shapes import world
 from core.ml.shapes.evaluation import load_preset_pipeline
+from core.ml.shapes.tokenizer import MAX_LENGTH, write_tokenizer
 from core.ml.shapes.training import (
     ShapesTrainingConfig,
+    _min_snr_weight,
+    build_scheduler,
+    build_text_encoder,
+    build_unet,
     build_vae,
+    caption_ids,
+    harden_vae_decoder,
     latent_drift,
     refine_preset_vae,
     refine_vae_anchored,
     train_shapes,
+    warm_start,
 )
 
 TOY = ShapesTrainingConfig(
     vae_steps=2,
     decoder_steps=1,
     anchor_steps=1,
+    harden_steps=1,
     vae_batch_size=4,
     num_images=16,
     unet_steps=2,
@@ -46,7 +55,15 @@ def test_train_shapes_writes_a_loadable_preset(tmp_path: Path) -> None:
         on_step=lambda s, i, _n, _loss: steps.append((s, i)),
     )
 
-    assert steps == [("vae", 1), ("vae", 2), ("vae_decoder", 1), ("vae_anchored", 1), ("unet", 1), ("unet", 2)]
+    assert steps == [
+        ("vae", 1),
+        ("vae", 2),
+        ("vae_decoder", 1),
+        ("vae_anchored", 1),
+        ("vae_harden", 1),
+        ("unet", 1),
+        ("unet", 2),
+    ]
     assert report.unet_steps_done == 2 and report.scaling_factor > 0
     assert (tmp_path / "work" / "checkpoint" / "unet" / "config.json").is_file()
     pipeline = load_preset_pipeline(tmp_path / "preset")
@@ -108,3 +125,59 @@ def test_refining_a_preset_vae_keeps_its_scaling_factor_and_dtype(tmp_path: Path
     assert b'"F16"' in stored[:20000]
     # The config names the preset, not this machine's path.
     assert json.loads((tmp_path / "preset" / "vae" / "config.json").read_text())["_name_or_path"] == "preset/vae"
+
+
+def test_the_unet_attends_to_the_text_at_every_level_the_full_grid_included() -> None:
+    unet = build_unet(TOY)
+
+    assert set(unet.config.down_block_types) == {"CrossAttnDownBlock2D"}
+    assert set(unet.config.up_block_types) == {"CrossAttnUpBlock2D"}
+
+
+def test_a_warm_start_computes_what_the_old_model_did(tmp_path: Path) -> None:
+    train_shapes(tmp_path / "preset", config=TOY, work_dir=tmp_path / "work", on_step=lambda *_: None)
+    old = load_preset_pipeline(tmp_path / "preset")
+    tokenizer = write_tokenizer(world.VOCABULARY, tmp_path / "tokenizer")
+    unet, text_encoder = build_unet(TOY), build_text_encoder(TOY, tokenizer)
+
+    missing = warm_start(unet, text_encoder, tmp_path / "preset")
+
+    assert missing == []  # same architecture: every weight carried over
+    x, t, states = torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, MAX_LENGTH, 32)
+    with torch.no_grad():
+        assert torch.allclose(unet(x, t, encoder_hidden_states=states).sample, old.unet(x, t, states).sample)
+
+
+def test_caption_variants_word_the_same_objects_differently(tmp_path: Path) -> None:
+    tokenizer = write_tokenizer(world.VOCABULARY, tmp_path / "tokenizer")
+    dataset = world.draw_base_dataset(12, seed=1)
+
+    ids = caption_ids(tokenizer, dataset, 4, seed=0)
+
+    assert ids.shape == (12, 4, MAX_LENGTH)
+    assert torch.equal(
+        ids[:, 0],
+        tokenizer(dataset.captions, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids,
+    )
+    assert any(len({tuple(v.tolist()) for v in ids[i]}) > 1 for i in range(12))
+    assert torch.equal(ids, caption_ids(tokenizer, dataset, 4, seed=0))
+
+
+def test_min_snr_off_weighs_every_timestep_alike() -> None:
+    scheduler = build_scheduler()
+    timesteps = torch.tensor([0, 10, 500, 999])
+
+    assert torch.equal(_min_snr_weight(scheduler, timesteps, 0.0), torch.ones(4))
+    weighted = _min_snr_weight(scheduler, timesteps, 5.0)
+    assert weighted[0] < 0.01 and weighted[-1] == 1.0  # Min-SNR all but ignores the last, detail-setting steps
+
+
+def test_hardening_trains_the_decoder_and_leaves_the_encoder_alone() -> None:
+    vae = build_vae(TOY)
+    encoder = {k: v.clone() for k, v in vae.encoder.state_dict().items()}
+    decoder = {k: v.clone() for k, v in vae.decoder.state_dict().items()}
+
+    harden_vae_decoder(vae, dataclasses.replace(TOY, harden_steps=2))
+
+    assert all(torch.equal(v, vae.encoder.state_dict()[k]) for k, v in encoder.items())
+    assert any(not torch.equal(v, vae.decoder.state_dict()[k]) for k, v in decoder.items())
