@@ -285,13 +285,26 @@ def _vae_loss(
 ) -> tuple[DiagonalGaussianDistribution, torch.Tensor]:
     """The posterior of ``x`` (``(b, 3, 64, 64)`` in [-1, 1]) and the weighted MSE + 0.5 L1 reconstruction loss."""
     posterior = vae.encode(x).latent_dist
-    recon = vae.decode(posterior.sample()).sample
+    return posterior, _reconstruction_loss(vae.decode(posterior.sample()).sample, x, config)
+
+
+def _reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, config: ShapesTrainingConfig) -> torch.Tensor:
+    """Weighted MSE + 0.5 L1 of ``recon`` against ``x`` (both ``(b, 3, 64, 64)`` in [-1, 1])."""
     # Objects cover a small share of the image; weighting their pixels up keeps held-out hues saturated.
     background = x[:, :, :1, :1]
     foreground = ((x - background).abs().amax(dim=1, keepdim=True) > 0.1).float()
     weight = 1.0 + config.vae_foreground_weight * foreground
     error = recon - x
-    return posterior, (weight * (error.pow(2) + 0.5 * error.abs())).mean()
+    return (weight * (error.pow(2) + 0.5 * error.abs())).mean()
+
+
+def _decoder_parameters(vae: AutoencoderKL) -> list[torch.nn.Parameter]:
+    """Freezes ``vae`` but for its decoder side (``decoder``, ``post_quant_conv``) and returns those parameters."""
+    trainable = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    vae.requires_grad_(False)
+    for param in trainable:
+        param.requires_grad_(True)
+    return trainable
 
 
 def refine_vae_decoder(
@@ -307,10 +320,7 @@ def refine_vae_decoder(
         ``vae`` (trained in place, eval mode) and the final smoothed loss.
     """
     torch.manual_seed(config.seed + 2)
-    trainable = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
-    vae.requires_grad_(False)
-    for param in trainable:
-        param.requires_grad_(True)
+    trainable = _decoder_parameters(vae)
     optimizer = torch.optim.AdamW(trainable, lr=config.decoder_lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: _cosine_lr(s, config.decoder_steps, min(50, config.decoder_steps // 10 + 1))
@@ -413,10 +423,7 @@ def harden_vae_decoder(
     """
     torch.manual_seed(config.seed + 4)
     generator = torch.Generator().manual_seed(config.seed + 4)
-    trainable = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
-    vae.requires_grad_(False)
-    for param in trainable:
-        param.requires_grad_(True)
+    trainable = _decoder_parameters(vae)
     optimizer = torch.optim.AdamW(trainable, lr=config.harden_lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: _cosine_lr(s, config.harden_steps, min(30, config.harden_steps // 10 + 1))
@@ -433,11 +440,7 @@ def harden_vae_decoder(
             mean = vae.encode(x).latent_dist.mean
         level = torch.rand((len(x), 1, 1, 1), generator=generator) * config.harden_noise * latent_std
         noised = mean + level * torch.randn(mean.shape, generator=generator)
-        recon = vae.decode(noised).sample
-        background = x[:, :, :1, :1]
-        foreground = ((x - background).abs().amax(dim=1, keepdim=True) > 0.1).float()
-        error = recon - x
-        loss = ((1.0 + config.vae_foreground_weight * foreground) * (error.pow(2) + 0.5 * error.abs())).mean()
+        loss = _reconstruction_loss(vae.decode(noised).sample, x, config)
         _optimizer_step(optimizer, scheduler, trainable, loss)
         smoothed = _smoothed(smoothed, loss.item())
         if on_step is not None:

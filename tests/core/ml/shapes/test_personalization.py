@@ -106,7 +106,7 @@ def test_training_examples_are_balanced_and_half_of_them_show_a_neighbour() -> N
         other_mask = np.asarray(example.others) > 127
         assert concept_mask.any() and other_mask.any() and not (concept_mask & other_mask).any()
         objects = detect_objects(example.image)
-        assert len(objects) == 2 and sum(shows_concept(np.asarray(example.image), concept) for _ in (0,)) == 1
+        assert len(objects) == 2 and shows_concept(np.asarray(example.image), concept)
         left_is_concept = concept_mask[:, :32].sum() > concept_mask[:, 32:].sum()
         assert example.caption.startswith("a <concept> on the left") == left_is_concept
         concept_first += left_is_concept
