@@ -239,15 +239,8 @@ def _paint(
     big = resolution * world.SUPERSAMPLE
     canvas = Image.new("RGB", (big, big), background)
     for mask, obj, box in masks:
-        if obj.spec.pattern == "striped":
-            # Bands counted from the drawn box's top edge, the world's rule, so the object starts with its colour.
-            band = world.STRIPE_WIDTH * world.SUPERSAMPLE
-            rows = (np.arange(big) - int(box[1] * world.SUPERSAMPLE)) // band % 2
-            fill = np.where(rows[:, None, None] == 0, np.array(obj.rgb), np.array(obj.stripe_rgb))
-            fill_image = Image.fromarray(np.broadcast_to(fill, (big, big, 3)).astype(np.uint8), "RGB")
-        else:
-            fill_image = Image.new("RGB", (big, big), obj.rgb)
-        canvas = Image.composite(fill_image, canvas, mask)
+        # Stripes counted from the drawn box's top edge, the world's rule.
+        canvas = Image.composite(world.fill_image(obj, box[1], big), canvas, mask)
     return np.asarray(canvas.resize((resolution, resolution), Image.Resampling.BOX))
 
 

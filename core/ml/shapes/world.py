@@ -258,15 +258,18 @@ def render_scene(scene: Scene, resolution: int = RESOLUTION) -> Image.Image:
     canvas = Image.new("RGB", (big, big), scene.background)
     for obj in scene.objects:
         mask = _draw_mask(obj.spec.shape, obj.box, resolution)
-        if obj.spec.pattern == "striped":
-            # Bands counted from the object's top edge, so every striped object starts with its colour.
-            rows = (np.arange(big) - int(obj.box[1] * SUPERSAMPLE)) // (STRIPE_WIDTH * SUPERSAMPLE) % 2
-            fill = np.where(rows[:, None, None] == 0, np.array(obj.rgb), np.array(obj.stripe_rgb))
-            fill_image = Image.fromarray(np.broadcast_to(fill, (big, big, 3)).astype(np.uint8), "RGB")
-        else:
-            fill_image = Image.new("RGB", (big, big), obj.rgb)
-        canvas = Image.composite(fill_image, canvas, mask)
+        canvas = Image.composite(fill_image(obj, obj.box[1], big), canvas, mask)
     return canvas.resize((resolution, resolution), Image.Resampling.BOX)
+
+
+def fill_image(obj: PlacedObject, top: float, side: int) -> Image.Image:
+    """The paint of ``obj`` over a whole ``side`` x ``side`` supersampled canvas: its colour, or its stripes with
+    bands counted from ``top`` (output pixels; the object's top edge), so a striped object starts with its colour."""
+    if obj.spec.pattern != "striped":
+        return Image.new("RGB", (side, side), obj.rgb)
+    rows = (np.arange(side) - int(top * SUPERSAMPLE)) // (STRIPE_WIDTH * SUPERSAMPLE) % 2
+    fill = np.where(rows[:, None, None] == 0, np.array(obj.rgb), np.array(obj.stripe_rgb))
+    return Image.fromarray(np.broadcast_to(fill, (side, side, 3)).astype(np.uint8), "RGB")
 
 
 def caption_for(specs: Sequence[ObjectSpec], *, centre_phrase: bool = False) -> str:
