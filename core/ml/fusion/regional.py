@@ -61,12 +61,15 @@ class RegionalPrompts:
         negative: ``[1, n_layers, seq, dim]`` the global negative prompt (stand-ins, no adapter).
         regions: ``[K, n_layers, seq, dim]`` each concept's region prompt (its learned words and text-encoder
             LoRA), None without concepts.
+        negative_regions: ``[K, n_layers, seq, dim]`` the negative prompt encoded with each concept's text-encoder
+            LoRA (what the unconditional rows read inside that concept's region), None without concepts.
     """
 
     adapters: list[str]
     positive: torch.Tensor
     negative: torch.Tensor
     regions: torch.Tensor | None
+    negative_regions: torch.Tensor | None
 
 
 def encode_regional_prompts(
@@ -90,14 +93,18 @@ def encode_regional_prompts(
     positive = encode(components, bind_for(components, prompt, placements), placements, num_layers)
     negative_parts = bind_for(components, negative_prompt, placements, field="negative_prompt")
     negative = encode(components, negative_parts, placements, num_layers)
-    regions = []
+    regions, negatives = [], []
     for adapter, placement in zip(adapters, placements, strict=True):
         name = placement.weights.concept_name
         activate_lora(components.text_encoder, adapter, multiplier(placement))
         parts = bind_for(components, single_concept_prompt(prompt, name), placements, adapted=[name])
         regions.append(encode(components, parts, placements, num_layers))
+        negative_parts = bind_for(components, negative_prompt, placements, field="negative_prompt", adapted=[name])
+        negatives.append(encode(components, negative_parts, placements, num_layers))
     activate_lora(components.text_encoder, None)
-    return RegionalPrompts(adapters, positive, negative, torch.cat(regions) if regions else None)
+    if not regions:
+        return RegionalPrompts(adapters, positive, negative, None, None)
+    return RegionalPrompts(adapters, positive, negative, torch.cat(regions), torch.cat(negatives))
 
 
 def generate_regional(
@@ -159,6 +166,8 @@ def generate_regional(
         )
         state.adapters = prompts.adapters
         state.prompts = None if prompts.regions is None else prompts.regions.to(dtype)
+        if state.cfg and prompts.negative_regions is not None:
+            state.negatives = prompts.negative_regions.to(dtype)
 
         # 3. Denoise: one UNet pass per step; the attention processors compose the regions.
         def predict(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

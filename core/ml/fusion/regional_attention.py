@@ -10,9 +10,12 @@ model; our concepts keep their own UNet LoRA, so this processor also applies eac
   concept's LoRA, overlaps average the deltas, tokens outside every region get none;
 - in ``attn2`` of the conditional rows, a token inside some region attends to each covering region's prompt
   (keys/values projected with that concept's LoRA at full strength, ``W + s_k B_k A_k``) and the outputs are
-  averaged with the same ``w_k(j)``; a token outside every region attends to the global prompt (plain ``W``). The
-  unconditional rows attend to the global negative prompt everywhere (plain ``W``) but keep the per-token LoRA of
-  the image-side projections, so both halves of classifier-free guidance run the same weights.
+  averaged with the same ``w_k(j)``; a token outside every region attends to the global prompt (plain ``W``);
+- the unconditional rows are composed the same way from the negative prompt: inside region ``k`` it is encoded
+  with concept ``k``'s text-encoder LoRA and projected with its UNet LoRA, outside every region it is the plain
+  global negative prompt. Both halves of classifier-free guidance therefore run concept ``k``'s whole model inside
+  its region, as its own ED-LoRA sampling does; an unconditional half without the LoRA made guidance amplify the
+  LoRA's whole effect (``guidance_scale`` times), which turned a purple concept pink.
 
 A token inside a single region therefore sees exactly what concept ``k``'s own ED-LoRA model computes for it in
 that layer (given the same layer input); self-attention stays global across regions, as in Mix-of-Show.
@@ -50,6 +53,8 @@ class RegionalState:
         masks: ``[K, h, w]`` 0/1 regions on the latent grid, shared by every image of the batch.
         prompts: ``[K, n_layers, seq, dim]`` each concept's region prompt, encoded with its text-encoder LoRA
             (None when ``K = 0``).
+        negatives: ``[K, n_layers, seq, dim]`` the negative prompt encoded with each concept's text-encoder LoRA
+            (None when ``K = 0`` or without guidance).
         cfg: whether the rows are ``[uncond B, cond B]`` (True) or just ``[cond B]``.
     """
 
@@ -57,6 +62,7 @@ class RegionalState:
     masks: torch.Tensor
     prompts: torch.Tensor | None
     cfg: bool
+    negatives: torch.Tensor | None = None
     _weights: dict[int, tuple[torch.Tensor, list[bool]]] = field(default_factory=dict)
 
     def weights_for(self, tokens: int) -> tuple[torch.Tensor, list[bool]]:
@@ -216,7 +222,8 @@ class RegionalAttnProcessor:
         global_out: torch.Tensor,
         weights: tuple[torch.Tensor, list[bool]],
     ) -> torch.Tensor:
-        """Conditional rows: region-prompt attention inside regions (averaged over overlaps), global outside.
+        """Region-prompt attention inside regions (averaged over overlaps), the global prompt's outside: conditional
+        rows from the region prompts, unconditional rows from the per-concept negative prompts.
 
         Args:
             query: ``[rows, heads, tokens, d]``.
@@ -228,23 +235,42 @@ class RegionalAttnProcessor:
         state = self.state
         if state.prompts is None or self.layer_index is None:
             return global_out
+        half = query.shape[0] // 2 if state.cfg else 0
+        composed = self._compose_rows(attn, query[half:], global_out[half:], state.prompts, weights)
+        if not half:
+            return composed
+        uncond = global_out[:half]
+        if state.negatives is not None:
+            uncond = self._compose_rows(attn, query[:half], uncond, state.negatives, weights)
+        return torch.cat([uncond, composed])
+
+    def _compose_rows(
+        self,
+        attn: Attention,
+        query: torch.Tensor,
+        global_out: torch.Tensor,
+        texts: torch.Tensor,
+        weights: tuple[torch.Tensor, list[bool]],
+    ) -> torch.Tensor:
+        """``Σ_k w_k · attention(query, concept k's text through its LoRA)`` inside regions, ``global_out`` outside.
+
+        Args:
+            query: ``[rows, heads, tokens, d]``; global_out: ``[rows, tokens, inner]``;
+            texts: ``[K, n_layers, seq, dim]`` one encoded text per concept.
+        """
         per_token, present = weights
-        rows = query.shape[0]
-        start = rows // 2 if state.cfg else 0
-        cond_query = query[start:]
-        mixed = torch.zeros_like(global_out[start:])
-        for k, adapter in enumerate(state.adapters):
+        mixed = torch.zeros_like(global_out)
+        for k, adapter in enumerate(self.state.adapters):
             if not present[k]:
                 continue
-            region = state.prompts[k : k + 1, self.layer_index].to(query.dtype)  # [1, seq, dim]
+            text = texts[k : k + 1, self.layer_index].to(query.dtype)  # [1, seq, dim]
             if attn.norm_cross:
-                region = attn.norm_encoder_hidden_states(region)
-            key = _heads(adapted_linear(attn.to_k, region, adapter), attn.heads)
-            value = _heads(adapted_linear(attn.to_v, region, adapter), attn.heads)
-            mixed = mixed + per_token[k].to(mixed.dtype) * _attend(attn, cond_query, key, value)
+                text = attn.norm_encoder_hidden_states(text)
+            key = _heads(adapted_linear(attn.to_k, text, adapter), attn.heads)
+            value = _heads(adapted_linear(attn.to_v, text, adapter), attn.heads)
+            mixed = mixed + per_token[k].to(mixed.dtype) * _attend(attn, query, key, value)
         covered = per_token.sum(dim=0) > 0  # [tokens, 1]
-        composed = torch.where(covered, mixed, global_out[start:])
-        return torch.cat([global_out[:start], composed]) if start else composed
+        return torch.where(covered, mixed, global_out)
 
 
 @contextmanager

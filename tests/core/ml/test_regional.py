@@ -183,13 +183,13 @@ def test_one_unet_pass_per_step_at_batch_2n(
 def test_a_region_covering_the_image_is_plain_single_concept_edlora_sampling(
     components: SDComponents, corgi: EDLoRAWeights
 ) -> None:
-    # Inside a region every layer sees exactly the concept's own ED-LoRA model: with one region over the whole image
-    # (and no unconditional branch, whose negative prompt regional encodes without LoRA) nothing else is left.
-    arguments: dict[str, Any] = {"prompt": "a photo of <corgi> on the beach", "guidance_scale": 1.0, "seed": 3}
+    # Inside a region every layer sees exactly the concept's own ED-LoRA model, in both halves of classifier-free
+    # guidance: with one region over the whole image nothing else is left.
+    arguments: dict[str, Any] = {"prompt": "a photo of <corgi> on the beach", "guidance_scale": 3.0, "seed": 3}
     regional = _generate(components, [ConceptPlacement(corgi, (0.0, 0.0, 1.0, 1.0), 0.9)], **arguments)
     stacked = generate_stacked(
         components,
-        negative_prompt="",
+        negative_prompt="lowres, blurry",  # _generate's
         placements=[ConceptPlacement(corgi, None, 0.9)],
         width=64,
         height=64,
@@ -220,26 +220,30 @@ def test_cross_attention_composes_region_prompts_and_region_loras(
             components, prompt=PROMPT, negative_prompt="blurry", placements=placements, num_layers=len(names)
         )
         assert prompts.regions is not None
-        state = RegionalState(prompts.adapters, masks, prompts.regions, cfg=True)
+        state = RegionalState(prompts.adapters, masks, prompts.regions, cfg=True, negatives=prompts.negative_regions)
         context = torch.cat([prompts.negative.expand(batch, -1, -1, -1), prompts.positive.expand(batch, -1, -1, -1)])
         composed = RegionalAttnProcessor(state, layer_index=index)(attn, hidden, context)
         base = plain(attn, hidden, context[:, index])  # adapters disabled: the plain layer on the global texts
-        own = []
+        assert prompts.negative_regions is not None
+        own, own_negative = [], []
         for k, (adapter, placement) in enumerate(zip(prompts.adapters, placements, strict=True)):
             activate_lora(unet, adapter, placement.weight * placement.weights.alpha)
             own.append(plain(attn, hidden[batch:], prompts.regions[k : k + 1, index].expand(batch, -1, -1)))
+            negative = prompts.negative_regions[k : k + 1, index].expand(batch, -1, -1)
+            own_negative.append(plain(attn, hidden[:batch], negative))
         activate_lora(unet, None)
     inside = masks_at(masks, 64)  # [2, 64]
     outside = ~inside.any(dim=0)
     assert inside[0].any() and inside[1].any() and outside.any()
     # Outside every region: the plain layer, on the global prompt (conditional) and negative prompt (unconditional).
     assert torch.allclose(composed[:, outside], base[:, outside], atol=1e-6)
-    # Inside region k, conditional rows: concept k's own LoRA'd layer on its region prompt.
+    # Inside region k: concept k's own LoRA'd layer, on its region prompt (conditional rows) and on the negative prompt
+    # encoded with its text-encoder LoRA (unconditional rows), so guidance does not amplify the LoRA itself.
     for k in range(2):
         assert torch.allclose(composed[batch:, inside[k]], own[k][:, inside[k]], atol=1e-6)
+        assert torch.allclose(composed[:batch, inside[k]], own_negative[k][:, inside[k]], atol=1e-6)
         assert not torch.allclose(composed[batch:, inside[k]], base[batch:, inside[k]], atol=1e-4)
-    # Unconditional rows inside a region: the negative prompt, through the region's LoRA on the image side.
-    assert not torch.allclose(composed[:batch, inside[0]], base[:batch, inside[0]], atol=1e-4)
+        assert not torch.allclose(composed[:batch, inside[k]], base[:batch, inside[k]], atol=1e-4)
 
 
 def test_overlapping_regions_average() -> None:
