@@ -34,7 +34,7 @@ eval: $(VENV)/.installed-run
 
 ## lint: ruff and mypy on the code
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check core services tests bench
+	$(BIN)/ruff check core services tessera_shapes tests bench
 	$(BIN)/mypy
 
 ## test: lint, then the whole suite (unit + integration, real Redis / S3 / Celery processes)

@@ -170,8 +170,8 @@ def models_pull(
 
 @models_app.command("train-shapes", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def models_train_shapes(ctx: typer.Context) -> None:
-    """Train the `shapes` toy preset from scratch (options: see `--help` of core.ml.shapes.training)."""
-    from core.ml.shapes.training import main as train_main
+    """Train the `shapes` toy preset from scratch (options: see `--help` of tessera_shapes.training)."""
+    from tessera_shapes.training import main as train_main
 
     _logging()
     train_main(list(ctx.args))
@@ -182,9 +182,9 @@ def eval_shapes(ctx: typer.Context) -> None:
     """Measure the shipped shapes model: base accuracy, concept fidelity, leakage, fusion binding.
 
     Writes eval/shapes.json and prints one table; `--quick` runs the subset CI runs (see
-    `python -m core.ml.shapes.eval_report --help` for every option).
+    `python -m tessera_shapes.report --help` for every option).
     """
-    from core.ml.shapes.eval_report import main as eval_main
+    from tessera_shapes.report import main as eval_main
 
     eval_main(list(ctx.args))
 

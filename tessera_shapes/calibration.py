@@ -1,10 +1,10 @@
 """Calibrates the scorer's shape tests: true drawings it must accept against near misses it must refuse.
 
 :func:`calibrate` measures every scored shape on true drawings (crisp, and blurred like a decoded generation) and on
-the near misses of :mod:`core.ml.shapes.near_misses` that pretend to be it, measure by measure (see
+the near misses of :mod:`tessera_shapes.near_misses` that pretend to be it, measure by measure (see
 ``scorer.ShapeRule``), and picks each threshold in the gap between the two. :func:`scorer_calibration` runs the
 scorer itself over both corpora and counts what it accepts and refuses, for evaluation reports.
-``python -m core.ml.shapes.calibration`` prints both.
+``python -m tessera_shapes.calibration`` prints both.
 
 Measured by ``calibrate()`` (seeds 5-7; per seed the 180-scene grid plus 120 pairs, and 36 near misses of each kind;
 every drawing crisp and blurred). Ranges are min-max over crisp and blurred drawings together; the near misses
@@ -58,8 +58,8 @@ from typing import Any
 
 import numpy as np
 
-from core.ml.shapes import near_misses, scorer, world
-from core.ml.shapes.near_misses import Drawing
+from tessera_shapes import near_misses, scorer, world
+from tessera_shapes.near_misses import Drawing
 
 # A threshold sits this share of the gap away from the nearest near miss, towards the worst true drawing. Not the
 # middle: true drawings are perfect shapes, blurred, and bunch at one end of the gap, while generated shapes that a

@@ -7,7 +7,7 @@ pre-encodes base-world latents once and trains a ``CLIPTextModel`` and a ``UNet2
 SD 1.5's noise schedule, epsilon prediction, Min-SNR-5 weighting, caption dropout and an EMA of the weights.
 The result is written as a diffusers folder that ``StableDiffusionPipeline`` loads like SD 1.5.
 
-Run ``python -m core.ml.shapes.training --help``; partial runs leave usable checkpoints in ``--work-dir``.
+Run ``python -m tessera_shapes.training --help``; partial runs leave usable checkpoints in ``--work-dir``.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from core.ml.shapes import world
-from core.ml.shapes.tokenizer import MAX_LENGTH, write_tokenizer
+from core.ml.components import SHIPPED_PRESETS_ROOT
+from tessera_shapes import world
+from tessera_shapes.tokenizer import MAX_LENGTH, write_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ StepCallback = Callable[[str, int, int, float], None]
 """Called as ``on_step(stage, step, total_steps, loss)`` after every optimizer step."""
 
 NUM_TRAIN_TIMESTEPS = 1000
-PRESET_DIR = Path(__file__).resolve().parents[1] / "presets" / "shapes"
+# The preset ships with the service, which loads it from there; training writes it in place.
+PRESET_DIR = SHIPPED_PRESETS_ROOT / "shapes"
 
 
 @dataclass(frozen=True)
@@ -923,7 +925,7 @@ _CLI_FIELDS = (
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m core.ml.shapes.training``: trains the preset and logs progress to stderr."""
+    """``python -m tessera_shapes.training``: trains the preset and logs progress to stderr."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=PRESET_DIR)
     parser.add_argument("--work-dir", type=Path, default=Path(".cache/shapes"))
@@ -974,7 +976,3 @@ def main(argv: Sequence[str] | None = None) -> None:
         init_from=args.init_from,
     )
     logger.info("done: %s", json.dumps(dataclasses.asdict(report)["seconds"]))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,41 @@
+"""Training of the shapes preset (see :mod:`tessera_shapes.training.pipeline`)."""
+
+from tessera_shapes.training.pipeline import (
+    PRESET_DIR,
+    ShapesTrainingConfig,
+    TrainingReport,
+    build_scheduler,
+    build_text_encoder,
+    build_unet,
+    build_vae,
+    caption_ids,
+    harden_vae_decoder,
+    latent_drift,
+    main,
+    psnr_db,
+    reconstruct,
+    refine_preset_vae,
+    refine_vae_anchored,
+    train_shapes,
+    warm_start,
+)
+
+__all__ = [
+    "PRESET_DIR",
+    "ShapesTrainingConfig",
+    "TrainingReport",
+    "build_scheduler",
+    "build_text_encoder",
+    "build_unet",
+    "build_vae",
+    "caption_ids",
+    "harden_vae_decoder",
+    "latent_drift",
+    "main",
+    "psnr_db",
+    "reconstruct",
+    "refine_preset_vae",
+    "refine_vae_anchored",
+    "train_shapes",
+    "warm_start",
+]
