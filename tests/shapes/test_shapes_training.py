@@ -25,7 +25,7 @@ from tessera_shapes.training import (
     train_shapes,
     warm_start,
 )
-from tessera_shapes.training.pipeline import _min_snr_weight
+from tessera_shapes.training.denoiser import _min_snr_weight
 
 TOY = ShapesTrainingConfig(
     vae_steps=2,
