@@ -270,9 +270,12 @@ def decoder_ceiling(
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m tessera_shapes.evaluation``: evaluates a preset folder and prints a JSON report."""
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> None:
+    """``python -m tessera_shapes.evaluation``: evaluates a preset folder and prints a JSON report.
+
+    ``prog`` names the command in ``--help``.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--preset", type=Path, default=PRESET_DIR)
     parser.add_argument("--single-repeats", type=int, default=6)
     parser.add_argument("--pair-repeats", type=int, default=2)
@@ -306,4 +309,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(prog="python -m tessera_shapes.evaluation")

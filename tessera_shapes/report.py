@@ -15,7 +15,8 @@ Sections and figures (each ``{"value": float | None, "n": int, "ci95": [lo, hi] 
 A figure that a plan does not measure is present with ``value: null`` and the reason, so every report has the same
 keys. Attention-in-mask is a mean share, not a rate: its interval is a normal approximation over images.
 
-``python -m tessera_shapes.report --out eval/shapes.json [--quick]`` runs it and prints the table.
+``tessera shapes eval --out eval/shapes.json [--quick]`` (or ``python -m tessera_shapes.report``) runs it and prints
+the table.
 """
 
 from __future__ import annotations
@@ -454,9 +455,12 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join([title, *lines])
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m tessera_shapes.report``: run the evaluation, write the JSON, print the table."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> None:
+    """``python -m tessera_shapes.report`` (``tessera shapes eval``): run the evaluation, write the JSON, print
+    the table. ``prog`` names the command in ``--help``."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("eval/shapes.json"))
     parser.add_argument("--quick", action="store_true", help="the small subset that make test runs")
     parser.add_argument("--preset", default="shapes")
@@ -478,4 +482,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(prog="python -m tessera_shapes.report")

@@ -3,4 +3,4 @@
 from tessera_shapes.training.pipeline import main
 
 if __name__ == "__main__":
-    main()
+    main(prog="python -m tessera_shapes.training")

@@ -7,7 +7,8 @@ pre-encodes base-world latents once and trains a ``CLIPTextModel`` and a ``UNet2
 SD 1.5's noise schedule, epsilon prediction, Min-SNR-5 weighting, caption dropout and an EMA of the weights.
 The result is written as a diffusers folder that ``StableDiffusionPipeline`` loads like SD 1.5.
 
-Run ``python -m tessera_shapes.training --help``; partial runs leave usable checkpoints in ``--work-dir``.
+Run ``tessera shapes train --help`` (or ``python -m tessera_shapes.training --help``); partial runs leave usable
+checkpoints in ``--work-dir``.
 """
 
 from __future__ import annotations
@@ -248,9 +249,12 @@ _CLI_FIELDS = (
 )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m tessera_shapes.training``: trains the preset and logs progress to stderr."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> None:
+    """``python -m tessera_shapes.training`` (``tessera shapes train``): trains the preset and logs progress to
+    stderr. ``prog`` names the command in ``--help``."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output-dir", type=Path, default=PRESET_DIR)
     parser.add_argument("--work-dir", type=Path, default=Path(".cache/shapes"))
     parser.add_argument("--fresh-vae", action="store_true", help="retrain the VAE even if work-dir has one")

@@ -237,7 +237,7 @@ def test_command_line_writes_the_json(
 @pytest.fixture(scope="module")
 def shapes_components() -> Iterator[SDComponents]:
     if not SHAPES_READY:
-        pytest.skip("the shapes preset is not in core/ml/presets/shapes yet (python -m tessera_shapes.training)")
+        pytest.skip("the shapes preset is not in core/ml/presets/shapes yet (tessera shapes train)")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield load_components("shapes", Path("unused-for-shipped-presets"))
