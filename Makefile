@@ -30,11 +30,11 @@ serve: $(VENV)/.installed-run
 
 ## eval: measure the shipped shapes model (base accuracy, concept fidelity, leakage, fusion binding) -> eval/shapes.json
 eval: $(VENV)/.installed-run
-	HF_HUB_OFFLINE=1 $(BIN)/tessera eval shapes --out eval/shapes.json --threads 2
+	HF_HUB_OFFLINE=1 $(BIN)/tessera shapes eval --out eval/shapes.json --threads 2
 
 ## lint: ruff and mypy on the code
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check core services tests bench
+	$(BIN)/ruff check core services tessera_shapes tests bench
 	$(BIN)/mypy
 
 ## test: lint, then the whole suite (unit + integration, real Redis / S3 / Celery processes)

@@ -31,9 +31,9 @@ from core.ml.components import load_components
 from core.ml.edlora.diagnostics import measure_attention_in_mask
 from core.ml.edlora.trainer import train_edlora
 from core.ml.masks.segmenter import ColourSegmenter, compute_masks
-from core.ml.shapes import world
-from core.ml.shapes.personalization import SHAPES_RECIPE, class_word
 from core.schemas import MaskPrompt
+from tessera_shapes import world
+from tessera_shapes.personalization import SHAPES_RECIPE, class_word
 
 ARMS: dict[str, dict[str, object]] = {
     "no separation": {"separation_loss_weight": 0.0},

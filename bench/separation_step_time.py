@@ -27,8 +27,8 @@ from core.ml.components import SDComponents, load_components
 from core.ml.edlora.config import EDLoRAConfig
 from core.ml.edlora.trainer import train_edlora
 from core.ml.masks.segmenter import ColourSegmenter, ConceptMasks, compute_masks
-from core.ml.shapes import world
 from core.progress import Progress
+from tessera_shapes import world
 
 WARMUP_STEPS = 5
 

@@ -20,6 +20,11 @@ keys_app = typer.Typer(help="API keys per tenant (stored as hashes in Redis).", 
 app.add_typer(keys_app, name="keys")
 eval_app = typer.Typer(help="Measure quality: concept fidelity, prompt following, leakage.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+shapes_app = typer.Typer(
+    help="The shapes toy world (tessera_shapes): train its preset, evaluate it, calibrate its scorer.",
+    no_args_is_help=True,
+)
+app.add_typer(shapes_app, name="shapes")
 
 
 def _logging() -> None:
@@ -168,25 +173,43 @@ def models_pull(
     typer.echo(f"preset {preset} in {path}")
 
 
-@models_app.command("train-shapes", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def models_train_shapes(ctx: typer.Context) -> None:
-    """Train the `shapes` toy preset from scratch (options: see `--help` of core.ml.shapes.training)."""
-    from core.ml.shapes.training import main as train_main
+# The shapes commands hand every argument, --help included, to the tool's own argparse parser: its options are
+# defined (and documented) once, there, and typer would otherwise answer --help with a generic page.
+_FORWARD_ALL = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@shapes_app.command("train", context_settings=_FORWARD_ALL)
+def shapes_train(ctx: typer.Context) -> None:
+    """Train the shapes preset from scratch into core/ml/presets/shapes (--help lists every option)."""
+    from tessera_shapes.training import main as train_main
 
     _logging()
-    train_main(list(ctx.args))
+    train_main(list(ctx.args), prog=ctx.command_path)
 
 
-@eval_app.command("shapes", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def eval_shapes(ctx: typer.Context) -> None:
+@shapes_app.command("eval", context_settings=_FORWARD_ALL)
+def shapes_eval(ctx: typer.Context) -> None:
     """Measure the shipped shapes model: base accuracy, concept fidelity, leakage, fusion binding.
 
-    Writes eval/shapes.json and prints one table; `--quick` runs the subset CI runs (see
-    `python -m core.ml.shapes.eval_report --help` for every option).
+    Writes eval/shapes.json and eval/shapes.png and prints one table; --quick runs the subset the tests run
+    (--help lists every option).
     """
-    from core.ml.shapes.eval_report import main as eval_main
+    from tessera_shapes.report import main as eval_main
 
-    eval_main(list(ctx.args))
+    eval_main(list(ctx.args), prog=ctx.command_path)
+
+
+@shapes_app.command("calibrate", context_settings=_FORWARD_ALL)
+def shapes_calibrate(ctx: typer.Context) -> None:
+    """Calibrate the shapes scorer on true drawings and near misses; prints thresholds and shares as JSON."""
+    from tessera_shapes.calibration import main as calibrate_main
+
+    calibrate_main(list(ctx.args), prog=ctx.command_path)
+
+
+# The names these commands had before the shapes group; scripts and habits still use them.
+models_app.command("train-shapes", context_settings=_FORWARD_ALL, help="Same as `tessera shapes train`.")(shapes_train)
+eval_app.command("shapes", context_settings=_FORWARD_ALL, help="Same as `tessera shapes eval`.")(shapes_eval)
 
 
 @eval_app.command("concept")

@@ -90,9 +90,9 @@ def _generic_plan(size: int, train_steps: int, steps: int, guidance: float) -> D
 
 def _shapes_plan() -> DemoPlan:
     # The shapes world needs torch only through the recipe module; the demo runs beside the service.
-    from core.ml.shapes import world
-    from core.ml.shapes.personalization import SHAPES_RECIPE, class_word, concept_examples
-    from core.ml.shapes.scorer import score_image
+    from tessera_shapes import world
+    from tessera_shapes.personalization import SHAPES_RECIPE, class_word, concept_examples
+    from tessera_shapes.scorer import score_image
 
     recipe = SHAPES_RECIPE
     suffix = str(int(time.time()))

@@ -151,7 +151,7 @@ def test_worker_image_is_offline_and_loads_weights_from_a_mount() -> None:
 
 def test_dockerignore_keeps_the_context_small() -> None:
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
-    assert {".git", ".venv", "data", "tests"} <= ignored
+    assert {".git", ".venv", "data", "tests", "tessera_shapes"} <= ignored
     assert not {"core", "services", "pyproject.toml", "constraints.txt", "README.md"} & ignored
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.ml.shapes import world
-from core.ml.shapes.personalization import SHAPES_RECIPE, class_word, concept_examples, shows_concept
 from services.client import TesseraClient
 from services.embedded import Stack
+from tessera_shapes import world
+from tessera_shapes.personalization import SHAPES_RECIPE, class_word, concept_examples, shows_concept
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""CLI commands that run in-process (eval, models init, keys) and the JSON log format."""
+"""CLI commands that run in-process (eval, models init, keys, the shapes tools) and the JSON log format."""
 
 from __future__ import annotations
 
@@ -50,6 +50,36 @@ def test_models_init_builds_tiny(tmp_path: Path) -> None:
     assert (tmp_path / "tiny" / "unet" / "config.json").exists()
     missing = CliRunner().invoke(app, ["models", "init", "--preset", "sd15", "--root", str(tmp_path)])
     assert missing.exit_code != 0 and "sd15" in str(missing.exception)
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        (["shapes", "train"], "--unet-steps"),
+        (["shapes", "eval"], "--quick"),
+        (["shapes", "calibrate"], "--per-kind"),
+        (["models", "train-shapes"], "--unet-steps"),
+        (["eval", "shapes"], "--quick"),
+    ],
+)
+def test_shapes_commands_print_the_tools_own_options(
+    command: list[str], option: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The training command sets up JSON logging on the root logger; here that would replace pytest's handlers.
+    monkeypatch.setattr("services.cli._logging", lambda: None)
+    result = CliRunner().invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert option in result.stdout and f"{' '.join(command)} [-h]" in result.stdout
+
+
+def test_shapes_eval_and_its_alias_forward_every_argument(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr("tessera_shapes.report.main", lambda argv, *, prog: calls.append(list(argv)))
+    runner = CliRunner()
+    for command in (["shapes", "eval"], ["eval", "shapes"]):
+        result = runner.invoke(app, [*command, "--quick", "--seed", "3"])
+        assert result.exit_code == 0, result.output
+    assert calls == [["--quick", "--seed", "3"]] * 2
 
 
 def test_keys_create_list_revoke(redis_url: str, redis_client: object, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,8 +14,8 @@ from core.errors import ModelLoadError
 from core.ml.masks.cleanup import clean_mask, fill_holes, label_components, remove_islands
 from core.ml.masks.sam import TINY_SAM_FILE, SamSegmenter, build_tiny_sam, load_segmenter
 from core.ml.masks.segmenter import ColourSegmenter, ConceptMasks, compute_masks, select_concept
-from core.ml.shapes import world
 from core.schemas import MaskPrompt
+from tessera_shapes import world
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 import pytest
 
-from core.ml.shapes import calibration, scorer
+from tessera_shapes import calibration, scorer
 
 
 def test_pick_threshold_sits_in_the_gap_nearer_the_near_misses() -> None:

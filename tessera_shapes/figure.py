@@ -14,8 +14,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
-from core.ml.shapes import world
-from core.ml.shapes.personalization import PairScores, PersonalizationRecipe, training_examples
+from tessera_shapes import world
+from tessera_shapes.personalization import PairScores, PersonalizationRecipe, training_examples
 
 SCALE = 3
 GAP = 4
@@ -54,9 +54,9 @@ def render_figure(
     """The evaluation picture: per pair, its examples and one row per fusion method (see the module docstring).
 
     Args:
-        rows: fusion rows as ``eval_report.run_shapes_eval`` returns them (``PairScores.kept`` holds the samples).
+        rows: fusion rows as ``report.run_shapes_eval`` returns them (``PairScores.kept`` holds the samples).
         pairs: ``(left, right)`` concept names, in report order.
-        recipe, seed: how the first training seed's examples were drawn (``eval_report`` trains concept ``i`` of
+        recipe, seed: how the first training seed's examples were drawn (``report`` trains concept ``i`` of
             a pair's concepts with ``seed + i``; the examples shown are drawn the same way).
     """
     side = world.RESOLUTION * SCALE

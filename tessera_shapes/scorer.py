@@ -14,8 +14,8 @@ IoUs overlap. The rules add what a person looks at: seen from its centre, a circ
 a square's swings four times, a triangle's three and a star's five, and no outline swings at an order its
 shape lacks (an oblong's twice, a pentagon's five times in a "circle"); a square's sides do not bow in
 (solidity); a ring has a hole and nothing else does. The thresholds come from
-:func:`core.ml.shapes.calibration.calibrate`: true drawings, crisp and blurred like decoded generations,
-against the near misses of :mod:`core.ml.shapes.near_misses`.
+:func:`tessera_shapes.calibration.calibrate`: true drawings, crisp and blurred like decoded generations,
+against the near misses of :mod:`tessera_shapes.near_misses`.
 
 Needs only numpy and Pillow. Images are ``PIL.Image.Image`` or uint8 arrays of shape ``(H, W, 3)``.
 """
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from core.ml.shapes import world
+from tessera_shapes import world
 
 # Max per-channel difference from the background that makes a pixel foreground (0-255 scale).
 FOREGROUND_THRESHOLD = 48
@@ -42,7 +42,7 @@ MIN_AREA = 15
 TEMPLATE_COVERAGE = 0.35
 # The IoU floor of a shape without a rule of its own (the VAE-only extras). It was the only shape test before the
 # near-miss calibration: at 0.55 it accepted 190 of 216 pinched squares and every bitten square, oblong, rounded
-# diamond, pentagon and ellipse (see core.ml.shapes.calibration).
+# diamond, pentagon and ellipse (see tessera_shapes.calibration).
 MIN_SHAPE_IOU = 0.55
 # Hue farther than this (degrees) from every named colour is "unknown"; so is saturation below the floor.
 MAX_HUE_DISTANCE = 30.0
@@ -226,11 +226,11 @@ class ShapeRule:
     hole: bool = False
 
 
-# Each threshold is core.ml.shapes.calibration.calibrate()'s (seeds 5-7, 36 near misses of each kind and 120 pairs
+# Each threshold is tessera_shapes.calibration.calibrate()'s (seeds 5-7, 36 near misses of each kind and 120 pairs
 # per seed, every drawing crisp and blurred), rounded: in the gap between the worst true drawing and the nearest
 # near miss the measure is meant to refuse, a quarter of the way from the near miss. An IoU floor refuses no near
 # miss (IoU cannot tell them apart) and sits 0.1 below the worst true drawing. That module's docstring has the
-# measured ranges; python -m core.ml.shapes.calibration measures them again.
+# measured ranges; python -m tessera_shapes.calibration measures them again.
 SHAPE_RULES: dict[str, ShapeRule] = {
     "circle": ShapeRule(min_iou=0.76, max_asymmetry=0.038),
     "square": ShapeRule(min_iou=0.80, order=4, max_asymmetry=0.085, min_solidity=0.937),

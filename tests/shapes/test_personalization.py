@@ -17,18 +17,9 @@ import pytest
 import torch
 
 from core.ml.components import SHIPPED_PRESETS_ROOT, SDComponents, load_components
-from core.ml.shapes import world
-from core.ml.shapes.eval_figure import render_figure
-from core.ml.shapes.eval_report import (
-    FUSED_METHODS,
-    QUICK_PLAN,
-    SECTIONS,
-    EvalPlan,
-    format_table,
-    main,
-    run_shapes_eval,
-)
-from core.ml.shapes.personalization import (
+from tessera_shapes import world
+from tessera_shapes.figure import render_figure
+from tessera_shapes.personalization import (
     SHAPES_RECIPE,
     PairScores,
     Tally,
@@ -38,7 +29,16 @@ from core.ml.shapes.personalization import (
     shows_concept,
     training_examples,
 )
-from core.ml.shapes.scorer import detect_objects
+from tessera_shapes.report import (
+    FUSED_METHODS,
+    QUICK_PLAN,
+    SECTIONS,
+    EvalPlan,
+    format_table,
+    main,
+    run_shapes_eval,
+)
+from tessera_shapes.scorer import detect_objects
 
 TOY_RECIPE = dataclasses.replace(
     SHAPES_RECIPE, training=SHAPES_RECIPE.training.model_copy(update={"max_train_steps": 2}), num_inference_steps=2
@@ -212,7 +212,7 @@ def test_concept_learning_and_sampling_leave_the_components_alone(
 def test_command_line_writes_the_json(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, models_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr("core.ml.shapes.eval_report.QUICK_PLAN", TOY_PLAN)
+    monkeypatch.setattr("tessera_shapes.report.QUICK_PLAN", TOY_PLAN)
     threads = torch.get_num_threads()
     try:
         main(
@@ -237,7 +237,7 @@ def test_command_line_writes_the_json(
 @pytest.fixture(scope="module")
 def shapes_components() -> Iterator[SDComponents]:
     if not SHAPES_READY:
-        pytest.skip("the shapes preset is not in core/ml/presets/shapes yet (python -m core.ml.shapes.training)")
+        pytest.skip("the shapes preset is not in core/ml/presets/shapes yet (tessera shapes train)")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield load_components("shapes", Path("unused-for-shipped-presets"))

@@ -1,7 +1,7 @@
 """Measures a shapes preset: base-model accuracy by prompt set, and VAE fidelity on held-out concepts.
 
-``python -m core.ml.shapes.evaluation`` samples the shipped preset with the stock ``StableDiffusionPipeline``
-and DPM-Solver++, scores every image with :mod:`core.ml.shapes.scorer` and prints a JSON report.
+``python -m tessera_shapes.evaluation`` samples the shipped preset with the stock ``StableDiffusionPipeline``
+and DPM-Solver++, scores every image with :mod:`tessera_shapes.scorer` and prints a JSON report.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import Stabl
 from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from core.ml.shapes import world
-from core.ml.shapes.scorer import ImageScore, score_image
-from core.ml.shapes.training import PRESET_DIR, psnr_db, reconstruct
+from tessera_shapes import world
+from tessera_shapes.scorer import ImageScore, score_image
+from tessera_shapes.training import PRESET_DIR, psnr_db, reconstruct
 
 logger = logging.getLogger(__name__)
 
@@ -270,9 +270,12 @@ def decoder_ceiling(
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m core.ml.shapes.evaluation``: evaluates a preset folder and prints a JSON report."""
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> None:
+    """``python -m tessera_shapes.evaluation``: evaluates a preset folder and prints a JSON report.
+
+    ``prog`` names the command in ``--help``.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--preset", type=Path, default=PRESET_DIR)
     parser.add_argument("--single-repeats", type=int, default=6)
     parser.add_argument("--pair-repeats", type=int, default=2)
@@ -306,4 +309,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(prog="python -m tessera_shapes.evaluation")

@@ -8,12 +8,11 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-from core.ml.shapes import world
-from core.ml.shapes.evaluation import load_preset_pipeline
-from core.ml.shapes.tokenizer import MAX_LENGTH, write_tokenizer
-from core.ml.shapes.training import (
+from tessera_shapes import world
+from tessera_shapes.evaluation import load_preset_pipeline
+from tessera_shapes.tokenizer import MAX_LENGTH, write_tokenizer
+from tessera_shapes.training import (
     ShapesTrainingConfig,
-    _min_snr_weight,
     build_scheduler,
     build_text_encoder,
     build_unet,
@@ -26,6 +25,7 @@ from core.ml.shapes.training import (
     train_shapes,
     warm_start,
 )
+from tessera_shapes.training.denoiser import _min_snr_weight
 
 TOY = ShapesTrainingConfig(
     vae_steps=2,

@@ -10,7 +10,7 @@ Generated images are blurrier than the world's crisp drawings (an 8x downsamplin
 :func:`soften` blurs an image the way a decode does; :func:`near_miss_corpus` and :func:`ground_truth_corpus`
 return every drawing crisp and softened, and a threshold is never tuned on crisp pixels alone.
 
-Needs only numpy and Pillow, like :mod:`core.ml.shapes.world`, whose outlines and placement it reuses.
+Needs only numpy and Pillow, like :mod:`tessera_shapes.world`, whose outlines and placement it reuses.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from core.ml.shapes import world
-from core.ml.shapes.world import _draw_mask, _regular
+from tessera_shapes import world
+from tessera_shapes.world import _draw_mask, _regular
 
 Box = tuple[float, float, float, float]
 Points = list[tuple[float, float]]

@@ -2,8 +2,8 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
-from core.ml.shapes import world
-from core.ml.shapes.tokenizer import MAX_LENGTH, learn_merges, write_tokenizer
+from tessera_shapes import world
+from tessera_shapes.tokenizer import MAX_LENGTH, learn_merges, write_tokenizer
 
 
 def test_every_world_word_is_one_token(tmp_path: Path) -> None:

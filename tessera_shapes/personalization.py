@@ -35,9 +35,9 @@ from core.ml.fusion.regional import ConceptPlacement, GenerationResult, generate
 from core.ml.fusion.request import MAX_OUTPUTS
 from core.ml.fusion.stacked import generate_stacked
 from core.ml.prompts import CAPTION_PLACEHOLDER
-from core.ml.shapes import world
-from core.ml.shapes.evaluation import _wilson
-from core.ml.shapes.scorer import detect_objects, score_image
+from tessera_shapes import world
+from tessera_shapes.evaluation import _wilson
+from tessera_shapes.scorer import detect_objects, score_image
 
 FusionMethod = Literal["stacked", "regional", "conductor"]
 FUSION_METHODS: tuple[FusionMethod, ...] = ("stacked", "regional", "conductor")

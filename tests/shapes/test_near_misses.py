@@ -3,8 +3,8 @@ import itertools
 import numpy as np
 import pytest
 
-from core.ml.shapes import near_misses, world
-from core.ml.shapes.scorer import detect_objects
+from tessera_shapes import near_misses, world
+from tessera_shapes.scorer import detect_objects
 
 
 def test_every_kind_pretends_to_be_a_scored_shape() -> None:

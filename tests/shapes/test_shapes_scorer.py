@@ -4,9 +4,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.ml.shapes import near_misses, world
-from core.ml.shapes.calibration import scorer_calibration
-from core.ml.shapes.scorer import SHAPE_RULES, detect_objects, score_caption, score_image, shape_failures
+from tessera_shapes import near_misses, world
+from tessera_shapes.calibration import scorer_calibration
+from tessera_shapes.scorer import SHAPE_RULES, detect_objects, score_caption, score_image, shape_failures
 
 
 def _ground_truth_scenes() -> list[world.Scene]:

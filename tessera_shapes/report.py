@@ -4,9 +4,9 @@ Sections and figures (each ``{"value": float | None, "n": int, "ci95": [lo, hi] 
 ``value`` is a rate in [0, 1], ``ci95`` its 95% Wilson interval, ``reason`` says why a figure is missing):
 
 - ``base_model``: colour / shape / position accuracy per expected object and the all-correct rate per image, for
-  one-object and two-object prompts (``core.ml.shapes.evaluation``), plus two-object leakage;
+  one-object and two-object prompts (``tessera_shapes.evaluation``), plus two-object leakage;
 - ``concept_learning``: ED-LoRA fidelity and position following per held-out concept and pooled
-  (``core.ml.shapes.personalization``);
+  (``tessera_shapes.personalization``);
 - ``separation``: attention-in-mask share and two-concept leakage of the same concepts trained without and with
   the attention separation loss (full plan only: it trains every concept twice more);
 - ``fusion``: two-concept binding (per image and per concept) and leakage of naive stacking, ``regional`` and
@@ -15,7 +15,8 @@ Sections and figures (each ``{"value": float | None, "n": int, "ci95": [lo, hi] 
 A figure that a plan does not measure is present with ``value: null`` and the reason, so every report has the same
 keys. Attention-in-mask is a mean share, not a rate: its interval is a normal approximation over images.
 
-``python -m core.ml.shapes.eval_report --out eval/shapes.json [--quick]`` runs it and prints the table.
+``tessera shapes eval --out eval/shapes.json [--quick]`` (or ``python -m tessera_shapes.report``) runs it and prints
+the table.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 
 from core.ml.components import SDComponents, load_components
-from core.ml.shapes import world
-from core.ml.shapes.calibration import scorer_calibration
-from core.ml.shapes.eval_figure import render_figure
-from core.ml.shapes.evaluation import SetScore, decoder_ceiling, evaluate_base_model
-from core.ml.shapes.personalization import (
+from tessera_shapes import world
+from tessera_shapes.calibration import scorer_calibration
+from tessera_shapes.evaluation import SetScore, decoder_ceiling, evaluate_base_model
+from tessera_shapes.figure import render_figure
+from tessera_shapes.personalization import (
     FUSION_METHODS,
     SHAPES_RECIPE,
     ConceptScores,
@@ -454,9 +455,12 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join([title, *lines])
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m core.ml.shapes.eval_report``: run the evaluation, write the JSON, print the table."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> None:
+    """``python -m tessera_shapes.report`` (``tessera shapes eval``): run the evaluation, write the JSON, print
+    the table. ``prog`` names the command in ``--help``."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("eval/shapes.json"))
     parser.add_argument("--quick", action="store_true", help="the small subset that make test runs")
     parser.add_argument("--preset", default="shapes")
@@ -478,4 +482,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(prog="python -m tessera_shapes.report")

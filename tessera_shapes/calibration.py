@@ -1,10 +1,10 @@
 """Calibrates the scorer's shape tests: true drawings it must accept against near misses it must refuse.
 
 :func:`calibrate` measures every scored shape on true drawings (crisp, and blurred like a decoded generation) and on
-the near misses of :mod:`core.ml.shapes.near_misses` that pretend to be it, measure by measure (see
+the near misses of :mod:`tessera_shapes.near_misses` that pretend to be it, measure by measure (see
 ``scorer.ShapeRule``), and picks each threshold in the gap between the two. :func:`scorer_calibration` runs the
 scorer itself over both corpora and counts what it accepts and refuses, for evaluation reports.
-``python -m core.ml.shapes.calibration`` prints both.
+``tessera shapes calibrate`` (or ``python -m tessera_shapes.calibration``) prints both.
 
 Measured by ``calibrate()`` (seeds 5-7; per seed the 180-scene grid plus 120 pairs, and 36 near misses of each kind;
 every drawing crisp and blurred). Ranges are min-max over crisp and blurred drawings together; the near misses
@@ -58,8 +58,8 @@ from typing import Any
 
 import numpy as np
 
-from core.ml.shapes import near_misses, scorer, world
-from core.ml.shapes.near_misses import Drawing
+from tessera_shapes import near_misses, scorer, world
+from tessera_shapes.near_misses import Drawing
 
 # A threshold sits this share of the gap away from the nearest near miss, towards the worst true drawing. Not the
 # middle: true drawings are perfect shapes, blurred, and bunch at one end of the gap, while generated shapes that a
@@ -318,9 +318,12 @@ def scorer_calibration(seed: int, n: int) -> dict[str, dict[str, dict[str, Any]]
     }
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Prints the calibration (distributions and thresholds) and the scorer's shares as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> None:
+    """Prints the calibration (distributions and thresholds) and the scorer's shares as JSON.
+
+    ``prog`` names the command in ``--help`` (``tessera shapes calibrate`` passes its own).
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[5, 6, 7])
     parser.add_argument("--per-kind", type=int, default=36)
     parser.add_argument("--pairs", type=int, default=120)
@@ -338,4 +341,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(prog="python -m tessera_shapes.calibration")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from core.ml.shapes import world
+from tessera_shapes import world
 
 
 def test_same_seed_draws_the_same_pixels_and_captions() -> None:

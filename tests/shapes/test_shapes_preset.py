@@ -9,9 +9,9 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from safetensors import safe_open
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from core.ml.shapes import world
-from core.ml.shapes.evaluation import ConceptFidelity
-from core.ml.shapes.training import PRESET_DIR
+from tessera_shapes import world
+from tessera_shapes.evaluation import ConceptFidelity
+from tessera_shapes.training import PRESET_DIR
 
 MAX_PRESET_BYTES = 20 * 1024 * 1024
 WEIGHT_FILES = (
@@ -93,7 +93,7 @@ def test_tokenizer_loads_offline_and_has_room_for_concepts() -> None:
 
 @pytest.fixture(scope="module")
 def fidelity() -> dict[str, ConceptFidelity]:
-    from core.ml.shapes.evaluation import vae_fidelity
+    from tessera_shapes.evaluation import vae_fidelity
 
     vae = AutoencoderKL.from_pretrained(PRESET_DIR, subfolder="vae", torch_dtype=torch.float32)
     return vae_fidelity(vae, images_per_concept=12)
@@ -122,8 +122,8 @@ def test_vae_keeps_held_out_hues_shapes_and_stripes(
 
 @pytest.mark.slow
 def test_base_model_draws_what_it_is_asked() -> None:
-    from core.ml.shapes.evaluation import generate, load_preset_pipeline, pair_prompts, single_prompts
-    from core.ml.shapes.scorer import score_caption
+    from tessera_shapes.evaluation import generate, load_preset_pipeline, pair_prompts, single_prompts
+    from tessera_shapes.scorer import score_caption
 
     pipeline = load_preset_pipeline(PRESET_DIR, dtype=torch.float32)
     rng = np.random.default_rng(0)
