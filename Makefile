@@ -37,9 +37,9 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check core services tessera_shapes tests bench
 	$(BIN)/mypy
 
-## test: lint, then the whole suite (unit + integration, real Redis / S3 / Celery processes)
+## test: lint, then the whole suite (unit + integration, real Redis / S3 / Celery processes) on two workers
 test: lint deploy-tools
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2
 
 ## test-fast: the suite without the slow integration tests
 test-fast: $(VENV)/.installed-dev
