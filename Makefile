@@ -30,7 +30,7 @@ serve: $(VENV)/.installed-run
 
 ## eval: measure the shipped shapes model (base accuracy, concept fidelity, leakage, fusion binding) -> eval/shapes.json
 eval: $(VENV)/.installed-run
-	HF_HUB_OFFLINE=1 $(BIN)/tessera shapes eval --out eval/shapes.json --threads 2
+	HF_HUB_OFFLINE=1 $(BIN)/tessera shapes eval --out eval/shapes.json --threads 2 --workers 2
 
 ## lint: ruff and mypy on the code
 lint: $(VENV)/.installed-dev

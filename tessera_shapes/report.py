@@ -24,9 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -261,73 +264,112 @@ class _Arm:
     attention: MeanShare = field(default_factory=MeanShare)
 
 
-def _run_arm(
-    components: SDComponents,
-    plan: EvalPlan,
-    *,
-    weight: float,
-    methods: Sequence[FusionMethod],
-    seed: int,
-    seconds: dict[str, float],
-    measure_concepts: bool,
-) -> _Arm:
-    """Trains every concept once per training seed at separation weight ``weight`` and measures it."""
-    arm = _Arm()
+@dataclass(frozen=True)
+class _SeedJob:
+    """One training seed of one arm: train every concept at separation weight ``weight``, then measure."""
+
+    weight: float
+    methods: tuple[FusionMethod, ...]
+    seed_index: int
+    training_seed: int
+    measure_concepts: bool
+
+
+def _run_seed(components: SDComponents, plan: EvalPlan, job: _SeedJob, seed: int) -> tuple[_Arm, dict[str, float]]:
+    """Trains every concept once for ``job`` and measures it: the arm's share from this seed, and its seconds."""
+    arm, seconds = _Arm(), {}
     pairs = [(world.concept(a), world.concept(b)) for a, b in plan.pairs]
-    for seed_index, training_seed in enumerate(plan.training_seeds):
-        started = time.monotonic()
-        adapters = {
-            name: learn_concept(
-                components,
-                world.concept(name),
-                recipe=plan.recipe,
-                seed=seed + 1_000 * training_seed + index,
-                separation_loss_weight=weight,
-            )
-            for index, name in enumerate(plan.concepts)
-        }
-        seconds["concept_training"] = seconds.get("concept_training", 0.0) + time.monotonic() - started
-        started = time.monotonic()
-        for index, name in enumerate(plan.concepts):
-            concept = world.concept(name)
-            if measure_concepts:
-                scores = measure_concept(
-                    components,
-                    adapters[name],
-                    concept,
-                    samples=plan.concept_samples,
-                    seed=seed + 100_000 * (index + 1) + 10 * training_seed,
-                    recipe=plan.recipe,
-                )
-                previous = arm.concepts.get(name, ConceptScores())
-                arm.concepts[name] = ConceptScores(
-                    previous.fidelity.merged(scores.fidelity), previous.position.merged(scores.position)
-                )
-            shares = attention_in_mask(
+    started = time.monotonic()
+    adapters = {
+        name: learn_concept(
+            components,
+            world.concept(name),
+            recipe=plan.recipe,
+            seed=seed + 1_000 * job.training_seed + index,
+            separation_loss_weight=job.weight,
+        )
+        for index, name in enumerate(plan.concepts)
+    }
+    seconds["concept_training"] = time.monotonic() - started
+    started = time.monotonic()
+    for index, name in enumerate(plan.concepts):
+        concept = world.concept(name)
+        if job.measure_concepts:
+            arm.concepts[name] = measure_concept(
                 components,
                 adapters[name],
                 concept,
-                images=plan.attention_images,
-                seed=seed + 50_000 + 100 * index + training_seed,
+                samples=plan.concept_samples,
+                seed=seed + 100_000 * (index + 1) + 10 * job.training_seed,
+                recipe=plan.recipe,
             )
-            arm.attention.values.extend(shares.values)
-        seconds["concept_sampling"] = seconds.get("concept_sampling", 0.0) + time.monotonic() - started
-        started = time.monotonic()
-        fused = measure_pairs(
+        shares = attention_in_mask(
             components,
-            adapters,
-            pairs,
-            samples_per_pair=plan.pair_samples,
-            seed=seed + 900_000 + 10_000 * training_seed,
-            methods=methods,
-            recipe=plan.recipe,
-            keep=plan.figure_samples if seed_index == 0 else 0,
+            adapters[name],
+            concept,
+            images=plan.attention_images,
+            seed=seed + 50_000 + 100 * index + job.training_seed,
         )
-        for method, fused_scores in fused.items():
+        arm.attention.values.extend(shares.values)
+    seconds["concept_sampling"] = time.monotonic() - started
+    started = time.monotonic()
+    fused = measure_pairs(
+        components,
+        adapters,
+        pairs,
+        samples_per_pair=plan.pair_samples,
+        seed=seed + 900_000 + 10_000 * job.training_seed,
+        methods=job.methods,
+        recipe=plan.recipe,
+        keep=plan.figure_samples if job.seed_index == 0 else 0,
+    )
+    arm.fusion = {str(method): scores for method, scores in fused.items()}
+    seconds["fusion"] = time.monotonic() - started
+    return arm, seconds
+
+
+def _merge_arms(parts: Sequence[_Arm]) -> _Arm:
+    """The arm over every seed, from its per-seed parts in seed order (kept figure samples: the first seed's)."""
+    arm = _Arm()
+    for part in parts:
+        for name, scores in part.concepts.items():
+            previous = arm.concepts.get(name, ConceptScores())
+            arm.concepts[name] = ConceptScores(
+                previous.fidelity.merged(scores.fidelity), previous.position.merged(scores.position)
+            )
+        arm.attention.values.extend(part.attention.values)
+        for method, fused in part.fusion.items():
             known = arm.fusion.get(method)
-            arm.fusion[method] = fused_scores if known is None else known.merged(fused_scores)
-        seconds["fusion"] = seconds.get("fusion", 0.0) + time.monotonic() - started
+            arm.fusion[method] = fused if known is None else known.merged(fused)
     return arm
+
+
+# Per worker process of a parallel evaluation: the model it loaded and the plan (set by _start_worker).
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(load: Callable[[], SDComponents], plan: EvalPlan, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["components"], _WORKER["plan"] = load(), plan
+
+
+def _worker_seed(job: _SeedJob, seed: int) -> tuple[_Arm, dict[str, float]]:
+    return _run_seed(_WORKER["components"], _WORKER["plan"], job, seed)
+
+
+def _worker_base(plan: EvalPlan, seed: int) -> dict[str, SetScore]:
+    return _base_scores(_WORKER["components"], plan, seed)
+
+
+def _base_scores(components: SDComponents, plan: EvalPlan, seed: int) -> dict[str, SetScore]:
+    return evaluate_base_model(
+        base_pipeline(components),
+        single_repeats=plan.single_repeats,
+        pair_repeats=plan.pair_repeats,
+        seed=seed,
+        guidance_scale=plan.recipe.guidance_scale,
+        num_inference_steps=plan.recipe.num_inference_steps,
+    )
 
 
 def _fusion_figures(rows: dict[str, PairScores]) -> dict[str, Figure]:
@@ -342,7 +384,13 @@ def _fusion_figures(rows: dict[str, PairScores]) -> dict[str, Figure]:
 
 
 def run_shapes_eval(
-    components: SDComponents, *, quick: bool, seed: int, plan: EvalPlan | None = None
+    components: SDComponents,
+    *,
+    quick: bool,
+    seed: int,
+    plan: EvalPlan | None = None,
+    workers: int = 1,
+    load: Callable[[], SDComponents] | None = None,
 ) -> tuple[dict[str, Any], dict[str, PairScores]]:
     """Measure the loaded model and return the report (the ``eval/shapes.json`` structure) and the fusion rows
     (with the samples kept for the figure).
@@ -352,13 +400,16 @@ def run_shapes_eval(
         quick: the small plan that ``make test`` runs (``QUICK_PLAN``) instead of ``FULL_PLAN``.
         seed: seeds every drawn image, training run and sample.
         plan: overrides the plan ``quick`` picks (tests use a smaller one).
+        workers: processes that run the base-model check and the (arm, training seed) jobs side by side; each
+            loads the model with ``load`` (picklable, e.g. ``functools.partial(load_components, preset, root)``)
+            and takes ``torch.get_num_threads() // workers`` threads. Every job seeds itself, so the figures do
+            not depend on how jobs are spread (beyond float rounding at another thread count).
 
     Returns:
         ``({"version", "preset", "base_model_id", "quick", "seed", "plan", "seconds", "definitions", <section>:
         {<figure>: Figure}}, {fusion row: PairScores})`` for the sections in ``SECTIONS``.
     """
     plan = plan or (QUICK_PLAN if quick else FULL_PLAN)
-    recipe = plan.recipe
     seconds: dict[str, float] = {}
 
     started = time.monotonic()
@@ -366,20 +417,34 @@ def run_shapes_eval(
     ceiling = _ceiling_figures(components, plan)
     seconds["scorer_and_ceiling"] = time.monotonic() - started
 
+    jobs = [
+        _SeedJob(0.0, FUSION_METHODS, i, training_seed, measure_concepts=True)
+        for i, training_seed in enumerate(plan.training_seeds)
+    ]
+    if plan.separation:
+        jobs += [
+            _SeedJob(SEPARATION_LOSS_WEIGHT, ("conductor", "regional"), i, training_seed, measure_concepts=False)
+            for i, training_seed in enumerate(plan.training_seeds)
+        ]
     started = time.monotonic()
-    scores = evaluate_base_model(
-        base_pipeline(components),
-        single_repeats=plan.single_repeats,
-        pair_repeats=plan.pair_repeats,
-        seed=seed,
-        guidance_scale=recipe.guidance_scale,
-        num_inference_steps=recipe.num_inference_steps,
-    )
-    seconds["base_model"] = time.monotonic() - started
-
-    plain = _run_arm(
-        components, plan, weight=0.0, methods=FUSION_METHODS, seed=seed, seconds=seconds, measure_concepts=True
-    )
+    if workers > 1:
+        if load is None:
+            raise ValueError("a parallel evaluation (workers > 1) needs `load` to build the model in each worker")
+        threads = max(1, torch.get_num_threads() // workers)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(load, plan, threads)) as pool:
+            base_future = pool.submit(_worker_base, plan, seed)
+            results = list(pool.map(_worker_seed, jobs, [seed] * len(jobs)))
+            scores = base_future.result()
+    else:
+        scores = _base_scores(components, plan, seed)
+        seconds["base_model"] = time.monotonic() - started
+        results = [_run_seed(components, plan, job, seed) for job in jobs]
+    seconds["wall_after_ceiling"] = time.monotonic() - started
+    for _, job_seconds in results:  # summed over workers: CPU time per part, not wall time
+        for part, value in job_seconds.items():
+            seconds[part] = seconds.get(part, 0.0) + value
+    plain = _merge_arms([arm for (arm, _), job in zip(results, jobs, strict=True) if job.weight == 0.0])
     learning: dict[str, Figure] = {
         "fidelity": figure(_sum([s.fidelity for s in plain.concepts.values()])),
         "position_following": figure(_sum([s.position for s in plain.concepts.values()])),
@@ -391,15 +456,7 @@ def run_shapes_eval(
     rows: dict[str, PairScores] = dict(plain.fusion)
     separation: dict[str, Figure] = {"attention_in_mask.without_loss": mean_figure(plain.attention)}
     if plan.separation:
-        with_loss = _run_arm(
-            components,
-            plan,
-            weight=SEPARATION_LOSS_WEIGHT,
-            methods=("conductor", "regional"),
-            seed=seed,
-            seconds=seconds,
-            measure_concepts=False,
-        )
+        with_loss = _merge_arms([arm for (arm, _), job in zip(results, jobs, strict=True) if job.weight != 0.0])
         rows["conductor+separation"] = with_loss.fusion["conductor"]
         rows["regional+separation"] = with_loss.fusion["regional"]
         separation["attention_in_mask.with_loss"] = mean_figure(with_loss.attention)
@@ -466,12 +523,16 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> None:
     parser.add_argument("--preset", default="shapes")
     parser.add_argument("--models-root", type=Path, default=Path("data/models"), help="for presets not shipped")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models run best on one)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in all (tiny models run best on one)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the threads (training seeds run side by side)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     components = load_components(args.preset, args.models_root)
-    report, rows = run_shapes_eval(components, quick=args.quick, seed=args.seed)
+    load = partial(load_components, args.preset, args.models_root)
+    report, rows = run_shapes_eval(components, quick=args.quick, seed=args.seed, workers=args.workers, load=load)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     picture = args.out.with_suffix(".png")

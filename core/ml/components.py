@@ -50,9 +50,14 @@ class PresetOptions:
             ``"class_word"`` (its class word, usually one token: later tokens shift) or ``"learned_embeddings"``
             (its two learned layer-wise embeddings with no LoRA: the slot keeps two tokens, for text encoders that
             bind meaning to token positions). JSON key ``base_path_concept_words``; default ``"class_word"``.
+        conductor_refines_masks: whether Concept Conductor refines its masks from self-attention during sampling
+            (JSON key ``conductor_refine_masks``; default true, as the reference does on SD 1.5). A model whose
+            finest attention grid is too coarse for k-means to find objects in turns it off: its masks then stay
+            the requested regions.
     """
 
     base_path_concept_words: StandIn = "class_word"
+    conductor_refines_masks: bool = True
 
 
 def read_preset_options(folder: Path) -> PresetOptions:
@@ -73,7 +78,10 @@ def read_preset_options(folder: Path) -> PresetOptions:
     words = data.get("base_path_concept_words", PresetOptions.base_path_concept_words)
     if words not in get_args(StandIn):
         raise ModelLoadError(f"{path}: base_path_concept_words must be one of {get_args(StandIn)}, got {words!r}")
-    return PresetOptions(base_path_concept_words=words)
+    refines = data.get("conductor_refine_masks", PresetOptions.conductor_refines_masks)
+    if not isinstance(refines, bool):
+        raise ModelLoadError(f"{path}: conductor_refine_masks must be true or false, got {refines!r}")
+    return PresetOptions(base_path_concept_words=words, conductor_refines_masks=refines)
 
 
 @dataclass

@@ -7,6 +7,7 @@ the quick plan on the shipped ``shapes`` preset and fails when a figure drops be
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -173,6 +174,19 @@ def test_a_plan_without_separation_leaves_its_figures_out_with_a_reason(componen
         fig = report["separation"][f"leakage.{method}.with_loss"]
         assert fig["value"] is None and "not in this plan" in fig["reason"]
     assert set(rows) == {"stacked", "regional", "conductor"}
+
+
+def test_parallel_workers_give_the_same_figures(
+    components: SDComponents, models_root: Path, toy_report: dict[str, Any]
+) -> None:
+    # Each (arm, training seed) job seeds itself, so spreading them over processes changes nothing but the clock.
+    assert torch.get_num_threads() == 1  # as in every worker (threads // workers, at least one)
+    load = functools.partial(load_components, "tiny", models_root)
+    report, rows = run_shapes_eval(components, quick=True, seed=0, plan=TOY_PLAN, workers=2, load=load)
+    for section in ("base_model", "concept_learning", "fusion", "separation"):
+        assert report[section] == toy_report[section], section
+    assert set(rows) == {"stacked", "regional", "conductor", "conductor+separation", "regional+separation"}
+    assert report["seconds"]["concept_training"] > 0
 
 
 def test_the_figure_has_a_block_per_pair_and_a_row_per_method(

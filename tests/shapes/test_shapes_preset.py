@@ -9,6 +9,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from safetensors import safe_open
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from core.ml.components import read_preset_options
 from tessera_shapes import world
 from tessera_shapes.evaluation import ConceptFidelity
 from tessera_shapes.training import PRESET_DIR
@@ -76,6 +77,8 @@ def test_configs_agree_with_each_other() -> None:
     assert scheduler_config["prediction_type"] == "epsilon"
     assert preset["name"] == "shapes"
     assert {c["name"] for c in preset["held_out_concepts"]} == {c.name for c in world.HELD_OUT_CONCEPTS}
+    # The 8x8 grid is too coarse for Concept Conductor's k-means masks (see training/preset.py).
+    assert read_preset_options(PRESET_DIR).conductor_refines_masks is False
 
 
 def test_tokenizer_loads_offline_and_has_room_for_concepts() -> None:

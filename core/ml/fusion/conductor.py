@@ -225,7 +225,7 @@ def generate_conductor(
     seed: int,
     num_outputs: int = 1,
     layout: LayoutReference | None = None,
-    config: ConductorConfig = ConductorConfig(),
+    config: ConductorConfig | None = None,
     inversions: InversionCache | None = None,
     on_step: StepCallback = no_progress,
     observe: FeatureObserver | None = None,
@@ -237,7 +237,8 @@ def generate_conductor(
     Args:
         layout: a reference whose layout the images follow (DDIM-inverted once per image+prompt, kept in
             ``inversions``); its masks, when given, are the concepts' initial masks.
-        config: the method's knobs (``ConductorConfig``).
+        config: the method's knobs; None: ``ConductorConfig()``, with mask refinement off where the preset says so
+            (``PresetOptions.conductor_refines_masks``).
         inversions: a cache shared between calls (a worker keeps one).
         on_step: gets ``Progress("sampling", i, total)`` after each step; raising stops within that step.
         observe: diagnostic hook, called with each merge layer's fused output ``[paths, M, tokens, C]``.
@@ -255,6 +256,8 @@ def generate_conductor(
     check_request(
         components, prompt, placements, width, height, num_inference_steps, guidance_scale, seed, num_outputs
     )
+    if config is None:
+        config = ConductorConfig() if components.options.conductor_refines_masks else ConductorConfig(refine_updates=0)
     masks = _initial_masks(components, placements, layout, width, height)
     base_parts = bind_for(components, prompt, placements)
     seeds = [seed + i for i in range(num_outputs)]

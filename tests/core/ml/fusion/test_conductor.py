@@ -103,6 +103,21 @@ def test_refined_masks_stay_disjoint_and_are_the_regions_injected_at_the_last_st
             assert torch.equal(fused[0][rows][:, b], fused[2][rows][:, b]), name
 
 
+def test_a_preset_that_turns_refinement_off_keeps_the_requested_regions(
+    components: SDComponents, corgi: EDLoRAWeights, tabby: EDLoRAWeights
+) -> None:
+    placements = [ConceptPlacement(corgi, (0.0, 0.0, 0.5, 1.0)), ConceptPlacement(tabby, (0.5, 0.0, 1.0, 1.0))]
+    steps = {"num_inference_steps": 6, "config": None}  # the default config: 7 refinements over 0.25..0.40
+    refining = _generate(components, placements, **steps)
+    fixed_options = PresetOptions(conductor_refines_masks=False)
+    fixed = _generate(dataclasses.replace(components, options=fixed_options), placements, **steps)
+
+    left, right = torch.zeros(8, 8, dtype=torch.bool), torch.zeros(8, 8, dtype=torch.bool)
+    left[:, :4], right[:, 4:] = True, True
+    assert [_grid(m).tolist() for m in fixed.masks] == [left.reshape(-1).tolist(), right.reshape(-1).tolist()]
+    assert [_grid(m).tolist() for m in refining.masks] != [_grid(m).tolist() for m in fixed.masks]
+
+
 def test_same_seed_same_pixels_with_guidance_and_refinement(
     components: SDComponents, corgi: EDLoRAWeights, tabby: EDLoRAWeights, unchanged: Callable[[], None]
 ) -> None:

@@ -44,6 +44,12 @@ def test_preset_options_come_from_preset_json(tmp_path: Path) -> None:
     (tmp_path / "preset.json").write_text(json.dumps({"base_path_concept_words": "nonsense"}))
     with pytest.raises(ModelLoadError, match="base_path_concept_words"):
         read_preset_options(tmp_path)
+    assert PresetOptions().conductor_refines_masks is True
+    (tmp_path / "preset.json").write_text(json.dumps({"conductor_refine_masks": False}))
+    assert read_preset_options(tmp_path).conductor_refines_masks is False
+    (tmp_path / "preset.json").write_text(json.dumps({"conductor_refine_masks": "no"}))
+    with pytest.raises(ModelLoadError, match="conductor_refine_masks"):
+        read_preset_options(tmp_path)
 
 
 def test_tiny_loads_with_class_word_stand_ins(components: SDComponents) -> None:
