@@ -261,9 +261,10 @@ def shapes_components() -> Iterator[SDComponents]:
 @pytest.mark.slow
 def test_quick_evaluation_of_the_shipped_model_meets_its_floors(shapes_components: SDComponents) -> None:
     """Regression floors below what the shipped preset measured (2026-11-30, strict scorer, one thread; full
-    figures in eval/shapes.json): base single ~0.69 and pairs ~0.32 all correct, pair colour and position
-    >= 0.98 with no leakage; green_ring fidelity 16/16, purple_triangle 2/16 centred but 15/16 at the sides;
-    per-concept binding of pairs ~0.3 under every fusion method. The issue's targets are far above these."""
+    figures in eval/shapes.json): base single 0.97 and pairs 0.89 all correct (the quick plan draws the same 288
+    pair images), pair colour and position 1.00 with no leakage; fidelity 0.96 / 1.00 and position following
+    0.90 / 0.98 (purple_triangle / green_ring, 3 training seeds); per-concept binding of pairs 0.56 (regional) and
+    0.31 (conductor). The quick plan trains one seed, so the concept and fusion floors leave room for it."""
     report, _ = run_shapes_eval(shapes_components, quick=True, seed=0)
     table = format_table(report)
 
@@ -278,8 +279,9 @@ def test_quick_evaluation_of_the_shipped_model_meets_its_floors(shapes_component
     assert value("base_model", "pair.colour") >= 0.95, table
     assert value("base_model", "pair.position") >= 0.95, table
     assert value("base_model", "pair.leakage") <= 0.03, table
-    assert value("base_model", "single.all_correct") >= 0.4, table
-    assert value("base_model", "pair.all_correct") >= 0.15, table
-    assert max(value("concept_learning", f"fidelity.{name}") for name in QUICK_PLAN.concepts) >= 0.8, table
-    assert value("concept_learning", "position_following") >= 0.5, table
+    assert value("base_model", "single.all_correct") >= 0.85, table
+    assert value("base_model", "pair.all_correct") >= 0.8, table
+    assert min(value("concept_learning", f"fidelity.{name}") for name in QUICK_PLAN.concepts) >= 0.6, table
+    assert value("concept_learning", "position_following") >= 0.7, table
+    assert value("fusion", "concept_binding.regional") >= 0.25, table
     assert value("fusion", "concept_binding.conductor") >= 0.1, table
