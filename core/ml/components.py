@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import get_args
+from typing import Literal, get_args
 
 import torch
 from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
@@ -40,6 +40,11 @@ _PRESET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 PRESET_OPTIONS_FILE = "preset.json"
 
 
+MergeLayers = Literal["up_blocks", "all"]
+"""Where Concept Conductor injects concept features: every up-block attention layer (the reference's choice on
+SD 1.5), or every attention layer of the UNet (down and mid blocks too)."""
+
+
 @dataclass(frozen=True)
 class PresetOptions:
     """Per-preset choices the pipelines act on, read from the preset folder's ``preset.json``.
@@ -54,10 +59,15 @@ class PresetOptions:
             (JSON key ``conductor_refine_masks``; default true, as the reference does on SD 1.5). A model whose
             finest attention grid is too coarse for k-means to find objects in turns it off: its masks then stay
             the requested regions.
+        conductor_merge_layers: where Concept Conductor injects each concept's features
+            (``MergeLayers``; JSON key ``conductor_merge_layers``): ``"up_blocks"`` (default,
+            the reference's layers on SD 1.5) or ``"all"`` (down and mid blocks too, for a model whose base path
+            otherwise keeps drawing the class word).
     """
 
     base_path_concept_words: StandIn = "class_word"
     conductor_refines_masks: bool = True
+    conductor_merge_layers: MergeLayers = "up_blocks"
 
 
 def read_preset_options(folder: Path) -> PresetOptions:
@@ -81,7 +91,10 @@ def read_preset_options(folder: Path) -> PresetOptions:
     refines = data.get("conductor_refine_masks", PresetOptions.conductor_refines_masks)
     if not isinstance(refines, bool):
         raise ModelLoadError(f"{path}: conductor_refine_masks must be true or false, got {refines!r}")
-    return PresetOptions(base_path_concept_words=words, conductor_refines_masks=refines)
+    merge = data.get("conductor_merge_layers", PresetOptions.conductor_merge_layers)
+    if merge not in get_args(MergeLayers):
+        raise ModelLoadError(f"{path}: conductor_merge_layers must be one of {get_args(MergeLayers)}, got {merge!r}")
+    return PresetOptions(base_path_concept_words=words, conductor_refines_masks=refines, conductor_merge_layers=merge)
 
 
 @dataclass

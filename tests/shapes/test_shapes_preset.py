@@ -79,6 +79,8 @@ def test_configs_agree_with_each_other() -> None:
     assert {c["name"] for c in preset["held_out_concepts"]} == {c.name for c in world.HELD_OUT_CONCEPTS}
     # The 8x8 grid is too coarse for Concept Conductor's k-means masks (see training/preset.py).
     assert read_preset_options(PRESET_DIR).conductor_refines_masks is False
+    # Injecting only in the up blocks left the base path's class words in charge (filled circles for rings).
+    assert read_preset_options(PRESET_DIR).conductor_merge_layers == "all"
 
 
 def test_tokenizer_loads_offline_and_has_room_for_concepts() -> None:

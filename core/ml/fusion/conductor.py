@@ -31,6 +31,7 @@ merged, copied or switched per step: adapters are attached once as named peft ad
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -43,7 +44,7 @@ import PIL.Image
 import torch
 
 from core.errors import InvalidRequestError
-from core.ml.components import SDComponents
+from core.ml.components import MergeLayers, SDComponents
 from core.ml.edlora.attention import cross_attention_layer_names, layerwise_cross_attention
 from core.ml.edlora.lora import lora_scope
 from core.ml.fusion.inversion import InversionCache, invert_reference, nearest_latent
@@ -92,6 +93,8 @@ class ConductorConfig:
             (default; the reference's shipped config: "A <dog> and a <dog> on the beach" for the dog's path),
             ``"own_clause"`` (the clauses naming the concept: "a <dog> on the left"; the reference's README
             example is of this kind) or ``"full"`` (the full prompt, other concepts as their stand-ins).
+        merge_layers: where concept features are injected (``core.ml.components.MergeLayers``): every up-block
+            attention layer (the reference's choice) or every attention layer of the UNet.
         guidance_min_side, mask_max_side: layer roles by native grid side (``multipath.conductor_layers``):
             guidance at the coarsest up-block level at least ``guidance_min_side`` wide (else the finest), masks
             at the finest level at most ``mask_max_side`` wide (else the coarsest); SD 1.5: 16×16 and 32×32.
@@ -109,6 +112,7 @@ class ConductorConfig:
     inversion_steps: int = 100
     inject: bool = True
     concept_prompt: PathPrompt = "every_slot"
+    merge_layers: MergeLayers = "up_blocks"
     guidance_min_side: int = GUIDANCE_MIN_SIDE
     mask_max_side: int = MASK_MAX_SIDE
 
@@ -121,6 +125,8 @@ class ConductorConfig:
             raise ValueError(f"inversion_steps must be >= 1, got {self.inversion_steps}")
         if self.concept_prompt not in get_args(PathPrompt):
             raise ValueError(f"concept_prompt must be one of {get_args(PathPrompt)}, got {self.concept_prompt!r}")
+        if self.merge_layers not in get_args(MergeLayers):
+            raise ValueError(f"merge_layers must be one of {get_args(MergeLayers)}, got {self.merge_layers!r}")
         if self.guidance_min_side < 1 or self.mask_max_side < 1:
             raise ValueError("guidance_min_side and mask_max_side must be >= 1")
 
@@ -237,8 +243,8 @@ def generate_conductor(
     Args:
         layout: a reference whose layout the images follow (DDIM-inverted once per image+prompt, kept in
             ``inversions``); its masks, when given, are the concepts' initial masks.
-        config: the method's knobs; None: ``ConductorConfig()``, with mask refinement off where the preset says so
-            (``PresetOptions.conductor_refines_masks``).
+        config: the method's knobs; None: ``ConductorConfig()`` with the preset's choices
+            (``PresetOptions.conductor_refines_masks``, ``conductor_merge_layers``).
         inversions: a cache shared between calls (a worker keeps one).
         on_step: gets ``Progress("sampling", i, total)`` after each step; raising stops within that step.
         observe: diagnostic hook, called with each merge layer's fused output ``[paths, M, tokens, C]``.
@@ -257,7 +263,10 @@ def generate_conductor(
         components, prompt, placements, width, height, num_inference_steps, guidance_scale, seed, num_outputs
     )
     if config is None:
-        config = ConductorConfig() if components.options.conductor_refines_masks else ConductorConfig(refine_updates=0)
+        options = components.options
+        config = ConductorConfig(merge_layers=options.conductor_merge_layers)
+        if not options.conductor_refines_masks:
+            config = dataclasses.replace(config, refine_updates=0)
     masks = _initial_masks(components, placements, layout, width, height)
     base_parts = bind_for(components, prompt, placements)
     seeds = [seed + i for i in range(num_outputs)]
@@ -295,7 +304,12 @@ def generate_conductor(
     generator = torch.Generator().manual_seed(seed)
     refine_at = config.refinement_steps(num_inference_steps) if placements else frozenset()
 
-    layers = conductor_layers(unet, guidance_min_side=config.guidance_min_side, mask_max_side=config.mask_max_side)
+    layers = conductor_layers(
+        unet,
+        guidance_min_side=config.guidance_min_side,
+        mask_max_side=config.mask_max_side,
+        merge=config.merge_layers,
+    )
     with torch.no_grad(), lora_scope(components.text_encoder, unet), multipath_attention(unet, state, layers):
         # 3. Adapters (text encoder and UNet at weight · alpha) and prompts of every path, laid out as one batch.
         base, concepts = encode_paths(

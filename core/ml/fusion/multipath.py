@@ -38,6 +38,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from core.ml.components import MergeLayers
 from core.ml.edlora.attention import cross_attention_layer_names
 from core.ml.regions import layer_grid, masks_at
 
@@ -98,15 +99,17 @@ def conductor_layers(
     *,
     guidance_min_side: int = GUIDANCE_MIN_SIDE,
     mask_max_side: int = MASK_MAX_SIDE,
+    merge: MergeLayers = "up_blocks",
 ) -> ConductorLayers:
     """Pick the guidance, mask and merge layers of any SD-style UNet by resolution, not by hard-coded name.
 
     The up-block levels with attention are ordered by their native grid side (``up_block_sides``). Guidance: the
     first self-attention of the coarsest level with side >= ``guidance_min_side``, else of the finest level. Mask:
     the last self-attention of the finest level with side <= ``mask_max_side``, else of the coarsest level. Merge:
-    every attention layer of the up blocks. SD 1.5 gets Concept Conductor's layers (16×16 / 32×32 / all 18); a
-    model whose latent grid is smaller than 16 (the shapes preset's 8×8) gets guidance and masks at its
-    highest-resolution up-block level with attention.
+    every attention layer of the up blocks (``merge="up_blocks"``) or of the whole UNet (``"all"``). SD 1.5 gets
+    Concept Conductor's layers (16×16 / 32×32 / all 18 up-block layers); a model whose latent grid is smaller
+    than 16 (the shapes preset's 8×8) gets guidance and masks at its highest-resolution up-block level with
+    attention.
 
     Raises:
         ValueError: the UNet has no attention in its up blocks.
@@ -126,7 +129,7 @@ def conductor_layers(
     return ConductorLayers(
         guidance=levels[guidance_side][0],
         mask=levels[mask_side][-1],
-        merge=frozenset(n for n in names if n.startswith("up_blocks.")),
+        merge=frozenset(n for n in names if merge == "all" or n.startswith("up_blocks.")),
     )
 
 

@@ -103,6 +103,23 @@ def test_refined_masks_stay_disjoint_and_are_the_regions_injected_at_the_last_st
             assert torch.equal(fused[0][rows][:, b], fused[2][rows][:, b]), name
 
 
+def test_the_preset_chooses_the_merge_layers_unless_a_config_is_given(
+    components: SDComponents, corgi: EDLoRAWeights, tabby: EDLoRAWeights
+) -> None:
+    placements = [ConceptPlacement(corgi, (0.0, 0.0, 0.5, 1.0)), ConceptPlacement(tabby, (0.5, 0.0, 1.0, 1.0))]
+    everywhere = dataclasses.replace(components, options=PresetOptions(conductor_merge_layers="all"))
+    seen: dict[str, set[str]] = {"preset": set(), "explicit": set()}
+    _generate(everywhere, placements, num_inference_steps=2, config=None, observe=lambda n, _h: seen["preset"].add(n))
+    explicit = ConductorConfig(refine_updates=0, kmeans_restarts=2)
+    _generate(
+        everywhere, placements, num_inference_steps=2, config=explicit, observe=lambda n, _h: seen["explicit"].add(n)
+    )
+
+    assert seen["preset"] == set(conductor_layers(components.unet, merge="all").merge)
+    assert any(n.startswith("down_blocks.") for n in seen["preset"])
+    assert seen["explicit"] == set(conductor_layers(components.unet).merge)
+
+
 def test_a_preset_that_turns_refinement_off_keeps_the_requested_regions(
     components: SDComponents, corgi: EDLoRAWeights, tabby: EDLoRAWeights
 ) -> None:
@@ -307,6 +324,10 @@ def test_layer_roles_are_chosen_by_resolution() -> None:
     # Thresholds move the choice (a 64-wide mask layer when allowed).
     assert conductor_layers(sd15, mask_max_side=64).mask.startswith("up_blocks.3.attentions.2.")
     assert conductor_layers(sd15, guidance_min_side=32).guidance.startswith("up_blocks.2.attentions.0.")
+    # merge="all" injects in every attention layer of the UNet: down, mid and up blocks.
+    everywhere = conductor_layers(full_grid, merge="all").merge
+    assert everywhere == frozenset(full_grid.attn_processors) and len(everywhere) == 12 + 6 + 2
+    assert conductor_layers(full_grid, merge="all").guidance == conductor_layers(full_grid).guidance
 
 
 def test_full_grid_model_guides_and_clusters_on_the_8x8_grid() -> None:

@@ -50,6 +50,12 @@ def test_preset_options_come_from_preset_json(tmp_path: Path) -> None:
     (tmp_path / "preset.json").write_text(json.dumps({"conductor_refine_masks": "no"}))
     with pytest.raises(ModelLoadError, match="conductor_refine_masks"):
         read_preset_options(tmp_path)
+    assert PresetOptions().conductor_merge_layers == "up_blocks"
+    (tmp_path / "preset.json").write_text(json.dumps({"conductor_merge_layers": "all"}))
+    assert read_preset_options(tmp_path).conductor_merge_layers == "all"
+    (tmp_path / "preset.json").write_text(json.dumps({"conductor_merge_layers": "mid"}))
+    with pytest.raises(ModelLoadError, match="conductor_merge_layers"):
+        read_preset_options(tmp_path)
 
 
 def test_tiny_loads_with_class_word_stand_ins(components: SDComponents) -> None:
