@@ -201,7 +201,7 @@ def run_demo(url: str, api_key: str, *, out: Path, preset: str = "tiny", seed: i
                         {"concept": a, "region": {"box": HALVES[0]}, "weight": plan.weight},
                         {"concept": b, "region": {"box": HALVES[1]}, "weight": plan.weight},
                     ],
-                    "fusion": "regional",
+                    "fusion": "conductor",
                     "width": plan.size,
                     "height": plan.size,
                     "num_inference_steps": plan.steps,
