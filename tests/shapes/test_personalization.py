@@ -260,11 +260,11 @@ def shapes_components() -> Iterator[SDComponents]:
 
 @pytest.mark.slow
 def test_quick_evaluation_of_the_shipped_model_meets_its_floors(shapes_components: SDComponents) -> None:
-    """Regression floors below what the shipped preset measured (2026-11-30, strict scorer, one thread; full
-    figures in eval/shapes.json): base single 0.97 and pairs 0.89 all correct (the quick plan draws the same 288
-    pair images), pair colour and position 1.00 with no leakage; fidelity 0.96 / 1.00 and position following
-    0.90 / 0.98 (purple_triangle / green_ring, 3 training seeds); per-concept binding of pairs 0.56 (regional) and
-    0.31 (conductor). The quick plan trains one seed, so the concept and fusion floors leave room for it."""
+    """Regression floors below what the shipped preset measured (2026-11-30, strict scorer, one thread). This plan:
+    base single 1.00 and pairs 0.93 all correct (the full plan draws the same 288 pair images), pair colour and
+    position 1.00 with no leakage, fidelity and position 8/8 for both concepts, pair binding conductor 0.75 (per
+    concept 0.88), stacked 0.75, regional 0.19 (per concept 0.56). The full plan (eval/shapes.json, 3 training
+    seeds): conductor 0.54, per concept 0.73. The floors leave room for another machine's float rounding."""
     report, _ = run_shapes_eval(shapes_components, quick=True, seed=0)
     table = format_table(report)
 
@@ -284,4 +284,5 @@ def test_quick_evaluation_of_the_shipped_model_meets_its_floors(shapes_component
     assert min(value("concept_learning", f"fidelity.{name}") for name in QUICK_PLAN.concepts) >= 0.6, table
     assert value("concept_learning", "position_following") >= 0.7, table
     assert value("fusion", "concept_binding.regional") >= 0.25, table
-    assert value("fusion", "concept_binding.conductor") >= 0.1, table
+    assert value("fusion", "concept_binding.conductor") >= 0.55, table
+    assert value("fusion", "binding.conductor") >= 0.4, table
