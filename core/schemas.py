@@ -228,7 +228,9 @@ class Region(_Strict):
 class ConceptUse(_Strict):
     concept: str = Field(description="Concept name or id.")
     region: Region | None = None
-    weight: float = Field(0.7, ge=0.0, le=2.0, description="Adapter scale.")
+    weight: float | None = Field(
+        None, ge=0.0, le=2.0, description="Adapter scale (LoRA strength). Default: the preset's (sd15 0.7)."
+    )
 
 
 class LayoutSpec(_Strict):
@@ -279,9 +281,15 @@ class GenerationRequest(_Strict):
         return None if v is None else _multiple_of_8(v)
 
     def with_defaults(self, defaults: GenerationDefaults) -> GenerationRequest:
-        """A copy with every sampling field it leaves out taken from ``defaults``."""
+        """A copy with every sampling field it leaves out (concept weights included) taken from ``defaults``."""
         given = {name: getattr(self, name) for name in ("width", "height", "num_inference_steps", "guidance_scale")}
-        return self.model_copy(update={k: getattr(defaults, k) if v is None else v for k, v in given.items()})
+        update: dict[str, Any] = {k: getattr(defaults, k) if v is None else v for k, v in given.items()}
+        if self.concepts is not None:
+            update["concepts"] = [
+                use if use.weight is not None else use.model_copy(update={"weight": defaults.lora_weight})
+                for use in self.concepts
+            ]
+        return self.model_copy(update=update)
 
     def sampling(self) -> tuple[int, int, int, float]:
         """``(width, height, num_inference_steps, guidance_scale)`` of a request that went through

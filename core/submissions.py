@@ -293,11 +293,12 @@ def submit_generation(
             region = {"box": list(use.region.box)}
         elif use.region is not None and use.region.mask is not None:
             region = {"mask_key": _file_key(catalog, tenant, use.region.mask, f"concepts[{i}].region.mask")}
-        uses[concept.id] = {"region": region, "weight": use.weight}
+        weight = use.weight if use.weight is not None else policy.defaults.lora_weight
+        uses[concept.id] = {"region": region, "weight": weight}
     # Concepts in prompt order, each once; those the request does not place get the automatic layout.
     plan_concepts: list[dict[str, Any]] = []
     for concept in {c.id: c for c in by_ref.values()}.values():
-        use_plan = uses.get(concept.id, {"region": None, "weight": 0.7})
+        use_plan = uses.get(concept.id, {"region": None, "weight": policy.defaults.lora_weight})
         plan_concepts.append(
             {
                 "concept_id": concept.id,

@@ -40,7 +40,7 @@ class DemoPlan:
     options: dict[str, Any]
     steps: int
     guidance: float
-    weight: float = 0.7
+    weight: float | None = None  # None: the preset's default adapter scale, applied by the API
     judge: Callable[[bytes], tuple[bool, list[str]]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -136,7 +136,6 @@ def _shapes_plan() -> DemoPlan:
         options=recipe.training.model_dump(mode="json"),
         steps=recipe.num_inference_steps,
         guidance=recipe.guidance_scale,
-        weight=recipe.lora_weight,
         judge=judge,
     )
 
@@ -194,12 +193,13 @@ def run_demo(url: str, api_key: str, *, out: Path, preset: str = "tiny", seed: i
                     typer.echo(f"training of <{name}> ended {final['status']}: {final['error']}", err=True)
                     return 1
             (a, _), (b, _) = jobs
+            scale = {} if plan.weight is None else {"weight": plan.weight}
             job = client.create_generation(
                 {
                     "prompt": f"a <{a}> on the left and a <{b}> on the right",
                     "concepts": [
-                        {"concept": a, "region": {"box": HALVES[0]}, "weight": plan.weight},
-                        {"concept": b, "region": {"box": HALVES[1]}, "weight": plan.weight},
+                        {"concept": a, "region": {"box": HALVES[0]}, **scale},
+                        {"concept": b, "region": {"box": HALVES[1]}, **scale},
                     ],
                     "fusion": "conductor",
                     "width": plan.size,

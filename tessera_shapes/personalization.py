@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 import PIL.Image
 
+from core.config import PRESET_GENERATION_DEFAULTS
 from core.ml.components import SDComponents
 from core.ml.edlora.adapter import EDLoRAWeights
 from core.ml.edlora.composites import Cutout, TrainingExample, compose_examples
@@ -32,7 +33,7 @@ from core.ml.edlora.diagnostics import measure_attention_in_mask
 from core.ml.edlora.trainer import train_edlora
 from core.ml.fusion.conductor import generate_conductor
 from core.ml.fusion.regional import ConceptPlacement, GenerationResult, generate_regional
-from core.ml.fusion.request import DEFAULT_LORA_WEIGHT, MAX_OUTPUTS
+from core.ml.fusion.request import MAX_OUTPUTS
 from core.ml.fusion.stacked import generate_stacked
 from core.ml.prompts import CAPTION_PLACEHOLDER
 from tessera_shapes import world
@@ -61,9 +62,10 @@ class PersonalizationRecipe:
             example and pasted beside a drawn base-world object (``core.ml.edlora.composites``, MuDI's Seg-Mix),
             captioned in image order, so the concept is seen in either slot of a two-object caption and the
             separation loss's other-object term has other objects to act on. 0: the concept alone only.
-        lora_weight: LoRA strength at sampling, relative to training (``ConceptPlacement.weight``): the API's
-            default. At 1.0 guidance 4 overshoots a learned colour: purple_triangle came out magenta (fidelity 0/8
-            on one training seed, 8/8 at 0.7; 3 seeds: 18/24 at 0.7, green_ring 24/24).
+        lora_weight: LoRA strength at sampling, relative to training (``ConceptPlacement.weight``): the shapes
+            preset's default, which the API applies to a request that gives none. At 1.0 guidance 4 overshoots a
+            learned colour: purple_triangle came out magenta (fidelity 0/8 on one training seed, 8/8 at 0.7); at
+            0.85 its fidelity was 15/48 against 48/48 at 0.7 (stage-2f weights, 3 training seeds).
         guidance_scale: classifier-free guidance; this world's base model wants 3-5 (7.5 over-saturates).
         num_inference_steps: DPM-Solver++ steps.
         negative_prompt: CFG's negative text.
@@ -73,7 +75,7 @@ class PersonalizationRecipe:
     num_images: int = 6
     example_positions: tuple[str, ...] = ("left", "right", "center")
     composites: int = 6
-    lora_weight: float = DEFAULT_LORA_WEIGHT
+    lora_weight: float = PRESET_GENERATION_DEFAULTS["shapes"].lora_weight
     guidance_scale: float = 4.0
     num_inference_steps: int = 20
     negative_prompt: str = ""

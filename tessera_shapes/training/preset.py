@@ -150,6 +150,7 @@ def save_preset(
         "resolution": world.RESOLUTION,
         "recommended_guidance_scale": 4.0,
         "recommended_steps": 20,
+        "recommended_lora_weight": 0.7,
         "vocabulary": {
             "colours": list(world.BASE_COLOURS),
             "shapes": list(world.BASE_SHAPES),

@@ -298,19 +298,29 @@ def test_generation_left_to_defaults_gets_the_presets_sampling(settings: Setting
     with TestClient(create_app(chosen)) as client:
         job = client.post("/v1/generations", json={"prompt": "a <rex>"}, headers=A).json()
         given = client.post(
-            "/v1/generations", json={"prompt": "a <rex>", "num_inference_steps": 7, "width": 128}, headers=A
+            "/v1/generations",
+            json={
+                "prompt": "a <rex>",
+                "num_inference_steps": 7,
+                "width": 128,
+                "concepts": [{"concept": "rex"}, {"concept": "rex", "weight": 1.25}],
+            },
+            headers=A,
         ).json()
     recorded = {k: job["input"][k] for k in ("width", "height", "num_inference_steps", "guidance_scale")}
-    assert recorded == expected.model_dump()
+    assert recorded == expected.model_dump(exclude={"lora_weight"})
     assert given["input"]["num_inference_steps"] == 7 and given["input"]["width"] == 128
     assert given["input"]["guidance_scale"] == expected.guidance_scale
+    # A concept use without a weight records the preset's; a given weight is kept.
+    assert [use["weight"] for use in given["input"]["concepts"]] == [expected.lora_weight, 1.25]
 
 
 def test_shapes_defaults_are_the_ones_its_preset_declares() -> None:
     declared = json.loads((Path(__file__).parents[2] / "core/ml/presets/shapes/preset.json").read_text())
     defaults = PRESET_GENERATION_DEFAULTS["shapes"]
-    assert (defaults.num_inference_steps, defaults.guidance_scale) == (
+    assert (defaults.num_inference_steps, defaults.guidance_scale, defaults.lora_weight) == (
         declared["recommended_steps"],
         declared["recommended_guidance_scale"],
+        declared["recommended_lora_weight"],
     )
     assert defaults.width == defaults.height == declared["resolution"]

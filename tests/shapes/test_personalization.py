@@ -260,11 +260,11 @@ def shapes_components() -> Iterator[SDComponents]:
 
 @pytest.mark.slow
 def test_quick_evaluation_of_the_shipped_model_meets_its_floors(shapes_components: SDComponents) -> None:
-    """Regression floors below what the shipped preset measured (2026-11-30, strict scorer, one thread). This plan:
-    base single 1.00 and pairs 0.93 all correct (the full plan draws the same 288 pair images), pair colour and
+    """Regression floors below what the shipped preset (v2.3) measured (2026-11-30, strict scorer, one thread). This
+    plan: base single 1.00 and pairs 0.95 all correct (the full plan draws the same 288 pair images), pair colour and
     position 1.00 with no leakage, fidelity and position 8/8 for both concepts, pair binding conductor 0.75 (per
-    concept 0.88), stacked 0.75, regional 0.19 (per concept 0.56). The full plan (eval/shapes.json, 3 training
-    seeds): conductor 0.54, per concept 0.73. The floors leave room for another machine's float rounding."""
+    concept 0.88), stacked 0.81, regional 0.00 (per concept 0.50). The full plan (eval/shapes.json, 3 training
+    seeds): conductor 0.62, per concept 0.77. The floors leave room for another machine's float rounding."""
     report, _ = run_shapes_eval(shapes_components, quick=True, seed=0)
     table = format_table(report)
 
