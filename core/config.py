@@ -59,7 +59,7 @@ class GenerationDefaults(BaseModel):
 # measured with. The shapes numbers are its preset.json's recommended_steps / recommended_guidance_scale /
 # recommended_lora_weight (a test keeps them equal): 7.5, SD's default, over-saturates that small model and drops
 # two-object accuracy. lora_weight is a concept's adapter scale when the request gives none: Mix-of-Show's 0.7 on
-# SD 1.5; the shapes value is the one its evaluation measured best (core/ml/presets/shapes/README.md).
+# SD 1.5, and on shapes too (0.85 drew purple_triangle magenta alone; core/ml/presets/shapes/README.md).
 PRESET_GENERATION_DEFAULTS: dict[str, GenerationDefaults] = {
     "sd15": GenerationDefaults(width=512, height=512, num_inference_steps=50, guidance_scale=7.5, lora_weight=0.7),
     "shapes": GenerationDefaults(width=64, height=64, num_inference_steps=20, guidance_scale=4.0, lora_weight=0.7),

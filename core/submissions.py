@@ -281,8 +281,11 @@ def submit_generation(
         fields.setdefault(use.concept, f"concepts[{i}].concept")
     found = _ready_concepts(catalog, tenant, fields)
     by_ref = {ref: found[ref] for ref in request.concept_refs()}
+    # Defaults once: the job records them, and the plan reads each concept's weight from the same copy.
+    seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
+    accepted = request.with_defaults(policy.defaults).model_copy(update={"seed": seed})
     uses: dict[str, dict[str, Any]] = {}
-    for i, use in enumerate(request.concepts or []):
+    for i, use in enumerate(accepted.concepts or []):
         concept = found[use.concept]
         if concept.id not in {c.id for c in by_ref.values()}:
             raise InvalidRequestError(
@@ -293,8 +296,7 @@ def submit_generation(
             region = {"box": list(use.region.box)}
         elif use.region is not None and use.region.mask is not None:
             region = {"mask_key": _file_key(catalog, tenant, use.region.mask, f"concepts[{i}].region.mask")}
-        weight = use.weight if use.weight is not None else policy.defaults.lora_weight
-        uses[concept.id] = {"region": region, "weight": weight}
+        uses[concept.id] = {"region": region, "weight": use.weight}
     # Concepts in prompt order, each once; those the request does not place get the automatic layout.
     plan_concepts: list[dict[str, Any]] = []
     for concept in {c.id: c for c in by_ref.values()}.values():
@@ -312,8 +314,6 @@ def submit_generation(
     stages = _stage_plan(catalog, tenant, request, len(plan_concepts))
     # The ML pipeline names concepts <name>; ids in the prompt are rewritten to names.
     prompt = CONCEPT_REF_RE.sub(lambda m: f"<{by_ref[m.group(1)].name}>", request.prompt)
-    seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
-    accepted = request.with_defaults(policy.defaults).model_copy(update={"seed": seed})
     record = JobRecord(
         id=new_id("job"),
         tenant=tenant,
