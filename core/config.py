@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +16,22 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class RedisSettings(BaseModel):
     url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the broker, job records and progress.")
+    password: SecretStr | None = Field(
+        None, description="Redis password (AUTH), kept out of the URL so it can live in a secret store."
+    )
+
+    def dsn(self) -> str:
+        """The URL every client connects with: ``url`` with ``password`` in it when one is set (and the URL has
+        none). Contains the secret: never log it."""
+        if self.password is None:
+            return self.url
+        parts = urlsplit(self.url)
+        if parts.password:
+            return self.url
+        user = quote(parts.username or "", safe="")
+        secret = quote(self.password.get_secret_value(), safe="")
+        host = parts.netloc.rsplit("@", 1)[-1]
+        return urlunsplit(parts._replace(netloc=f"{user}:{secret}@{host}"))
 
 
 class StorageSettings(BaseModel):
@@ -110,6 +127,16 @@ class WorkerSettings(BaseModel):
     metrics_port: int = Field(
         9100, ge=0, le=65535, description="Port of the worker's Prometheus metrics (0 = off); answers during jobs."
     )
+    metrics_host: str = Field(
+        "0.0.0.0",
+        description="Address the worker's metrics listen on: all interfaces in a container (Prometheus scrapes the "
+        "pod); `tessera serve` sets 127.0.0.1, like its API.",
+    )
+    stranded_after_seconds: float = Field(
+        60.0,
+        ge=1.0,
+        description="A queued job whose message the broker lost (e.g. Redis restarted) is sent again after this long.",
+    )
     visibility_timeout_seconds: int = Field(
         5 * 3600, ge=60, description="Broker visibility timeout; must exceed the longest task."
     )
@@ -122,7 +149,9 @@ class QuotaSettings(BaseModel):
 
 class WebhookSettings(BaseModel):
     allow_private: bool = Field(
-        False, description="Allow webhook targets on loopback/private/link-local addresses (local development only)."
+        False,
+        description="Allow webhook targets on loopback and private addresses (local development only); link-local "
+        "and cloud metadata addresses stay refused.",
     )
     allow_http: bool = Field(False, description="Allow plain-http webhook targets (local development only).")
     timeout_seconds: float = Field(15.0, gt=0, le=60, description="Time a receiver has to answer one delivery.")

@@ -21,8 +21,14 @@ from core.errors import InvalidRequestError, ServiceError
 
 SECRET_PREFIX = "whsec_"
 DEFAULT_TOLERANCE_SECONDS = 300
-# Cloud metadata endpoints that are not covered by the private/link-local ranges.
-_METADATA_ADDRESSES = {ipaddress.ip_address("fd00:ec2::254")}
+# Cloud metadata and host-agent endpoints. Refused even when private targets are allowed for development: a
+# webhook that reaches one hands the instance's credentials to whoever chose the URL. 169.254.169.254 (AWS, GCP,
+# Azure, OpenStack), 169.254.170.2 (ECS task credentials), 100.100.100.200 (Alibaba Cloud), 168.63.129.16 (Azure
+# WireServer, a globally routable address), fd00:ec2::254 (AWS over IPv6).
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in ("169.254.169.254", "169.254.170.2", "100.100.100.200", "168.63.129.16", "fd00:ec2::254")
+)
 
 Resolver = Callable[[str, int], list[str]]
 
@@ -96,19 +102,33 @@ def system_resolver(host: str, port: int) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
-def is_public_address(address: str) -> bool:
+# NAT64 prefixes carry an IPv4 address in their low 32 bits: judged by that address (a gateway would reach it).
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def _plain(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address a connection would really reach: IPv4-mapped and NAT64 IPv6 addresses as their IPv4 one."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-        or ip in _METADATA_ADDRESSES
-    )
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if any(ip in net for net in _NAT64):
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip
+
+
+def is_public_address(address: str) -> bool:
+    """Whether ``address`` is globally routable unicast and no metadata endpoint (an allow-list: shared address
+    space ``100.64.0.0/10``, documentation, benchmarking and every other special-purpose range is refused)."""
+    ip = _plain(address)
+    return ip.is_global and not ip.is_multicast and ip not in METADATA_ADDRESSES
+
+
+def is_never_allowed(address: str) -> bool:
+    """Link-local (``169.254.0.0/16``, ``fe80::/10``), unspecified, multicast and metadata addresses: refused even
+    when ``webhooks.allow_private`` lets development targets on loopback and private networks through."""
+    ip = _plain(address)
+    return ip.is_link_local or ip.is_unspecified or ip.is_multicast or ip in METADATA_ADDRESSES
 
 
 def vet_url(
@@ -121,8 +141,9 @@ def vet_url(
 ) -> list[str]:
     """Check a webhook target and return the addresses it may be reached at.
 
-    Refuses non-https URLs (unless ``allow_http``), URLs with credentials, and hosts that resolve to any
-    loopback, private, link-local, reserved or metadata address (unless ``allow_private``). Call it when
+    Refuses non-https URLs (unless ``allow_http``), URLs with credentials, hosts that resolve to any address that
+    is not globally routable (unless ``allow_private``: then loopback and private networks pass) and, always, hosts
+    that resolve to a link-local or metadata address (``is_never_allowed``). Call it when
     the URL is given and again right before each delivery, then connect to a returned address: a DNS
     answer that changed in between (rebinding) cannot reach an internal host.
     """
@@ -140,11 +161,20 @@ def vet_url(
         raise _forbidden(field, f"host {parts.hostname!r} does not resolve") from exc
     if not addresses:
         raise _forbidden(field, f"host {parts.hostname!r} does not resolve")
+    never = [a for a in addresses if is_never_allowed(a)]
+    if never:
+        raise _forbidden(
+            field,
+            f"host {parts.hostname!r} resolves to a link-local or metadata address ({never[0]}); refused (SSRF "
+            "guard, also with webhooks.allow_private)",
+        )
     if not allow_private:
         bad = [a for a in addresses if not is_public_address(a)]
         if bad:
             raise _forbidden(
-                field, f"host {parts.hostname!r} resolves to a non-public address ({bad[0]}); refused (SSRF guard)"
+                field,
+                f"host {parts.hostname!r} resolves to an address that is not globally routable ({bad[0]}); refused "
+                "(SSRF guard)",
             )
     return addresses
 

@@ -237,7 +237,7 @@ def _key_store() -> ApiKeyStore:
     from core.config import get_settings
     from core.stores.keys import ApiKeyStore
 
-    return ApiKeyStore(redis.Redis.from_url(get_settings().redis.url))
+    return ApiKeyStore(redis.Redis.from_url(get_settings().redis.dsn()))
 
 
 @keys_app.command("create")

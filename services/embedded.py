@@ -117,7 +117,8 @@ class Stack:
             name = "worker" if self._workers == 1 else f"worker-{self._workers}"
         port = free_port()
         self.metrics_ports[name] = port
-        env = {**self.env(), "TESSERA_WORKER__METRICS_PORT": str(port)}
+        # Metrics listen where the API does (loopback unless the caller chose otherwise).
+        env = {**self.env(), "TESSERA_WORKER__METRICS_PORT": str(port), "TESSERA_WORKER__METRICS_HOST": self.host}
         child = Child(name, python_module("services.cli", "worker", "--queues", queues), env=env, log=self._log(name))
         self.children[name] = child
         return child

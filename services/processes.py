@@ -105,9 +105,15 @@ class Child:
 
 
 def start_redis(
-    data_dir: Path, *, port: int | None = None, persist: bool = True, log: Path | None = None
+    data_dir: Path,
+    *,
+    port: int | None = None,
+    persist: bool = True,
+    log: Path | None = None,
+    password: str | None = None,
 ) -> tuple[Child, str]:
-    """Start a private redis-server on 127.0.0.1; returns it and its URL once it answers."""
+    """Start a private redis-server on 127.0.0.1 (with ``password``: AUTH required); returns it and its URL (without
+    the password) once it answers."""
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -130,9 +136,11 @@ def start_redis(
     ]
     if log is None:
         argv += ["--logfile", str(data_dir / "redis.log")]
+    if password is not None:
+        argv += ["--requirepass", password]
     child = Child("redis", argv, log=log)
     url = f"redis://127.0.0.1:{port}/0"
-    wait_for(lambda: redis.Redis.from_url(url).ping(), what=f"redis on port {port}", child=child)
+    wait_for(lambda: redis.Redis.from_url(url, password=password).ping(), what=f"redis on port {port}", child=child)
     return child, url
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import cast
 
 import redis
@@ -310,6 +311,12 @@ class JobStore:
 
     def queue_depth(self, queue: str) -> int:
         return int(self._r.zcard(self._queue_index(queue).key))
+
+    def queued_before(self, queue: str, before: datetime) -> list[str]:
+        """Ids of the jobs queued on ``queue`` that were created before ``before``, oldest first."""
+        upper = "(" + index_member(before, "")
+        members = cast(list[bytes], self._r.zrangebylex(self._queue_index(queue).key, "-", upper))
+        return [raw.decode().split(":", 1)[1] for raw in members]
 
     # ---- leases: who runs a job, and whether they are still alive
     def acquire_lease(self, job_id: str, owner: str) -> bool:

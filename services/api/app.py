@@ -62,8 +62,8 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         enqueue: how jobs reach workers; Celery over the configured Redis when omitted.
     """
     settings = settings or get_settings()
-    client = redis.Redis.from_url(settings.redis.url, socket_timeout=10, health_check_interval=30)
-    aclient = redis.asyncio.Redis.from_url(settings.redis.url, health_check_interval=30)
+    client = redis.Redis.from_url(settings.redis.dsn(), socket_timeout=10, health_check_interval=30)
+    aclient = redis.asyncio.Redis.from_url(settings.redis.dsn(), health_check_interval=30)
     app = FastAPI(
         title="Tessera",
         version="1.0",

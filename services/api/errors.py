@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as BrokerError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -52,6 +54,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     500: _problem_response("An unexpected error (no details are leaked)."),
     503: _problem_response("A dependency (Redis, the object store, the queue) is unavailable."),
 }
+
+# Seconds a client is told to wait when Redis or the queue does not answer (a restart, a failover).
+DEPENDENCY_RETRY_AFTER = 5
 
 _STATUS: list[tuple[type[e.ServiceError], int]] = [
     (e.UnsupportedMediaError, 415),
@@ -146,6 +151,32 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 403: "forbidden"}.get(exc.status_code, "http_error")
         return problem(exc.status_code, code, str(exc.detail), str(exc.detail))
+
+    # Redis down, restarting (loading its data) or timing out, and the queue's broker refusing a message: the
+    # request may be retried as it is, so 503 with Retry-After, not 500. Nothing was half-done: a job record whose
+    # message was not sent is re-sent by the workers (services.worker.reaper).
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    @app.exception_handler(redis.exceptions.TimeoutError)
+    async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
+        logger.error("redis unavailable: %s", exc)
+        return problem(
+            503,
+            "redis_unavailable",
+            "Service unavailable",
+            "the job store (Redis) does not answer; retry shortly",
+            headers={"Retry-After": str(DEPENDENCY_RETRY_AFTER)},
+        )
+
+    @app.exception_handler(BrokerError)
+    async def _broker_down(_: Request, exc: Exception) -> JSONResponse:
+        logger.error("queue broker unavailable: %s", exc)
+        return problem(
+            503,
+            "queue_unavailable",
+            "Service unavailable",
+            "the job queue does not answer; retry shortly",
+            headers={"Retry-After": str(DEPENDENCY_RETRY_AFTER)},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import redis
@@ -18,7 +19,7 @@ from core.stores.catalog import Catalog
 from core.stores.jobs import JobStore
 from core.stores.objects import make_object_store
 from core.tasks import GPU_QUEUES, QUEUES, WEBHOOK_QUEUE
-from services.queue import CeleryTaskQueue, celery_config, delivery_sender
+from services.queue import CeleryTaskQueue, broker_task_ids, celery_config, delivery_sender
 from services.worker import metrics
 from services.worker.reaper import Reaper
 from services.worker.sweeper import Sweeper
@@ -52,9 +53,17 @@ def make_celery(settings: Settings | None = None, queues: Sequence[str] = QUEUES
     background = _Background()
     # Every worker, GPU or not, re-queues orphaned jobs and sweeps expired files: the webhooks worker
     # stays up when the GPU workers are scaled to zero, so a dead worker's job is never left behind.
-    client = redis.Redis.from_url(settings.redis.url, socket_timeout=30)
+    client = redis.Redis.from_url(settings.redis.dsn(), socket_timeout=30)
     jobs = JobStore(client, ttl_seconds=settings.job_ttl_seconds, lease_seconds=settings.worker.lease_seconds)
-    background.threads.append(Reaper(jobs, CeleryTaskQueue(app), max_redeliveries=settings.worker.max_redeliveries))
+    background.threads.append(
+        Reaper(
+            jobs,
+            CeleryTaskQueue(app),
+            max_redeliveries=settings.worker.max_redeliveries,
+            held=partial(broker_task_ids, client),
+            stranded_after=settings.worker.stranded_after_seconds,
+        )
+    )
     background.threads.append(Sweeper(Catalog(client), make_object_store(settings.storage), settings.retention))
     if set(queues) & set(GPU_QUEUES):
         from services.worker.context import WorkerContext
@@ -70,7 +79,7 @@ def make_celery(settings: Settings | None = None, queues: Sequence[str] = QUEUES
 
     @worker_ready.connect(weak=False)
     def _ready(**_: Any) -> None:
-        metrics.serve(settings.worker.metrics_port)
+        metrics.serve(settings.worker.metrics_port, settings.worker.metrics_host)
         background.start()
 
     @worker_shutdown.connect(weak=False)

@@ -31,7 +31,7 @@ class WorkerContext:
     @classmethod
     def build(cls, settings: Settings, *, send_delivery: Callable[[str], None]) -> WorkerContext:
         """Everything a GPU worker process needs; job changes also become webhook deliveries."""
-        client = redis.Redis.from_url(settings.redis.url, socket_timeout=30, health_check_interval=30)
+        client = redis.Redis.from_url(settings.redis.dsn(), socket_timeout=30, health_check_interval=30)
         objects = make_object_store(settings.storage)
         jobs = JobStore(client, ttl_seconds=settings.job_ttl_seconds, lease_seconds=settings.worker.lease_seconds)
         catalog = Catalog(client)

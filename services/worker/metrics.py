@@ -36,8 +36,8 @@ def record_gpu_memory() -> None:
     _gpu_memory()
 
 
-def serve(port: int) -> None:
-    """Start the metrics server on ``port`` (0 = disabled)."""
+def serve(port: int, host: str = "0.0.0.0") -> None:
+    """Start the metrics server on ``host:port`` (port 0 = disabled)."""
     if port:
-        start_http_server(port, registry=REGISTRY)
-        logger.info("worker metrics on :%d/metrics", port)
+        start_http_server(port, addr=host, registry=REGISTRY)
+        logger.info("worker metrics on %s:%d/metrics", host, port)

@@ -1,19 +1,27 @@
-"""Hands back to the queue the running jobs whose worker died (their lease expired).
+"""Keeps every recorded job runnable: hands back the running jobs whose worker died (their lease expired), and
+sends again the message of queued jobs the broker no longer holds.
 
 Every worker runs one reaper thread; compare-and-set makes concurrent reapers safe (one wins).
 A job handed back more than ``max_redeliveries`` times fails with ``worker_lost`` instead of looping.
+
+A queued job can lose its message: Redis restarted between the record's write and the message's (each is
+persisted on its own), or the API died between the two. The record is the source of truth, so such a job is sent
+again once it has waited ``stranded_after`` with no message in the broker. A second message for one job is
+harmless: a worker claims a job only while it is queued and only with its lease (``services.worker.run``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import timedelta
 
 from core.errors import InvalidTransitionError, NotFoundError
-from core.jobs import JobRecord
+from core.jobs import JobRecord, utcnow
 from core.schemas import JobError
 from core.stores.jobs import JobStore
+from core.tasks import GPU_QUEUES
 
 logger = logging.getLogger(__name__)
 
@@ -54,18 +62,61 @@ def reap_orphans(jobs: JobStore, enqueue: Callable[[JobRecord], None], *, max_re
     return handled
 
 
-class Reaper(threading.Thread):
-    """Runs ``reap_orphans`` every half lease."""
+def resend_stranded(
+    jobs: JobStore,
+    held: Callable[[str], set[str]],
+    enqueue: Callable[[JobRecord], None],
+    *,
+    stranded_after: float,
+    queues: Sequence[str] = GPU_QUEUES,
+) -> list[str]:
+    """Send again the message of every job queued for more than ``stranded_after`` seconds that the broker does not
+    hold (``held(queue)``: the task ids it holds for a queue); returns the ids sent."""
+    sent = []
+    cutoff = utcnow() - timedelta(seconds=stranded_after)
+    for queue in queues:
+        waiting = jobs.queued_before(queue, cutoff)
+        if not waiting:
+            continue
+        present = held(queue)
+        for job_id in waiting:
+            if job_id in present:
+                continue
+            try:
+                record = jobs.get(job_id)
+            except NotFoundError:
+                continue
+            if record.status != "queued":
+                continue
+            enqueue(record)
+            logger.warning("job %s was queued with no message in the broker; sent it again", job_id)
+            sent.append(job_id)
+    return sent
 
-    def __init__(self, jobs: JobStore, enqueue: Callable[[JobRecord], None], *, max_redeliveries: int) -> None:
+
+class Reaper(threading.Thread):
+    """Runs ``reap_orphans`` and ``resend_stranded`` every half lease."""
+
+    def __init__(
+        self,
+        jobs: JobStore,
+        enqueue: Callable[[JobRecord], None],
+        *,
+        max_redeliveries: int,
+        held: Callable[[str], set[str]] | None = None,
+        stranded_after: float = 60.0,
+    ) -> None:
         super().__init__(name="tessera-reaper", daemon=True)
         self._jobs, self._enqueue, self._max = jobs, enqueue, max_redeliveries
+        self._held, self._stranded_after = held, stranded_after
         self._stop = threading.Event()
 
     def run(self) -> None:
         while not self._stop.wait(self._jobs.lease_seconds / 2):
             try:
                 reap_orphans(self._jobs, self._enqueue, max_redeliveries=self._max)
+                if self._held is not None:
+                    resend_stranded(self._jobs, self._held, self._enqueue, stranded_after=self._stranded_after)
             except Exception:
                 logger.exception("reaper pass failed")
 

@@ -107,7 +107,7 @@ class RetryScheduler(threading.Thread):
 
 def register_webhook_tasks(app: Celery, settings: Settings) -> RetryScheduler:
     """Register the delivery task on ``app``; returns the retry scheduler to start with the worker."""
-    store = WebhookStore(redis.Redis.from_url(settings.redis.url, socket_timeout=30))
+    store = WebhookStore(redis.Redis.from_url(settings.redis.dsn(), socket_timeout=30))
 
     @app.task(name=WEBHOOK_TASK, queue=WEBHOOK_QUEUE, acks_late=True, time_limit=120)
     def deliver(delivery_id: str) -> None:

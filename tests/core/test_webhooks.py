@@ -51,12 +51,45 @@ def _resolve_to(*addresses: str):  # type: ignore[no-untyped-def]
         "fd00:ec2::254",
         "0.0.0.0",
         "::ffff:127.0.0.1",
+        "100.64.0.1",  # shared address space (carrier-grade NAT): not globally routable
+        "100.100.100.200",  # a cloud metadata endpoint inside it
+        "168.63.129.16",  # a metadata endpoint on a globally routable address
+        "192.0.2.10",  # documentation
+        "198.18.0.1",  # benchmarking
+        "240.0.0.1",  # reserved
+        "224.0.0.1",  # multicast
+        "fe80::1",
+        "fc00::1",
+        "2001:db8::1",  # documentation
+        "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+        "64:ff9b:1::7f00:1",  # local-use NAT64 of 127.0.0.1
     ],
 )
 def test_non_public_targets_are_refused(address: str) -> None:
     with pytest.raises(InvalidRequestError) as err:
         vet_url("https://hooks.example.com/x", allow_private=False, allow_http=False, resolver=_resolve_to(address))
     assert err.value.code == "webhook_url_forbidden" and err.value.field == "webhook"
+
+
+@pytest.mark.parametrize(
+    "address", ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "1.1.1.1", "64:ff9b::101:101"]
+)
+def test_globally_routable_targets_pass(address: str) -> None:
+    assert vet_url("https://h.example.com/x", allow_private=False, allow_http=False, resolver=_resolve_to(address))
+
+
+@pytest.mark.parametrize(
+    "address", ["169.254.169.254", "169.254.170.2", "100.100.100.200", "168.63.129.16", "fd00:ec2::254", "fe80::1"]
+)
+def test_link_local_and_metadata_targets_are_refused_even_when_private_ones_are_allowed(address: str) -> None:
+    with pytest.raises(InvalidRequestError, match="link-local or metadata") as err:
+        vet_url("http://h/latest/meta-data/", allow_private=True, allow_http=True, resolver=_resolve_to(address))
+    assert err.value.code == "webhook_url_forbidden"
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "10.0.0.5", "192.168.1.2", "::1"])
+def test_the_development_flag_lets_loopback_and_private_targets_through(address: str) -> None:
+    assert vet_url("http://h/x", allow_private=True, allow_http=True, resolver=_resolve_to(address)) == [address]
 
 
 def test_one_private_address_among_public_ones_is_enough_to_refuse() -> None:

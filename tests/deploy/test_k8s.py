@@ -176,6 +176,7 @@ def test_keda_scales_each_queue_separately_to_zero(rendered: dict[str, list[Mani
         # Celery's Redis transport keeps each queue in a list named after it.
         assert target["spec"]["template"]["spec"]["containers"][0]["args"] == ["--queues", meta["listName"]]
         assert meta["listLength"] == "1" and meta["address"] == "redis:6379"
+        assert trigger["authenticationRef"] == {"name": "tessera-redis"}
         queues.add(meta["listName"])
     assert queues == {"train", "generate"} and len(scaled) == 2
 
@@ -206,6 +207,28 @@ def test_redis_is_persistent_and_never_evicts(rendered: dict[str, list[Manifest]
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
     assert args[args.index("--appendonly") + 1] == "yes"
     assert redis["spec"]["volumeClaimTemplates"]
+
+
+@pytest.mark.parametrize("path", ["k8s/overlays/dev", "k8s/overlays/prod"])
+def test_redis_requires_the_password_that_the_pods_and_keda_read(
+    rendered: dict[str, list[Manifest]], path: str
+) -> None:
+    docs = rendered[path]
+    secret_name = _one(docs, "Deployment", "tessera-api")["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    (secret,) = [r["secretRef"]["name"] for r in secret_name if "secretRef" in r]
+    container = _one(docs, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    expected = {"name": secret, "key": "TESSERA_REDIS__PASSWORD"}
+    assert env["REDIS_PASSWORD"] == expected and env["REDISCLI_AUTH"] == expected
+    auth = _one(docs, "TriggerAuthentication", "tessera-redis")
+    assert auth["spec"]["secretTargetRef"] == [{"parameter": "password", **expected}]
+    # The password lives in the Secret only, never in the ConfigMap.
+    config = _named(docs, "ConfigMap", "tessera-config")["data"]
+    assert "TESSERA_REDIS__PASSWORD" not in config and "@" not in config["TESSERA_REDIS__URL"]
+    if path.endswith("dev"):
+        assert "TESSERA_REDIS__PASSWORD" in _named(docs, "Secret", "tessera-secrets")["data"]
 
 
 def _reaches_internet(policy: Manifest) -> bool:

@@ -7,6 +7,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -228,3 +229,18 @@ def test_stack_metrics(stack: Stack) -> None:
     # The worker serves metrics once it is ready to take jobs, which may be after the API.
     wait_for(lambda: httpx.get(url, timeout=2).status_code == 200, what="worker metrics", timeout=60)
     assert "tessera_worker_stage_seconds" in httpx.get(url).text
+    # Like the API, the embedded workers' metrics listen on loopback only.
+    for port in stack.metrics_ports.values():
+        assert _listening_addresses(port) <= {"127.0.0.1"}, port
+    assert _listening_addresses(stack.metrics_ports[name]) == {"127.0.0.1"}
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """IPv4 addresses with a TCP socket listening on ``port`` on this machine (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A = LISTEN
+            found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+    return found

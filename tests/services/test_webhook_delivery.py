@@ -96,7 +96,7 @@ def test_private_address_refused_at_create_and_at_delivery_after_rebinding(store
         attempt_delivery(store, strict, delivery.id, resolver=lambda h, p: ["127.0.0.1"])
     assert hook.requests == []
     attempt = store.attempts("job_1")[0]
-    assert attempt.status_code is None and attempt.error is not None and "non-public" in attempt.error
+    assert attempt.status_code is None and attempt.error is not None and "not globally routable" in attempt.error
 
 
 def test_delivery_connects_to_the_vetted_address_with_the_original_host(store: WebhookStore) -> None:
