@@ -144,7 +144,9 @@ class WorkerSettings(BaseModel):
 
 class QuotaSettings(BaseModel):
     max_active_jobs: int = Field(100, ge=1, description="Queued plus running jobs a tenant may have at once.")
-    requests_per_minute: int = Field(600, ge=1, description="Requests one API key may make per minute.")
+    requests_per_minute: int = Field(
+        600, ge=1, description="Requests one API key may make in any 60 seconds (a sliding window)."
+    )
 
 
 class WebhookSettings(BaseModel):

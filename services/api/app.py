@@ -17,7 +17,7 @@ from core.stores.catalog import Catalog
 from core.stores.idempotency import IdempotencyStore
 from core.stores.jobs import JobStore
 from core.stores.keys import ApiKeyStore
-from core.stores.limits import RateLimiter
+from core.stores.limits import RateLimiter, RateLimitState
 from core.stores.objects import make_object_store
 from core.stores.webhooks import WebhookStore
 from core.submissions import Enqueue, Policy
@@ -52,6 +52,29 @@ class RequestId:
             await self.app(scope, receive, send_with_id)
         finally:
             logs.request_id.reset(token)
+
+
+class RateLimitHeaders:
+    """Add the ``RateLimit-*`` headers of the request's API key (``request.state.rate_limit``, set by
+    ``services.api.deps.get_tenant``) to its response, whatever the route returned."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_limits(message: Message) -> None:
+            state = scope.get("state", {}).get("rate_limit")
+            if message["type"] == "http.response.start" and isinstance(state, RateLimitState):
+                headers = MutableHeaders(scope=message)
+                for name, value in state.headers().items():
+                    headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_limits)
 
 
 def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = None) -> FastAPI:
@@ -105,6 +128,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
 
     metrics.install(app, client, jobs)
 
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(RequestId)
 
     return app

@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from core.errors import AuthError
 from core.stores.keys import key_hash
+from core.stores.limits import RateLimitExceeded
 from services.api.state import ApiState
 
 _bearer = HTTPBearer(auto_error=False)
@@ -23,8 +24,15 @@ def get_state(request: Request) -> ApiState:
 State = Annotated[ApiState, Depends(get_state)]
 
 
-def get_tenant(state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
-    """The tenant of the bearer key; ``401`` when the key is missing or unknown, ``429`` over its rate limit."""
+def get_tenant(
+    request: Request,
+    state: State,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The tenant of the bearer key; ``401`` when the key is missing or unknown, ``429`` over its rate limit.
+
+    The key's rate-limit state goes on ``request.state.rate_limit``; ``services.api.app.RateLimitHeaders`` writes it
+    into the response's ``RateLimit-*`` headers, the 429 included."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthError("missing API key: send Authorization: Bearer <key>", code="missing_api_key")
     given = credentials.credentials
@@ -37,7 +45,11 @@ def get_tenant(state: State, credentials: Annotated[HTTPAuthorizationCredentials
         tenant = state.keys.tenant_of(given)
     if tenant is None:
         raise AuthError("unknown API key", code="invalid_api_key")
-    state.rate_limiter.hit(key_hash(given))
+    try:
+        request.state.rate_limit = state.rate_limiter.hit(key_hash(given))
+    except RateLimitExceeded as exc:
+        request.state.rate_limit = exc.state
+        raise
     return tenant
 
 

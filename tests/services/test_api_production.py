@@ -105,18 +105,22 @@ def test_active_job_quota_holds_across_two_api_apps(redis_url: str, redis_client
         assert b.status_code == 202
 
 
-def test_rate_limit_per_key(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> None:
+def test_rate_limit_per_key_with_headers(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> None:
     settings = _settings(redis_url, tmp_path, quotas={"requests_per_minute": 5})
-    # The limit counts per clock minute (a fixed window): nine requests that straddle a minute's edge would start a
-    # fresh count halfway. Start well inside a minute, so a slow, loaded machine still fits them in one window.
-    if time.time() % 60 > 40:
-        time.sleep(60.5 - time.time() % 60)
     with TestClient(create_app(settings)) as one, TestClient(create_app(settings)) as two:
-        codes = [(one if i % 2 else two).get("/v1/jobs", headers=A).status_code for i in range(7)]
-        assert codes[:5] == [200] * 5 and codes[5:] == [429, 429]
-        limited = one.get("/v1/jobs", headers=A)
-        assert limited.json()["code"] == "rate_limited" and 1 <= int(limited.headers["retry-after"]) <= 61
+        responses = [(one if i % 2 else two).get("/v1/jobs", headers=A) for i in range(7)]
+        assert [r.status_code for r in responses] == [200] * 5 + [429, 429]
+        # Both replicas count in one window and tell the client where it stands.
+        assert [int(r.headers["RateLimit-Remaining"]) for r in responses] == [4, 3, 2, 1, 0, 0, 0]
+        assert all(
+            r.headers["RateLimit-Limit"] == "5" and r.headers["RateLimit-Policy"] == "5;w=60" for r in responses
+        )
+        assert all(0 <= int(r.headers["RateLimit-Reset"]) <= 60 for r in responses)
+        limited = responses[-1]
+        assert limited.json()["code"] == "rate_limited" and 1 <= int(limited.headers["retry-after"]) <= 60
         assert one.get("/v1/jobs", headers={"Authorization": "Bearer key-b"}).status_code == 200
+        # A route that returns its own Response (202 with Location) carries the headers too.
+        assert one.get("/v1/jobs", headers={"Authorization": "Bearer key-b"}).headers["RateLimit-Remaining"] == "3"
 
 
 def test_stored_keys_work_and_revocation_is_immediate(client: TestClient, redis_client: redis.Redis) -> None:
