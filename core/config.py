@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The built-in URL-signing key: public, so anyone could mint download URLs with it. Production refuses it.
+DEVELOPMENT_URL_SECRET = "dev-insecure-url-secret"
 
 
 class RedisSettings(BaseModel):
@@ -48,7 +51,7 @@ class StorageSettings(BaseModel):
     create_bucket: bool = Field(False, description="Create the bucket at start-up when it is missing.")
     url_expiry_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600, description="Lifetime of signed output URLs.")
     url_secret: SecretStr = Field(
-        SecretStr("dev-insecure-url-secret"), description="HMAC key for local-backend URLs; set it in production."
+        SecretStr(DEVELOPMENT_URL_SECRET), description="HMAC key for local-backend URLs; set it in production."
     )
     public_base_url: str = Field(
         "http://127.0.0.1:8000", description="Public address of the API, used in local-backend URLs."
@@ -178,6 +181,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TESSERA_", env_nested_delimiter="__", extra="ignore")
 
+    environment: Literal["development", "production"] = Field(
+        "development",
+        description="production refuses to start with the built-in URL secret (local backend) or with webhooks to "
+        "private or plain-http targets allowed.",
+    )
     redis: RedisSettings = Field(default_factory=RedisSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
@@ -202,6 +210,24 @@ class Settings(BaseSettings):
             if not sep or not tenant or not key:
                 raise ValueError(f'api_keys entries must be "tenant:key", got an entry without one: "{tenant}:…"')
         return value
+
+    @model_validator(mode="after")
+    def _production_is_locked_down(self) -> Settings:
+        if self.environment != "production":
+            return self
+        problems = []
+        if self.storage.backend == "local" and self.storage.url_secret.get_secret_value() == DEVELOPMENT_URL_SECRET:
+            problems.append(
+                "TESSERA_STORAGE__URL_SECRET is the built-in development key (anyone could sign download URLs); "
+                "set a random one, e.g. openssl rand -hex 32"
+            )
+        if self.webhooks.allow_private:
+            problems.append("TESSERA_WEBHOOKS__ALLOW_PRIVATE must be false (webhooks could reach internal hosts)")
+        if self.webhooks.allow_http:
+            problems.append("TESSERA_WEBHOOKS__ALLOW_HTTP must be false (webhook payloads would travel in clear)")
+        if problems:
+            raise ValueError("TESSERA_ENVIRONMENT=production refuses these settings: " + "; ".join(problems))
+        return self
 
     def tenant_keys(self) -> dict[str, str]:
         """Map every static API key to its tenant."""
