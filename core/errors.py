@@ -18,6 +18,7 @@ ServiceError
 │   ├── QuotaExceededError     too many queued+running jobs
 │   └── RateLimitedError       too many requests per minute
 ├── ForbiddenError             a signed URL that is expired or tampered with
+├── DependencyUnavailableError Redis or the queue did not answer (retryable infrastructure)
 ├── ObjectStoreError           the object store failed (retryable infrastructure)
 │   └── ObjectNotFoundError
 ├── ModelLoadError             weights missing or malformed
@@ -116,6 +117,12 @@ class RateLimitedError(LimitExceededError):
 
 class ForbiddenError(ServiceError):
     code = "forbidden"
+
+
+class DependencyUnavailableError(ServiceError):
+    """Redis or the queue did not answer: retry the same request shortly."""
+
+    code = "dependency_unavailable"
 
 
 class ObjectStoreError(ServiceError):

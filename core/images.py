@@ -7,8 +7,9 @@
    ignored);
 3. width and height from the *header* against ``max_image_side`` and ``max_image_pixels``, before a
    single pixel is decoded, so a few-kilobyte decompression bomb costs nothing;
-4. ``verify()`` (PNG chunk CRCs) and then a full decode with ``load()`` on a fresh object, so
-   truncated or corrupt files are refused now rather than in the middle of a GPU job;
+4. animated images (WebP, APNG) are refused; ``verify()`` (PNG chunk CRCs) and then a full decode with
+   ``load()`` on a fresh object, so truncated or corrupt files are refused now rather than in the middle of a
+   GPU job;
 5. EXIF orientation: an image that orientation turns or mirrors is re-encoded as PNG with the pixels
    upright and without metadata; others are stored byte for byte.
 
@@ -92,7 +93,7 @@ def validate_image(data: bytes, limits: LimitSettings) -> ValidatedImage:
         UnsupportedMediaError: not PNG, JPEG or WebP.
         ImageTooLargeError: a side above ``max_image_side`` or an area above ``max_image_pixels``,
             found from the header alone.
-        InvalidImageError: empty, truncated or corrupt.
+        InvalidImageError: empty, truncated, corrupt or animated.
 
     Every error carries ``field="file"`` and names the limit or rule and the value received.
     """
@@ -114,6 +115,14 @@ def validate_image(data: bytes, limits: LimitSettings) -> ValidatedImage:
         if image_format not in _FORMAT_CONTENT_TYPES:
             raise UnsupportedMediaError(f"file is a {image_format} image; accepted: PNG, JPEG, WebP", field=_FIELD)
         _check_dimensions(header.width, header.height, limits)
+        # Which frame of an animation a client meant is anyone's guess, and each frame would be decoded again in
+        # the worker. Multi-picture JPEGs (MPO, phone cameras) stay accepted: their first picture is the photo.
+        frames = int(getattr(header, "n_frames", 1))
+        if image_format != "MPO" and frames > 1:
+            raise InvalidImageError(
+                f"file is an animated {image_format} ({frames} frames); upload a single still image",
+                field=_FIELD,
+            )
         # verify() checks structure (PNG chunk CRCs) without decoding; Pillow allows nothing else on a
         # verified object, so the full decode below needs a fresh one.
         _decode(header.verify)

@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.config import GenerationDefaults
 from core.ml.edlora.config import EDLoRAConfig
@@ -18,6 +18,21 @@ CONCEPT_REF_RE = re.compile(r"<([A-Za-z0-9_-]{1,64})>")
 JobKind = Literal["training", "generation"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 Metadata = dict[str, Any]
+
+# C0/C1 control characters other than tab and line breaks: never meaningful in a prompt, and a NUL or an escape
+# sequence that reaches a log line or a terminal is how injection starts.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _printable(value: str) -> str:
+    found = _CONTROL.search(value)
+    if found:
+        raise ValueError(f"must not contain control characters (found U+{ord(found.group()):04X})")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_printable)]
+"""Free text from a client (prompts, captions): any Unicode except control characters other than tab and newlines."""
 
 
 class _Strict(BaseModel):
@@ -189,7 +204,7 @@ class TrainingRequest(_Strict):
     images: list[str] = Field(min_length=1, max_length=50, description="1..50 file ids of this tenant.")
     masks: list[str] | None = Field(None, description="Optional mask file per image (white = the concept).")
     mask_prompts: list[MaskPrompt | None] | None = None
-    captions: list[str | None] | None = None
+    captions: list[Text | None] | None = None
     options: EDLoRAConfig = Field(default_factory=EDLoRAConfig)
     composites: CompositesSpec | None = Field(
         None, description="Optional: also train on composites of the concept beside other concepts' objects."
@@ -256,8 +271,8 @@ def _multiple_of_8(v: int) -> int:
 
 
 class GenerationRequest(_Strict):
-    prompt: str = Field(min_length=1, max_length=1000)
-    negative_prompt: str = Field("", max_length=1000)
+    prompt: Text = Field(min_length=1, max_length=1000)
+    negative_prompt: Text = Field("", max_length=1000)
     concepts: list[ConceptUse] | None = Field(None, max_length=4)
     layout: LayoutSpec | None = None
     fusion: Literal["regional", "conductor"] = "conductor"

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from core.config import PRESET_GENERATION_DEFAULTS, GenerationDefaults
-from core.errors import InvalidRequestError, NotFoundError, ServiceError, UnknownConceptError
+from core.errors import (
+    DependencyUnavailableError,
+    InvalidRequestError,
+    NotFoundError,
+    ServiceError,
+    UnknownConceptError,
+)
 from core.jobs import JobRecord, new_id
 from core.schemas import CONCEPT_REF_RE, CompositesSpec, ControlSpec, GenerationRequest, JobError, TrainingRequest
 from core.stores.catalog import Catalog, ConceptRecord
@@ -61,13 +67,34 @@ def _file_key(catalog: Catalog, tenant: str, file_id: str, field: str) -> str:
         raise InvalidRequestError(f"{field}: no file {file_id!r}", field=field, code="unknown_file") from exc
 
 
+def _mask_key(catalog: Catalog, tenant: str, image_id: str, mask_id: str, index: int) -> str:
+    """The stored key of ``masks[index]``, refused when its shape is not its image's: the worker scales a mask to
+    its image (a half-size mask is fine), so a different aspect ratio would stretch it off the concept."""
+    field = f"masks[{index}]"
+    try:
+        mask, image = catalog.get_file(tenant, mask_id), catalog.get_file(tenant, image_id)
+    except NotFoundError as exc:
+        raise InvalidRequestError(f"{field}: no file {mask_id!r}", field=field, code="unknown_file") from exc
+    # Equal ratios up to one pixel of rounding at the mask's size.
+    if abs(mask.width * image.height - mask.height * image.width) > max(image.width, image.height):
+        raise InvalidRequestError(
+            f"{field}: the mask is {mask.width}x{mask.height} but images[{index}] is {image.width}x{image.height}; "
+            "a mask must have its image's size (or the same aspect ratio)",
+            field=field,
+            code="invalid_mask",
+        )
+    return mask.key
+
+
 def _enqueue_or_fail(jobs: JobStore, record: JobRecord, enqueue: Enqueue) -> None:
     try:
         enqueue(record)
     except Exception as exc:
         error = JobError(code="queue_unavailable", message="the job could not be queued")
         jobs.transition(record.id, "queued", "failed", update=lambda r: setattr(r, "error", error))
-        raise ServiceError("the job queue is unavailable; the job was not started", code="queue_unavailable") from exc
+        raise DependencyUnavailableError(
+            "the job queue is unavailable; the job was not started (retry shortly)", code="queue_unavailable"
+        ) from exc
 
 
 MAX_NEIGHBOUR_IMAGES = 8
@@ -172,7 +199,7 @@ def submit_training(
     image_keys = [_file_key(catalog, tenant, fid, f"images[{i}]") for i, fid in enumerate(request.images)]
     mask_keys = None
     if request.masks is not None:
-        mask_keys = [_file_key(catalog, tenant, fid, f"masks[{i}]") for i, fid in enumerate(request.masks)]
+        mask_keys = [_mask_key(catalog, tenant, request.images[i], fid, i) for i, fid in enumerate(request.masks)]
         # An uploaded mask bypasses Segment Anything, so a prompt beside it would be silently ignored.
         for i, prompt in enumerate(request.mask_prompts or []):
             if prompt is not None:

@@ -14,6 +14,25 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from services.processes import start_redis
+from tests.reliability import ledger
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The controller (not an xdist worker) names the folder where the reliability suite records what it tried."""
+    if not hasattr(config, "workerinput"):
+        import tempfile
+
+        os.environ[ledger.ENV] = tempfile.mkdtemp(prefix="tessera-reliability-")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line: the reliability suite's scenarios, jobs lost or doubled, hostile inputs and tenant crossings."""
+    folder = os.environ.get(ledger.ENV)
+    if folder and not hasattr(terminalreporter.config, "workerinput"):
+        line = ledger.summary_line(Path(folder))
+        if line:
+            terminalreporter.write_sep("=", "reliability")
+            terminalreporter.write_line(line)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

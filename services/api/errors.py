@@ -69,6 +69,7 @@ _STATUS: list[tuple[type[e.ServiceError], int]] = [
     (e.ForbiddenError, 403),
     (e.LimitExceededError, 429),
     (e.ObjectStoreError, 503),
+    (e.DependencyUnavailableError, 503),
 ]
 
 
@@ -93,6 +94,7 @@ def problem(
 
 def _titles(status: int) -> str:
     return {
+        400: "Bad request",
         401: "Unauthorized",
         403: "Forbidden",
         429: "Too many requests",
@@ -132,6 +134,8 @@ def install(app: FastAPI) -> None:
             extra["errors"] = [{"field": exc.field, "message": exc.message}]
         if isinstance(exc, e.LimitExceededError):
             headers["Retry-After"] = str(exc.retry_after)
+        if isinstance(exc, e.DependencyUnavailableError):
+            headers["Retry-After"] = str(DEPENDENCY_RETRY_AFTER)
         return problem(status, exc.code, _titles(status), exc.message, headers=headers, **extra)
 
     @app.exception_handler(RequestValidationError)
@@ -149,7 +153,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 403: "forbidden"}.get(exc.status_code, "http_error")
+        # 400: a body FastAPI could not parse at all (e.g. JSON nested deeper than the parser allows).
+        codes = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed", 403: "forbidden"}
+        code = codes.get(exc.status_code, "http_error")
         return problem(exc.status_code, code, str(exc.detail), str(exc.detail))
 
     # Redis down, restarting (loading its data) or timing out, and the queue's broker refusing a message: the
