@@ -27,7 +27,7 @@ from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditio
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from core.errors import InvalidRequestError, ModelLoadError
-from core.ml.prompts import StandIn
+from core.ml.prompts import PathPrompt, StandIn
 from core.ml.tiny import write_tiny_preset
 
 logger = logging.getLogger(__name__)
@@ -63,11 +63,17 @@ class PresetOptions:
             (``MergeLayers``; JSON key ``conductor_merge_layers``): ``"up_blocks"`` (default,
             the reference's layers on SD 1.5) or ``"all"`` (down and mid blocks too, for a model whose base path
             otherwise keeps drawing the class word).
+        regional_region_prompt: what each concept's region reads in regional sampling (``core.ml.prompts
+            .PathPrompt``; JSON key ``regional_region_prompt``): ``"own_clause"`` (default, Mix-of-Show's region
+            prompts: "a <dog> on the left") or ``"every_slot"`` ("a <dog> on the left and a <dog> on the right",
+            for a model that learned its scene layouts from whole captions and draws one object for a one-object
+            prompt wherever its region is).
     """
 
     base_path_concept_words: StandIn = "class_word"
     conductor_refines_masks: bool = True
     conductor_merge_layers: MergeLayers = "up_blocks"
+    regional_region_prompt: PathPrompt = "own_clause"
 
 
 def read_preset_options(folder: Path) -> PresetOptions:
@@ -94,7 +100,15 @@ def read_preset_options(folder: Path) -> PresetOptions:
     merge = data.get("conductor_merge_layers", PresetOptions.conductor_merge_layers)
     if merge not in get_args(MergeLayers):
         raise ModelLoadError(f"{path}: conductor_merge_layers must be one of {get_args(MergeLayers)}, got {merge!r}")
-    return PresetOptions(base_path_concept_words=words, conductor_refines_masks=refines, conductor_merge_layers=merge)
+    region = data.get("regional_region_prompt", PresetOptions.regional_region_prompt)
+    if region not in get_args(PathPrompt):
+        raise ModelLoadError(f"{path}: regional_region_prompt must be one of {get_args(PathPrompt)}, got {region!r}")
+    return PresetOptions(
+        base_path_concept_words=words,
+        conductor_refines_masks=refines,
+        conductor_merge_layers=merge,
+        regional_region_prompt=region,
+    )
 
 
 @dataclass

@@ -157,6 +157,21 @@ def every_slot_prompt(prompt: str, name: str) -> str:
     return CONCEPT_REF.sub(f"<{name}>", prompt)
 
 
+PathPrompt = Literal["full", "own_clause", "every_slot"]
+"""What a text written for one concept reads: the full prompt (other concepts as stand-ins), only the clauses that
+name the concept (:func:`single_concept_prompt`), or the prompt with the concept in every slot
+(:func:`every_slot_prompt`)."""
+
+
+def path_text(prompt: str, name: str, mode: PathPrompt) -> str:
+    """The text concept ``name``'s path (conductor) or region (regional) reads (see ``PathPrompt``)."""
+    if mode == "own_clause":
+        return single_concept_prompt(prompt, name)
+    if mode == "every_slot":
+        return every_slot_prompt(prompt, name)
+    return prompt
+
+
 def parts_text(parts: Sequence[PromptPart]) -> str:
     """A bound prompt as text, each slot written ``<name>`` (for logs and cache keys)."""
     return "".join(p if isinstance(p, str) else f"<{p.name}>" for p in parts)

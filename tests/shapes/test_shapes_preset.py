@@ -81,6 +81,9 @@ def test_configs_agree_with_each_other() -> None:
     assert read_preset_options(PRESET_DIR).conductor_refines_masks is False
     # Injecting only in the up blocks left the base path's class words in charge (filled circles for rings).
     assert read_preset_options(PRESET_DIR).conductor_merge_layers == "all"
+    # One-object region prompts drew one object where a pair was asked for (regional binding 0.12 vs 0.46 over two
+    # seed sets, preset README).
+    assert read_preset_options(PRESET_DIR).regional_region_prompt == "every_slot"
 
 
 def test_tokenizer_loads_offline_and_has_room_for_concepts() -> None:

@@ -58,11 +58,11 @@ from core.ml.fusion.multipath import (
     multipath_attention,
     path_adapter_names,
 )
-from core.ml.fusion.paths import PathPrompt, SamplingPath, bind_for, encode, encode_paths
+from core.ml.fusion.paths import SamplingPath, bind_for, encode, encode_paths
 from core.ml.fusion.refinement import MaskTracks, refine_masks
 from core.ml.fusion.request import ConceptPlacement, GenerationResult, check_request
 from core.ml.fusion.sampler import denoise
-from core.ml.prompts import ConceptSlot, PromptPart, parts_text
+from core.ml.prompts import ConceptSlot, PathPrompt, PromptPart, parts_text
 from core.ml.regions import image_mask, region_masks
 from core.progress import StepCallback, no_progress
 
@@ -89,7 +89,7 @@ class ConductorConfig:
             previous mask's bounding box (Concept Conductor's config: 0, i.e. always accept).
         inversion_steps: DDIM inversion steps for a layout image.
         inject: feature injection on (False only for ablations).
-        concept_prompt: what each concept path reads (``core.ml.fusion.paths.PathPrompt``): ``"every_slot"``
+        concept_prompt: what each concept path reads (``core.ml.prompts.PathPrompt``): ``"every_slot"``
             (default; the reference's shipped config: "A <dog> and a <dog> on the beach" for the dog's path),
             ``"own_clause"`` (the clauses naming the concept: "a <dog> on the left"; the reference's README
             example is of this kind) or ``"full"`` (the full prompt, other concepts as their stand-ins).

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -30,11 +29,7 @@ from core.ml.edlora.embeddings import encode_layerwise
 from core.ml.edlora.lora import activate_lora
 from core.ml.fusion.request import ConceptPlacement
 from core.ml.fusion.sampler import attach_concept
-from core.ml.prompts import PromptPart, bind_concepts, every_slot_prompt, single_concept_prompt
-
-PathPrompt = Literal["full", "own_clause", "every_slot"]
-"""What concept path ``i`` reads: the full prompt (other concepts as stand-ins), only the clauses that name concept
-``i`` (``core.ml.prompts.single_concept_prompt``), or the prompt with concept ``i`` in every slot."""
+from core.ml.prompts import PathPrompt, PromptPart, bind_concepts, path_text
 
 
 @dataclass
@@ -119,15 +114,6 @@ def encode(
     """
     embeddings = {p.weights.concept_name: p.weights.token_embeddings for p in placements}
     return encode_layerwise(components.tokenizer, components.text_encoder, [list(parts)], embeddings, num_layers)
-
-
-def path_text(prompt: str, name: str, mode: PathPrompt) -> str:
-    """The text concept ``name``'s path reads (see ``PathPrompt``)."""
-    if mode == "own_clause":
-        return single_concept_prompt(prompt, name)
-    if mode == "every_slot":
-        return every_slot_prompt(prompt, name)
-    return prompt
 
 
 def encode_paths(

@@ -7,10 +7,12 @@ Composition happens inside the attention layers of ONE UNet pass per denoising s
 - the *global prompt* is the user's prompt with every ``<concept>`` written as the preset's stand-in (its class
   word, or its learned embeddings without LoRA: ``components.options.base_path_concept_words``), encoded with the
   plain text encoder;
-- each concept's *region prompt* is the part of the user's prompt that names it
-  (``core.ml.prompts.single_concept_prompt``: its clauses plus the clauses that name no concept, e.g. "a <red> on
-  the left" from "a <red> on the left and a <blue> on the right"; the whole prompt when it names one concept),
-  written with its learned layer-wise embeddings and encoded with its text-encoder LoRA at ``weight · alpha``;
+- each concept's *region prompt* is, by the preset's choice (``components.options.regional_region_prompt``), the
+  part of the user's prompt that names it (``"own_clause"``, Mix-of-Show's: its clauses plus the clauses that name
+  no concept, e.g. "a <red> on the left" from "a <red> on the left and a <blue> on the right"; the whole prompt
+  when it names one concept) or the prompt with the concept in every slot (``"every_slot"``: "a <red> on the left
+  and a <red> on the right"), written with its learned layer-wise embeddings (other concepts as stand-ins) and
+  encoded with its text-encoder LoRA at ``weight · alpha``;
 - in every cross-attention layer, conditional queries inside concept ``k``'s region attend to its region prompt
   (keys/values through its UNet LoRA), queries outside every region to the global prompt, overlapping regions
   average; every image-side attention projection applies the LoRA of the region its token is in (none outside);
@@ -41,7 +43,7 @@ from core.ml.fusion.paths import attach_concepts, bind_for, encode, multiplier
 from core.ml.fusion.regional_attention import RegionalState, regional_attention
 from core.ml.fusion.request import ConceptPlacement, GenerationResult, check_request
 from core.ml.fusion.sampler import denoise, guided_noise
-from core.ml.prompts import single_concept_prompt
+from core.ml.prompts import path_text
 from core.ml.regions import region_masks
 from core.progress import StepCallback, no_progress
 
@@ -97,7 +99,8 @@ def encode_regional_prompts(
     for adapter, placement in zip(adapters, placements, strict=True):
         name = placement.weights.concept_name
         activate_lora(components.text_encoder, adapter, multiplier(placement))
-        parts = bind_for(components, single_concept_prompt(prompt, name), placements, adapted=[name])
+        region_text = path_text(prompt, name, components.options.regional_region_prompt)
+        parts = bind_for(components, region_text, placements, adapted=[name])
         regions.append(encode(components, parts, placements, num_layers))
         negative_parts = bind_for(components, negative_prompt, placements, field="negative_prompt", adapted=[name])
         negatives.append(encode(components, negative_parts, placements, num_layers))

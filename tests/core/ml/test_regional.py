@@ -259,7 +259,7 @@ def test_overlapping_regions_average() -> None:
     assert torch.equal(coarse[..., 0], torch.tensor([[1.0, 0.5, 1.0, 0.5], [0.0, 0.5, 0.0, 0.5]]))
 
 
-def test_region_prompts_are_the_clauses_naming_each_concept(
+def test_region_prompts_are_the_clauses_naming_each_concept_or_the_prompt_with_it_in_every_slot(
     components: SDComponents, corgi: EDLoRAWeights, tabby: EDLoRAWeights
 ) -> None:
     placements = [ConceptPlacement(corgi, None), ConceptPlacement(tabby, None, 1.5)]
@@ -283,10 +283,20 @@ def test_region_prompts_are_the_clauses_naming_each_concept(
         )
         activate_lora(components.text_encoder, "tessera_concept_1", 1.5 * tabby.alpha)
         tabby_region = encode([ConceptSlot("tabby"), " on the beach"])
+        tabby_everywhere = encode(
+            ["a photo of ", ConceptSlot("tabby"), " and ", ConceptSlot("tabby"), " on the beach"]
+        )
         activate_lora(components.text_encoder, None)
+        every_slot = dataclasses.replace(components, options=PresetOptions(regional_region_prompt="every_slot"))
+        by_slot = encode_regional_prompts(
+            every_slot, prompt=PROMPT, negative_prompt="", placements=placements, num_layers=layers
+        )
     assert torch.equal(by_word.positive, global_words)
     assert torch.equal(by_embedding.positive, global_embeddings)
     assert by_word.regions is not None and torch.equal(by_word.regions[1], tabby_region[0])
+    # The shapes preset's choice: each region reads the whole prompt with its concept in every slot.
+    assert by_slot.regions is not None and torch.equal(by_slot.regions[1], tabby_everywhere[0])
+    assert torch.equal(by_slot.positive, global_words)
 
 
 def test_lora_weight_scales_both_loras(

@@ -56,6 +56,12 @@ def test_preset_options_come_from_preset_json(tmp_path: Path) -> None:
     (tmp_path / "preset.json").write_text(json.dumps({"conductor_merge_layers": "mid"}))
     with pytest.raises(ModelLoadError, match="conductor_merge_layers"):
         read_preset_options(tmp_path)
+    assert PresetOptions().regional_region_prompt == "own_clause"  # Mix-of-Show's, SD 1.5 unchanged
+    (tmp_path / "preset.json").write_text(json.dumps({"regional_region_prompt": "every_slot"}))
+    assert read_preset_options(tmp_path).regional_region_prompt == "every_slot"
+    (tmp_path / "preset.json").write_text(json.dumps({"regional_region_prompt": "both"}))
+    with pytest.raises(ModelLoadError, match="regional_region_prompt"):
+        read_preset_options(tmp_path)
 
 
 def test_tiny_loads_with_class_word_stand_ins(components: SDComponents) -> None:
