@@ -7,7 +7,7 @@ Only the composition roots (the API app factory, the Celery app factory and the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -55,6 +55,12 @@ class StorageSettings(BaseModel):
     )
     public_base_url: str = Field(
         "http://127.0.0.1:8000", description="Public address of the API, used in local-backend URLs."
+    )
+    retry_delays_seconds: list[Annotated[float, Field(ge=0, le=600)]] = Field(
+        [1.0, 2.0, 4.0, 8.0],
+        max_length=20,
+        description="A worker retries a failed object-store call after each of these delays, then fails the job "
+        "with storage_unavailable.",
     )
 
 

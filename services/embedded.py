@@ -89,18 +89,7 @@ class Stack:
         try:
             redis_child, self.redis_url = start_redis(self.data_dir / "redis", log=self._log("redis"))
             self.children["redis"] = redis_child
-            api = Child(
-                "api",
-                python_module("services.cli", "api", "--host", self.host, "--port", str(self.port)),
-                env=self.env(),
-                log=self._log("api"),
-            )
-            self.children["api"] = api
-            wait_for(
-                lambda: httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200,
-                what=f"the API at {self.url}",
-                child=api,
-            )
+            self._start_api()
             self.start_worker()
             self.start_worker("webhooks")
         except BaseException:
@@ -108,8 +97,28 @@ class Stack:
             raise
         return self
 
-    def start_worker(self, queues: str = "train,generate") -> Child:
-        """Start one more worker process: a GPU worker (``worker``, ``worker-2``, …) or ``webhooks``."""
+    def restart_api(self) -> None:
+        """Stop the API process and start a new one on the same address (clients reconnect to it)."""
+        self.children.pop("api").stop()
+        self._start_api()
+
+    def _start_api(self) -> None:
+        api = Child(
+            "api",
+            python_module("services.cli", "api", "--host", self.host, "--port", str(self.port)),
+            env=self.env(),
+            log=self._log("api"),
+        )
+        self.children["api"] = api
+        wait_for(
+            lambda: httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200,
+            what=f"the API at {self.url}",
+            child=api,
+        )
+
+    def start_worker(self, queues: str = "train,generate", *, memory_limit_bytes: int | None = None) -> Child:
+        """Start one more worker process: a GPU worker (``worker``, ``worker-2``, …) or ``webhooks``
+        (``memory_limit_bytes``: see ``Child``)."""
         if queues == "webhooks":
             name = "webhooks"
         else:
@@ -119,7 +128,8 @@ class Stack:
         self.metrics_ports[name] = port
         # Metrics listen where the API does (loopback unless the caller chose otherwise).
         env = {**self.env(), "TESSERA_WORKER__METRICS_PORT": str(port), "TESSERA_WORKER__METRICS_HOST": self.host}
-        child = Child(name, python_module("services.cli", "worker", "--queues", queues), env=env, log=self._log(name))
+        argv = python_module("services.cli", "worker", "--queues", queues)
+        child = Child(name, argv, env=env, log=self._log(name), memory_limit_bytes=memory_limit_bytes)
         self.children[name] = child
         return child
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from core.config import Settings, get_settings
 from core.stores.catalog import Catalog
@@ -68,8 +68,12 @@ def make_celery(settings: Settings | None = None, queues: Sequence[str] = QUEUES
     if set(queues) & set(GPU_QUEUES):
         from services.worker.context import WorkerContext
         from services.worker.gpu import register_gpu_tasks
+        from services.worker.run import begin_shutdown
 
-        ctx = WorkerContext.build(settings, send_delivery=delivery_sender(app))
+        ctx = WorkerContext.build(settings, send_delivery=delivery_sender(app), enqueue=CeleryTaskQueue(app))
+        # SIGTERM (a scale-down, a rollout, a drain): the running job goes back to the queue at its next step for
+        # another worker, instead of holding this pod for up to the task's time limit.
+        worker_shutting_down.connect(lambda **_: begin_shutdown(), weak=False)
         register_gpu_tasks(app, ctx, settings)
         app.tessera_context = ctx
     if WEBHOOK_QUEUE in queues:

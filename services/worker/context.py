@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 import redis
 
 from core.config import Settings
+from core.jobs import JobRecord
 from core.notifier import attach_webhooks
 from core.stores.catalog import Catalog
 from core.stores.jobs import JobStore
 from core.stores.objects import ObjectStore, make_object_store
+from core.stores.retrying import RetryingObjectStore
 from services.worker.models import AdapterCache, ModelCache
 
 
@@ -26,13 +28,22 @@ class WorkerContext:
     objects: ObjectStore
     models: ModelCache
     adapters: AdapterCache
+    # Sends a job's message again (a job handed back when this worker shuts down); None: nowhere to send it.
+    enqueue: Callable[[JobRecord], None] | None = None
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
 
     @classmethod
-    def build(cls, settings: Settings, *, send_delivery: Callable[[str], None]) -> WorkerContext:
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        send_delivery: Callable[[str], None],
+        enqueue: Callable[[JobRecord], None] | None = None,
+    ) -> WorkerContext:
         """Everything a GPU worker process needs; job changes also become webhook deliveries."""
         client = redis.Redis.from_url(settings.redis.dsn(), socket_timeout=30, health_check_interval=30)
-        objects = make_object_store(settings.storage)
+        # A job rides out a short object-store outage (retries with backoff) instead of failing at once.
+        objects = RetryingObjectStore(make_object_store(settings.storage), settings.storage.retry_delays_seconds)
         jobs = JobStore(client, ttl_seconds=settings.job_ttl_seconds, lease_seconds=settings.worker.lease_seconds)
         catalog = Catalog(client)
         attach_webhooks(client, jobs, catalog, objects, settings.storage, send_delivery)
@@ -43,4 +54,5 @@ class WorkerContext:
             objects=objects,
             models=ModelCache(settings.models),
             adapters=AdapterCache(settings.models.adapter_cache_dir, objects),
+            enqueue=enqueue,
         )

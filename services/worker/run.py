@@ -2,11 +2,13 @@
 
 Claiming is compare-and-set ``queued -> running``: a redelivered message whose job is already running
 elsewhere or finished does nothing. While the job runs a heartbeat renews its lease; if the process
-dies, the lease expires and the reaper (``services.worker.reaper``) hands the job back to the queue.
+dies, the lease expires and the reaper (``services.worker.reaper``) hands the job back to the queue. A worker told
+to stop (SIGTERM) hands its job back itself at the next step boundary (``begin_shutdown``).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -26,6 +28,21 @@ logger = logging.getLogger(__name__)
 
 # Progress writes and cancel checks hit Redis at most this often per job (steps can take milliseconds).
 REPORT_INTERVAL_S = 0.2
+
+
+class HandedBack(JobCanceledError):
+    """Raised at a step boundary once the worker is shutting down: the job goes back to the queue (a cancellation
+    as far as the pipelines are concerned: they clean up the same way)."""
+
+    code = "handed_back"
+
+
+_shutting_down = threading.Event()
+
+
+def begin_shutdown() -> None:
+    """The worker was told to stop: running jobs stop at their next step and go back to the queue."""
+    _shutting_down.set()
 
 
 class JobRun:
@@ -51,7 +68,10 @@ class JobRun:
             metrics.STAGE_SECONDS.labels(self.record.kind, name).observe(elapsed)
 
     def check_cancel(self, *, force: bool = True) -> None:
-        """Raise ``JobCanceledError`` when a client asked to cancel this job."""
+        """Raise ``JobCanceledError`` when a client asked to cancel this job, ``HandedBack`` when the worker is
+        shutting down."""
+        if _shutting_down.is_set():
+            raise HandedBack(f"job {self.record.id} handed back: the worker is shutting down")
         now = time.monotonic()
         if not force and now - self._last_cancel_check < REPORT_INTERVAL_S:
             return
@@ -154,6 +174,8 @@ def _execute(
     status, output, error = "succeeded", None, None
     try:
         output = body(run)
+    except HandedBack:
+        status = "queued"
     except JobCanceledError:
         status = "canceled"
     except ServiceError as exc:
@@ -161,10 +183,18 @@ def _execute(
         logger.warning("job %s failed: %s", job_id, exc.message)
     except Exception as exc:
         status = "failed"
-        error = JobError(code="internal_error", message=_internal_message(exc))
-        logger.exception("job %s failed unexpectedly", job_id)
+        error = _unexpected(exc, record)
+        if error.code == "out_of_memory":
+            logger.warning("job %s ran out of memory: %s", job_id, exc)
+            _free_memory()
+        else:
+            logger.exception("job %s failed unexpectedly", job_id)
     finally:
         heartbeat.stop()
+
+    if status == "queued":
+        _hand_back(ctx, record)
+        return
 
     def update(r: JobRecord) -> None:
         r.output, r.error = output, error
@@ -184,8 +214,50 @@ def _execute(
         metrics.record_gpu_memory()
 
 
-def _internal_message(exc: Exception) -> str:
-    name = type(exc).__name__
-    if name == "OutOfMemoryError":
-        return "the worker ran out of GPU memory; try a smaller size or fewer concepts"
-    return f"internal error ({name}); the operator's logs have the details"
+def _hand_back(ctx: WorkerContext, record: JobRecord) -> None:
+    """Put a job this worker stopped back in the queue (not counted as a redelivery: nobody died)."""
+    try:
+        requeued = ctx.jobs.transition(record.id, "running", "queued")
+        if ctx.enqueue is not None:
+            ctx.enqueue(requeued)
+        # Without a way to send it, the reaper's stranded-job pass sends it once it has waited long enough.
+        logger.warning("job %s handed back to the queue: this worker is shutting down", record.id)
+    except InvalidTransitionError as exc:
+        logger.warning("job %s could not be handed back: %s", record.id, exc)
+    finally:
+        ctx.jobs.release_lease(record.id, ctx.worker_id)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, and the CPU allocator's "can't allocate memory"."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def _unexpected(exc: Exception, record: JobRecord) -> JobError:
+    """The error a job gets for an exception nobody raised on purpose: ``out_of_memory`` with what to lower, else
+    ``internal_error`` without details (the operator's logs have them)."""
+    if _is_out_of_memory(exc):
+        lower = (
+            "fewer or smaller training images, or a smaller batch_size"
+            if record.kind == "training"
+            else "a smaller width and height, fewer num_outputs, or fewer concepts"
+        )
+        return JobError(code="out_of_memory", message=f"the worker ran out of memory for this job; try {lower}")
+    return JobError(
+        code="internal_error", message=f"internal error ({type(exc).__name__}); the operator's logs have the details"
+    )
+
+
+def _free_memory() -> None:
+    """Return what a failed job held (its tensors are garbage now) so the next job starts with the memory free."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # a webhooks-only worker has no torch
+        pass

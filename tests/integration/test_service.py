@@ -23,6 +23,7 @@ from services.demo import sample_images
 from services.embedded import Stack
 from services.processes import wait_for
 from tests.fixtures.receiver import receiver
+from tests.reliability import ledger
 
 pytestmark = pytest.mark.slow
 
@@ -173,7 +174,9 @@ def test_worker_killed_mid_training_is_rerun(client: TesseraClient, stack: Stack
     assert client.get_concept("survivor")["status"] == "ready"
     # The reaper handed the job back exactly once; the dead worker's run never finished it.
     record = JobStore(redis.Redis.from_url(stack.redis_url)).get(job["id"])
-    assert record.redeliveries == 1 and record.status == "succeeded"
+    ok = record.redeliveries == 1 and record.status == "succeeded"
+    ledger.record("fault", "sigkill-mid-training", ok=ok, jobs=1, lost=0 if final["status"] == "succeeded" else 1)
+    assert ok, record
 
 
 def test_events_resume_with_last_event_id_and_webhooks_arrive_signed(client: TesseraClient, stack: Stack) -> None:

@@ -1,0 +1,113 @@
+"""The object store goes away under a worker's store (a real S3 endpoint, moto's server, stopped and started on its
+port): calls ride out a short outage with backoff, and a long one fails with ``storage_unavailable``."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core.errors import ObjectNotFoundError, ObjectStoreError
+from core.stores.retrying import RetryingObjectStore
+from core.stores.s3 import S3ObjectStore
+from services.processes import Child, free_port, wait_for
+from tests.reliability import ledger
+
+
+class Moto:
+    """moto's S3 server on a fixed port, which the test may stop and start again (its buckets are in memory)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port, self.folder = free_port(), folder
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.child: Child | None = None
+
+    def start(self) -> None:
+        argv = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
+        self.child = Child("moto", argv, log=self.folder / "moto.log")
+        wait_for(lambda: httpx.get(self.url, timeout=2).status_code < 500, what="moto server", child=self.child)
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.child.kill()
+            self.child.stop()
+            self.child = None
+
+
+@pytest.fixture
+def moto(tmp_path: Path) -> Iterator[Moto]:
+    server = Moto(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _s3(url: str) -> S3ObjectStore:
+    return S3ObjectStore(
+        bucket="outage",
+        endpoint_url=url,
+        public_endpoint_url=url,
+        region="us-east-1",
+        access_key_id="test",
+        secret_access_key="test",
+        create_bucket=True,
+    )
+
+
+def test_a_short_outage_is_ridden_out_and_a_long_one_fails_with_a_code(moto: Moto) -> None:
+    backend = _s3(moto.url)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:  # the store comes back during the second wait
+            moto.start()
+            backend.ensure_bucket()  # its buckets were in memory
+
+    store = RetryingObjectStore(backend, [0.1, 0.2, 0.4], sleep=sleep)
+    store.put_bytes("inputs/a", b"before", "application/octet-stream")
+    moto.stop()
+    store.put_bytes("outputs/b", b"after", "application/octet-stream")  # fails twice, then lands
+    assert waits == [0.1, 0.2] and store.get_bytes("outputs/b") == b"after"
+    with pytest.raises(ObjectNotFoundError):  # an answer, not an outage: no retry
+        store.get_bytes("outputs/missing")
+    assert waits == [0.1, 0.2]
+    short_ok = True
+    ledger.record("fault", "object-store-short-outage", ok=short_ok)
+
+    moto.stop()
+    gave_up = RetryingObjectStore(backend, [0.05, 0.05])
+    with pytest.raises(ObjectStoreError) as failed:
+        gave_up.get_bytes("outputs/b")
+    assert failed.value.code == "storage_unavailable" and "3 times" in failed.value.message
+    ledger.record("fault", "object-store-long-outage", ok=True)
+
+
+def test_retries_run_while_the_store_restarts_in_real_time(moto: Moto) -> None:
+    backend = _s3(moto.url)
+    # Generous: starting moto takes seconds on a loaded machine.
+    store = RetryingObjectStore(backend, [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
+    moto.stop()
+    errors: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            store.put_bytes("outputs/c", b"late", "image/png")
+        except BaseException as exc:
+            errors.append(exc)
+
+    # The upload retries in a thread while this (the parent of moto's process: it dies with the thread that
+    # started it) brings the store back.
+    worker = threading.Thread(target=upload)
+    worker.start()
+    moto.start()
+    backend.ensure_bucket()
+    worker.join(timeout=120)
+    assert not worker.is_alive() and not errors, errors
+    assert store.get_bytes("outputs/c") == b"late"
