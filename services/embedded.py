@@ -116,9 +116,8 @@ class Stack:
             child=api,
         )
 
-    def start_worker(self, queues: str = "train,generate", *, memory_limit_bytes: int | None = None) -> Child:
-        """Start one more worker process: a GPU worker (``worker``, ``worker-2``, …) or ``webhooks``
-        (``memory_limit_bytes``: see ``Child``)."""
+    def start_worker(self, queues: str = "train,generate") -> Child:
+        """Start one more worker process: a GPU worker (``worker``, ``worker-2``, …) or ``webhooks``."""
         if queues == "webhooks":
             name = "webhooks"
         else:
@@ -129,7 +128,7 @@ class Stack:
         # Metrics listen where the API does (loopback unless the caller chose otherwise).
         env = {**self.env(), "TESSERA_WORKER__METRICS_PORT": str(port), "TESSERA_WORKER__METRICS_HOST": self.host}
         argv = python_module("services.cli", "worker", "--queues", queues)
-        child = Child(name, argv, env=env, log=self._log(name), memory_limit_bytes=memory_limit_bytes)
+        child = Child(name, argv, env=env, log=self._log(name))
         self.children[name] = child
         return child
 

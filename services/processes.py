@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -17,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -26,13 +24,9 @@ import redis
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(memory_limit_bytes: int | None = None) -> None:  # runs in the child between fork and exec
+def _die_with_parent() -> None:  # runs in the child between fork and exec
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if memory_limit_bytes is not None:
-        # RLIMIT_DATA bounds heap and anonymous mappings (Linux >= 4.7), not the address space that CUDA libraries
-        # reserve: an allocation past it fails the way a full GPU does, and the process lives on.
-        resource.setrlimit(resource.RLIMIT_DATA, (memory_limit_bytes, memory_limit_bytes))
 
 
 def free_port() -> int:
@@ -63,15 +57,8 @@ class Child:
     """One started process, stopped politely (SIGTERM to its group), then firmly (SIGKILL)."""
 
     def __init__(
-        self,
-        name: str,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        log: Path | None = None,
-        memory_limit_bytes: int | None = None,
+        self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None, log: Path | None = None
     ) -> None:
-        """Start ``argv``; ``memory_limit_bytes`` caps its data size (tests use it to run out of memory)."""
         self.name = name
         self._log: IO[bytes] | None = open(log, "ab") if log else None
         self.popen = subprocess.Popen(
@@ -80,7 +67,7 @@ class Child:
             stdout=self._log,
             stderr=subprocess.STDOUT if self._log else None,
             start_new_session=True,
-            preexec_fn=partial(_die_with_parent, memory_limit_bytes),
+            preexec_fn=_die_with_parent,
         )
 
     @property
