@@ -141,7 +141,7 @@ def _clean(stack: Stack) -> None:
 
 def test_sigkill_mid_generation_is_rerun_once_without_duplicate_outputs(stack: Stack, client: TesseraClient) -> None:
     _clean(stack)
-    job_id = _generation(client, steps=150)
+    job_id = _generation(client, steps=60)
     _wait_for_step(client, job_id, "sampling", step=2)
     stack.children[_gpu_workers(stack)[0]].kill()
     stack.start_worker()
@@ -156,7 +156,7 @@ def test_sigkill_mid_generation_is_rerun_once_without_duplicate_outputs(stack: S
 
 def test_sigterm_mid_training_hands_the_job_back_to_another_worker(stack: Stack, client: TesseraClient) -> None:
     _clean(stack)
-    job_id = _training(client, "handed-back", steps=200)
+    job_id = _training(client, "handed-back", steps=60)
     _wait_for_step(client, job_id, "training", step=3)
     name = _gpu_workers(stack)[0]
     started = time.monotonic()
@@ -227,7 +227,7 @@ def test_a_queued_job_whose_message_was_lost_still_runs(stack: Stack, client: Te
 
 def test_redis_killed_and_restarted_loses_no_recorded_job(stack: Stack, client: TesseraClient) -> None:
     _clean(stack)
-    running = _training(client, "through-restart", steps=120)
+    running = _training(client, "through-restart", steps=40)
     _wait_for_step(client, running, "training", step=2)
     queued = _generation(client, steps=3, seed=10)
     just_created = _generation(client, steps=3, seed=11)
