@@ -111,7 +111,7 @@ class Catalog:
         return [i.decode() for i in cast(list[bytes], ids)]
 
     def file_record(self, file_id: str) -> FileRecord | None:
-        """A file's record whatever its tenant (for the retention sweeper only)."""
+        """A file's record whatever its tenant (the retention sweeper; a worker storing an output again)."""
         raw = self._r.get(f"{PREFIX}file:{file_id}")
         return None if raw is None else FileRecord.model_validate_json(raw)
 

@@ -110,14 +110,20 @@ def run_generation(run: JobRun) -> dict[str, Any]:
             styled = _style(run, request, result)
         run.check_cancel()
     with run.stage("uploading"):
-        stage1 = [store_png(run, img, seed) for img, seed in zip(result.images, result.seeds, strict=True)]
+        stage1 = [
+            store_png(run, img, seed, name=f"stage1_images/{i}")
+            for i, (img, seed) in enumerate(zip(result.images, result.seeds, strict=True))
+        ]
         images = stage1
         if styled is not None:
-            images = [store_png(run, img, seed) for img, seed in zip(styled, result.seeds, strict=True)]
+            images = [
+                store_png(run, img, seed, name=f"images/{i}")
+                for i, (img, seed) in enumerate(zip(styled, result.seeds, strict=True))
+            ]
         # Conductor masks are per image (image-major, each with its image's seed); regional ones are shared.
         per_image = len(result.masks) // max(1, len(result.images)) if request.fusion == "conductor" else 0
         masks = [
-            store_png(run, mask, result.seeds[i // per_image] if per_image else None)
+            store_png(run, mask, result.seeds[i // per_image] if per_image else None, name=f"masks/{i}")
             for i, mask in enumerate(result.masks)
         ]
     return {"images": images, "stage1_images": stage1, "masks": masks}

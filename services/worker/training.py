@@ -264,7 +264,7 @@ def run_training(run: JobRun) -> dict[str, object]:
         data = adapter_to_bytes(weights)
         concept = ctx.catalog.get_concept(record.tenant, plan["concept_id"])
         ctx.objects.put_bytes(concept.adapter_key, data, "application/octet-stream")
-        stored_masks = [store_png(run, mask, None) for mask in concept_masks]
+        stored_masks = [store_png(run, mask, None, name=f"masks/{i}") for i, mask in enumerate(concept_masks)]
         concept.status = "ready"
         concept.adapter_bytes = len(data)
         concept.adapter_sha256 = hashlib.sha256(data).hexdigest()

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 TENANTS = 5
 PER_TENANT = 110
-MAX_ACTIVE = 60
+MAX_ACTIVE = 12
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -141,7 +141,7 @@ def _clean(stack: Stack) -> None:
 
 def test_sigkill_mid_generation_is_rerun_once_without_duplicate_outputs(stack: Stack, client: TesseraClient) -> None:
     _clean(stack)
-    job_id = _generation(client, steps=60)
+    job_id = _generation(client, steps=30)
     _wait_for_step(client, job_id, "sampling", step=2)
     stack.children[_gpu_workers(stack)[0]].kill()
     stack.start_worker()
@@ -154,9 +154,41 @@ def test_sigkill_mid_generation_is_rerun_once_without_duplicate_outputs(stack: S
     assert result["lost"] == 0 and result["doubled"] == 0, (result["outputs"], final.get("output"))
 
 
+def test_sigkill_mid_upload_leaves_no_output_behind(stack: Stack, client: TesseraClient) -> None:
+    _clean(stack)
+    store = _store(stack)
+    body = {"prompt": "a red star", "width": 512, "height": 512, "num_outputs": 4, "num_inference_steps": 1}
+    caught, created = None, []
+    for attempt in range(5):  # the upload stage is short: catch it while it runs
+        job_id = str(client.create_generation({**body, "seed": 100 + attempt})["id"])
+        created.append(job_id)
+        while store.get(job_id).status in ("queued", "running"):
+            progress = store.get_progress(job_id)
+            if progress is not None and progress.stage == "uploading" and store.get(job_id).status == "running":
+                stack.children[_gpu_workers(stack)[0]].kill()
+                caught = job_id
+                break
+            time.sleep(0.002)
+        if caught:
+            break
+    assert caught is not None, "never caught a job while it uploaded"
+    stack.start_worker()
+    result = _accounted(stack, client, created, timeout=300)
+    final = result["finals"].get(caught, {})
+    ok = (
+        final.get("status") == "succeeded"
+        and len(final["output"]["images"]) == 4
+        and store.get(caught).redeliveries == 1
+    )
+    # The dead run's uploads were written again under the same ids by the second run: nothing without a record.
+    _record("sigkill-mid-upload", result, ok and result["lost"] == 0 and result["doubled"] == 0)
+    assert ok, final
+    assert result["lost"] == 0 and result["doubled"] == 0, result["outputs"]
+
+
 def test_sigterm_mid_training_hands_the_job_back_to_another_worker(stack: Stack, client: TesseraClient) -> None:
     _clean(stack)
-    job_id = _training(client, "handed-back", steps=60)
+    job_id = _training(client, "handed-back", steps=40)
     _wait_for_step(client, job_id, "training", step=3)
     name = _gpu_workers(stack)[0]
     started = time.monotonic()
@@ -331,3 +363,22 @@ def test_an_api_restart_mid_stream_resumes_with_last_event_id(stack: Stack, clie
     )
     _record("api-restart-mid-stream", result, ok and result["lost"] == 0)
     assert ok, (seen, resumed[:3], result["finals"].get(job_id, {}).get("status"))
+
+
+def test_no_secret_reaches_the_logs(stack: Stack, client: TesseraClient) -> None:
+    """After every scenario above: the API key, the webhook signing secret and URL signatures appear in no log."""
+    secret = client.webhook_secret()
+    job_id = _generation(client, steps=2, seed=14)
+    final = client.wait(job_id, timeout=120)
+    url = final["output"]["images"][0]["url"]
+    assert client.download(url).startswith(b"\x89PNG")
+    signature = url.split("signature=", 1)[1].split("&", 1)[0]
+    logs = sorted((stack.data_dir / "logs").glob("*.log"))
+    assert logs, "the stack writes its children's logs under data_dir/logs"
+    text = "\n".join(path.read_text(errors="replace") for path in logs)
+    leaked = [
+        name
+        for name, value in (("API key", stack.api_key), ("webhook secret", secret), ("URL signature", signature))
+        if value in text
+    ]
+    assert not leaked, leaked

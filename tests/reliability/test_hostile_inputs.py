@@ -40,6 +40,8 @@ def _png(size: tuple[int, int], mode: str = "RGB") -> bytes:
 
 @pytest.fixture(scope="module")
 def api(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    # A database of its own: other modules' tests on this pytest worker flush database 0 between these tests.
+    redis_url = redis_url.rsplit("/", 1)[0] + "/13"
     r = redis.Redis.from_url(redis_url)
     r.flushdb()
     store = tmp_path_factory.mktemp("hostile") / "objects"
