@@ -141,6 +141,12 @@ class WorkerSettings(BaseModel):
         description="Address the worker's metrics listen on: all interfaces in a container (Prometheus scrapes the "
         "pod); `tessera serve` sets 127.0.0.1, like its API.",
     )
+    on_sigterm: Literal["hand_back", "finish"] = Field(
+        "hand_back",
+        description="What a worker told to stop does with its running job: hand_back (at the next step, for "
+        "another worker) or finish (Celery's warm shutdown; for autoscalers that count waiting jobs only, "
+        "which would otherwise stop busy workers again and again).",
+    )
     stranded_after_seconds: float = Field(
         60.0,
         ge=1.0,

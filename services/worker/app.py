@@ -72,8 +72,10 @@ def make_celery(settings: Settings | None = None, queues: Sequence[str] = QUEUES
 
         ctx = WorkerContext.build(settings, send_delivery=delivery_sender(app), enqueue=CeleryTaskQueue(app))
         # SIGTERM (a scale-down, a rollout, a drain): the running job goes back to the queue at its next step for
-        # another worker, instead of holding this pod for up to the task's time limit.
-        worker_shutting_down.connect(lambda **_: begin_shutdown(), weak=False)
+        # another worker, instead of holding this process for up to the task's time limit; with "finish", Celery's
+        # warm shutdown lets it end first.
+        if settings.worker.on_sigterm == "hand_back":
+            worker_shutting_down.connect(lambda **_: begin_shutdown(), weak=False)
         register_gpu_tasks(app, ctx, settings)
         app.tessera_context = ctx
     if WEBHOOK_QUEUE in queues:

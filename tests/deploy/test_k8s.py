@@ -242,6 +242,8 @@ def test_prod_settings_pass_the_production_checks_and_dev_is_development(rendere
     assert settings.environment == "production" and settings.storage.backend == "s3"
     dev = _named(rendered["k8s/overlays/dev"], "ConfigMap", "tessera-config")["data"]
     assert dev["TESSERA_ENVIRONMENT"] == "development"
+    # KEDA counts waiting jobs only: a stopped pod finishes its job rather than handing it back to start over.
+    assert prod["TESSERA_WORKER__ON_SIGTERM"] == dev["TESSERA_WORKER__ON_SIGTERM"] == "finish"
 
 
 def _nested(env: dict[str, str]) -> dict[str, object]:
