@@ -158,31 +158,20 @@ def install(app: FastAPI) -> None:
         code = codes.get(exc.status_code, "http_error")
         return problem(exc.status_code, code, str(exc.detail), str(exc.detail))
 
-    # Redis down, restarting (loading its data) or timing out, and the queue's broker refusing a message: the
-    # request may be retried as it is, so 503 with Retry-After, not 500. Nothing was half-done: a job record whose
-    # message was not sent is re-sent by the workers (services.worker.reaper).
+    # Redis down, restarting (loading its data) or timing out, or the queue's broker refusing a message outside a
+    # job submission (which fails its job with queue_unavailable itself, core.submissions): the request may be
+    # retried as it is, so the same 503 with Retry-After that DependencyUnavailableError gets, not a 500.
     @app.exception_handler(redis.exceptions.ConnectionError)
     @app.exception_handler(redis.exceptions.TimeoutError)
-    async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
-        logger.error("redis unavailable: %s", exc)
-        return problem(
-            503,
-            "redis_unavailable",
-            "Service unavailable",
-            "the job store (Redis) does not answer; retry shortly",
-            headers={"Retry-After": str(DEPENDENCY_RETRY_AFTER)},
-        )
-
     @app.exception_handler(BrokerError)
-    async def _broker_down(_: Request, exc: Exception) -> JSONResponse:
-        logger.error("queue broker unavailable: %s", exc)
-        return problem(
-            503,
-            "queue_unavailable",
-            "Service unavailable",
-            "the job queue does not answer; retry shortly",
-            headers={"Retry-After": str(DEPENDENCY_RETRY_AFTER)},
+    async def _dependency_down(request: Request, exc: Exception) -> JSONResponse:
+        which = "queue" if isinstance(exc, BrokerError) else "redis"
+        store = "job queue" if which == "queue" else "job store (Redis)"
+        unavailable = e.DependencyUnavailableError(
+            f"the {store} does not answer; retry shortly", code=f"{which}_unavailable"
         )
+        unavailable.__cause__ = exc
+        return await _service_error(request, unavailable)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

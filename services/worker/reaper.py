@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
@@ -95,7 +96,7 @@ def resend_stranded(
 
 
 class Reaper(threading.Thread):
-    """Runs ``reap_orphans`` and ``resend_stranded`` every half lease."""
+    """Runs ``reap_orphans`` every half lease and ``resend_stranded`` every half ``stranded_after``."""
 
     def __init__(
         self,
@@ -112,10 +113,15 @@ class Reaper(threading.Thread):
         self._stop = threading.Event()
 
     def run(self) -> None:
+        last_stranded_pass = time.monotonic()
         while not self._stop.wait(self._jobs.lease_seconds / 2):
             try:
                 reap_orphans(self._jobs, self._enqueue, max_redeliveries=self._max)
-                if self._held is not None:
+                # The stranded pass reads every waiting message of a long queue: once per half grace period is
+                # enough to send a lost one within 1.5x the grace, and keeps a long queue from being re-read by
+                # every worker twice a lease.
+                if self._held is not None and time.monotonic() - last_stranded_pass >= self._stranded_after / 2:
+                    last_stranded_pass = time.monotonic()
                     resend_stranded(self._jobs, self._held, self._enqueue, stranded_after=self._stranded_after)
             except Exception:
                 logger.exception("reaper pass failed")
