@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.config import GenerationDefaults
+from core.config import GenerationDefaults, TrainingDefaults
 from core.ml.edlora.config import EDLoRAConfig
 
 CONCEPT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
@@ -212,6 +212,15 @@ class TrainingRequest(_Strict):
     webhook: str | None = None
     webhook_events_filter: list[WebhookEvent] | None = None
     metadata: Metadata | None = None
+
+    def with_defaults(self, defaults: TrainingDefaults) -> TrainingRequest:
+        """A copy whose options take the preset's ``defaults`` for every option the request did not set."""
+        update = {
+            name: value
+            for name, value in defaults.model_dump(exclude_none=True).items()
+            if name not in self.options.model_fields_set
+        }
+        return self.model_copy(update={"options": self.options.model_copy(update=update)}) if update else self
 
     @model_validator(mode="after")
     def _per_image_lists(self) -> TrainingRequest:

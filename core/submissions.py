@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from core.config import PRESET_GENERATION_DEFAULTS, GenerationDefaults
+from core.config import NO_TRAINING_DEFAULTS, PRESET_GENERATION_DEFAULTS, GenerationDefaults, TrainingDefaults
 from core.errors import (
     DependencyUnavailableError,
     InvalidRequestError,
@@ -41,6 +41,7 @@ class Policy:
     styling: bool = True
     preset: str = ""
     defaults: GenerationDefaults = PRESET_GENERATION_DEFAULTS["sd15"]
+    training_defaults: TrainingDefaults = NO_TRAINING_DEFAULTS
 
     def check_styling(self, request: GenerationRequest) -> None:
         if request.style is not None and not self.styling:
@@ -194,8 +195,10 @@ def submit_training(
     enqueue: Enqueue,
     policy: Policy = Policy(),
 ) -> Submission:
-    """Validate a training request, reserve the concept name, store and enqueue the job."""
+    """Validate a training request, reserve the concept name, store and enqueue the job (its input with the
+    preset's training defaults applied, so the worker trains what the job record says)."""
     policy.check_webhook(request.webhook)
+    request = request.with_defaults(policy.training_defaults)
     image_keys = [_file_key(catalog, tenant, fid, f"images[{i}]") for i, fid in enumerate(request.images)]
     mask_keys = None
     if request.masks is not None:

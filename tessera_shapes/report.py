@@ -36,7 +36,9 @@ from typing import Any
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 
+from core.config import PRESET_TRAINING_DEFAULTS
 from core.ml.components import SDComponents, load_components
+from core.ml.edlora.config import EDLoRAConfig
 from tessera_shapes import world
 from tessera_shapes.calibration import scorer_calibration
 from tessera_shapes.evaluation import SetScore, decoder_ceiling, evaluate_base_model
@@ -60,8 +62,11 @@ logger = logging.getLogger(__name__)
 
 REPORT_VERSION = 2
 SECTIONS = ("scorer", "decoder_ceiling", "base_model", "concept_learning", "fusion", "separation")
-SEPARATION_LOSS_WEIGHT = 1.0
-"""The with-loss arm's weight: ``EDLoRAConfig``'s default, what the service trains with when it has masks."""
+SEPARATION_LOSS_WEIGHT = (
+    PRESET_TRAINING_DEFAULTS["shapes"].separation_loss_weight or EDLoRAConfig().separation_loss_weight
+)
+"""The with-loss arm's weight: what the service trains the shapes preset with when it has masks (its training
+default, 0.1; ``EDLoRAConfig``'s 1.0 turns the ring into a disc, ``core.config.PRESET_TRAINING_DEFAULTS``)."""
 NOT_IN_PLAN = "not in this plan (it trains every concept a second time); make eval measures it"
 FUSED_METHODS = ("stacked", "regional", "conductor", "conductor+separation", "regional+separation")
 """Fusion rows of the report: the three methods on concepts trained without the separation loss, then conductor and
@@ -93,9 +98,10 @@ DEFINITIONS = {
     "fusion.concept_binding": "same scenes, per concept: this concept right in every trait on its side",
     "fusion.leakage": "same scenes: an object wears the other concept's colour or shape",
     "separation": (
-        "the concepts trained a second time with the attention separation loss (weight 1) on the same examples (Seg-"
-        "Mix composites with exact masks for both objects) and seeds; attention_in_mask = share of the concept "
-        "words' cross-attention inside the concept's mask on held-out scenes with a neighbour (mean over images); "
+        "the concepts trained a second time with the attention separation loss (the preset's default weight, "
+        "0.1) on the same examples (Seg-Mix composites with exact masks for both objects) and seeds; "
+        "attention_in_mask = share of the concept words' cross-attention inside the concept's mask on held-out "
+        "scenes with a neighbour (mean over images); "
         "leakage as fusion.leakage, per method and arm"
     ),
 }

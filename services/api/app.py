@@ -120,6 +120,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
             styling=settings.models.has_styling,
             preset=settings.models.preset,
             defaults=settings.models.generation_defaults,
+            training_defaults=settings.models.training_defaults,
         ),
     )
     errors.install(app)

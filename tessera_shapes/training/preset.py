@@ -151,6 +151,8 @@ def save_preset(
         "recommended_guidance_scale": 4.0,
         "recommended_steps": 20,
         "recommended_lora_weight": 0.7,
+        # The separation loss at 1 (EDLoRAConfig's default) turns the green ring into a disc (core/config.py).
+        "recommended_separation_loss_weight": 0.1,
         "vocabulary": {
             "colours": list(world.BASE_COLOURS),
             "shapes": list(world.BASE_SHAPES),

@@ -18,7 +18,7 @@ import redis
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from core.config import PRESET_GENERATION_DEFAULTS, Settings
+from core.config import PRESET_GENERATION_DEFAULTS, PRESET_TRAINING_DEFAULTS, Settings
 from core.stores.catalog import Catalog, ConceptRecord
 from services.api.app import create_app
 
@@ -315,6 +315,27 @@ def test_generation_left_to_defaults_gets_the_presets_sampling(settings: Setting
     assert [use["weight"] for use in given["input"]["concepts"]] == [expected.lora_weight, 1.25]
 
 
+@pytest.mark.parametrize(("preset", "expected"), [("shapes", 0.1), ("sd15", 1.0), ("tiny", 1.0)])
+def test_training_left_to_defaults_gets_the_presets_separation_weight(
+    settings: Settings, preset: str, expected: float
+) -> None:
+    chosen = settings.model_copy(update={"models": settings.models.model_copy(update={"preset": preset})})
+    with TestClient(create_app(chosen)) as client:
+        files = [upload(client, png())["id"] for _ in range(2)]
+
+        def train(name: str, options: dict[str, object]) -> dict[str, object]:
+            body = {"concept": {"name": name, "class_word": "dog"}, "images": files, "options": options}
+            r = client.post("/v1/trainings", json=body, headers=A)
+            assert r.status_code == 202, r.text
+            return r.json()["input"]["options"]  # type: ignore[no-any-return]
+
+        left_out = train("rex", {"max_train_steps": 7})
+        given = train("max", {"separation_loss_weight": 1.0})
+    # The job records the weight it trains with; a weight the request gives is kept.
+    assert left_out["separation_loss_weight"] == expected and left_out["max_train_steps"] == 7
+    assert given["separation_loss_weight"] == 1.0
+
+
 def test_shapes_defaults_are_the_ones_its_preset_declares() -> None:
     declared = json.loads((Path(__file__).parents[2] / "core/ml/presets/shapes/preset.json").read_text())
     defaults = PRESET_GENERATION_DEFAULTS["shapes"]
@@ -324,3 +345,5 @@ def test_shapes_defaults_are_the_ones_its_preset_declares() -> None:
         declared["recommended_lora_weight"],
     )
     assert defaults.width == defaults.height == declared["resolution"]
+    training = PRESET_TRAINING_DEFAULTS["shapes"]
+    assert training.separation_loss_weight == declared["recommended_separation_loss_weight"]

@@ -35,7 +35,7 @@ from core.ml.edlora.config import EDLoRAConfig
 from core.ml.edlora.embeddings import encode_layerwise, init_concept_embeddings
 from core.ml.edlora.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora, lora_parameters, lora_state_dict
 from core.ml.edlora.separation import SeparationMasks, separation_loss, timestep_weight
-from core.ml.masks.cleanup import dilate_mask
+from core.ml.masks.cleanup import dilate_mask, enclosed_region
 from core.ml.prompts import CONCEPT_REF, PromptPart, bind_caption
 from core.progress import Progress, StepCallback, no_progress
 
@@ -54,8 +54,9 @@ class _TrainingData:
     latent_std: torch.Tensor  # [V, 4, h, w]
     source: list[int]  # image index of each view
     masks: torch.Tensor | None  # [V, 1, h, w] in [0, 1]: the concept
-    dilated: torch.Tensor | None  # [V, 1, h, w]: the concept dilated by separation_dilation (at pixel level)
-    others: torch.Tensor | None  # [V, 1, h, w]: other objects (zeros when none were given)
+    regions: torch.Tensor | None  # [V, 1, h, w]: the concept with its holes filled (the separation loss's mask)
+    dilated: torch.Tensor | None  # [V, 1, h, w]: the region dilated by separation_dilation (at pixel level)
+    others: torch.Tensor | None  # [V, 1, h, w]: the area other objects enclose (zeros when none were given)
     valid: torch.Tensor | None  # [V, 1, h, w]: 0 on padding; None when no view is padded
     captions: list[list[PromptPart] | None] | None  # per image; None (or a None entry) = the default templates
 
@@ -143,7 +144,7 @@ def _prepare_data(
     valid = None
     if config.augmentation_views:
         valid = to_latent(torch.stack([v.valid for v in views]))
-    latent_masks = dilated = others = None
+    latent_masks = regions = dilated = others = None
     if masks is not None:
         concept = torch.stack([v.masks[0] for v in views])  # [V, 1, R, R]
         latent_masks = to_latent(concept)
@@ -153,16 +154,20 @@ def _prepare_data(
                     f"masks[{source[i]}] must mark the concept in white, got an all-black mask",
                     field=f"masks[{source[i]}]",
                 )
+        # The diffusion loss weighs the exact mask (a hole is background to be drawn); the separation loss reads
+        # the enclosed regions (cleanup.enclosed_region says why).
+        region = enclosed_region(concept)
+        regions = to_latent(region)
         radius = round(config.separation_dilation * resolution)
-        dilated = to_latent(dilate_mask(concept, radius))
-        others = to_latent(torch.stack([v.masks[1] for v in views]))
+        dilated = to_latent(dilate_mask(region, radius))
+        others = to_latent(enclosed_region(torch.stack([v.masks[1] for v in views])))
     bound: list[list[PromptPart] | None] | None = None
     if captions is not None and any(c is not None for c in captions):
         bound = [
             None if c is None else bind_caption(c, concept_name, field=f"captions[{i}]")
             for i, c in enumerate(captions)
         ]
-    return _TrainingData(mean, torch.cat(stds), source, latent_masks, dilated, others, valid, bound)
+    return _TrainingData(mean, torch.cat(stds), source, latent_masks, regions, dilated, others, valid, bound)
 
 
 def _prompts(
@@ -376,8 +381,8 @@ def train_edlora(
             ).sample
             weight = _loss_weight(data, index, config.mask_background_weight)
             loss = _diffusion_loss(prediction, target.to(device), None if weight is None else weight.to(device))
-            if separating and data.masks is not None and data.dilated is not None and data.others is not None:
-                masks_b = SeparationMasks(data.masks[index], data.dilated[index], data.others[index])
+            if separating and data.regions is not None and data.dilated is not None and data.others is not None:
+                masks_b = SeparationMasks(data.regions[index], data.dilated[index], data.others[index])
                 weights_t = timestep_weight(timesteps, config, num_timesteps) * present
                 result = separation_loss(store.by_resolution(), masks_b, weights=weights_t.to(device), config=config)
                 loss = loss + config.separation_loss_weight * result.loss.to(loss.device)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from core.errors import ModelLoadError
-from core.ml.masks.cleanup import clean_mask, fill_holes, label_components, remove_islands
+from core.ml.masks.cleanup import clean_mask, enclosed_region, fill_holes, label_components, remove_islands
 from core.ml.masks.sam import TINY_SAM_FILE, SamSegmenter, build_tiny_sam, load_segmenter
 from core.ml.masks.segmenter import ColourSegmenter, ConceptMasks, compute_masks, select_concept
 from core.schemas import MaskPrompt
@@ -123,3 +123,19 @@ def test_clean_up_fills_holes_drops_islands_and_dilates() -> None:
     assert fill_holes(mask, 10)[50, 50] and not remove_islands(mask, 10)[2, 2]
     cleaned = clean_mask(mask)
     assert cleaned[50, 50] and not cleaned[2, 2] and cleaned[19, 50] and not cleaned[10, 50]
+
+
+def test_the_enclosed_region_of_a_ring_is_a_disc_and_soft_edges_stay() -> None:
+    # The separation loss reads this region: a ring's hole belongs to the ring, however large the hole.
+    yy, xx = np.mgrid[:64, :64]
+    radius = np.hypot(yy - 32, xx - 32)
+    ring = torch.from_numpy(((radius > 6) & (radius < 12)).astype(np.float32))
+    ring[0, 0] = 0.25  # a soft pixel on the border: kept as it is
+    masks = torch.stack([ring, torch.zeros(64, 64)])[:, None]  # [2, 1, 64, 64]: a ring and an empty mask
+
+    region = enclosed_region(masks)
+
+    assert region.shape == masks.shape
+    assert region[0, 0, 32, 32] == 1.0 and region[0, 0, 30:35, 30:35].min() == 1.0  # the hole is filled
+    assert region[0, 0, 0, 0] == 0.25 and region[0, 0, 32, 50] == 0.0  # border and outside unchanged
+    assert float(region[1].sum()) == 0.0

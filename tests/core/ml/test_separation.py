@@ -26,7 +26,7 @@ from core.ml.edlora.separation import (
     separation_loss,
     timestep_weight,
 )
-from core.ml.edlora.trainer import train_edlora
+from core.ml.edlora.trainer import _prepare_data, train_edlora
 from core.ml.prompts import bind_caption
 
 
@@ -172,3 +172,23 @@ def test_attention_in_mask_diagnostic(
     assert 0.0 < partial.overall < 1.0 and len(partial.per_word) == 2
     assert partial.as_dict()["attention_in_mask"] == round(partial.overall, 4)
     unchanged()
+
+
+def test_the_separation_masks_are_the_enclosed_region_while_the_diffusion_loss_keeps_the_hole(
+    components: SDComponents, images: list[PIL.Image.Image]
+) -> None:
+    # A ring's hole is drawn by the ring's words: the leakage term must not count their attention there as leakage,
+    # while the diffusion loss still weighs the hole as background.
+    yy, xx = np.mgrid[:64, :64]
+    radius = np.hypot(yy - 31.5, xx - 31.5)
+    ring = PIL.Image.fromarray((((radius > 14) & (radius < 30)) * 255).astype(np.uint8))
+    config = EDLoRAConfig(max_train_steps=1, separation_loss_weight=1.0)
+    data = _prepare_data(
+        components, images[:1], [ring], None, None, "corgi", 64, config, torch.Generator().manual_seed(0)
+    )
+    assert data.masks is not None and data.regions is not None and data.dilated is not None
+    side = data.masks.shape[-1]
+    centre = (slice(None), slice(None), slice(side // 2 - 1, side // 2 + 1), slice(side // 2 - 1, side // 2 + 1))
+    assert float(data.masks[centre].max()) == 0.0
+    assert float(data.regions[centre].min()) == 1.0 and float(data.dilated[centre].min()) == 1.0
+    assert torch.equal(data.regions[:, :, 0], data.masks[:, :, 0])  # outside the ring nothing changes
