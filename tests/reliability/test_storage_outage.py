@@ -1,19 +1,24 @@
 """The object store goes away under a worker's store (a real S3 endpoint, moto's server, stopped and started on its
-port): calls ride out a short outage with backoff, and a long one fails with ``storage_unavailable``."""
+port): calls ride out a short outage with backoff, and a long one fails with ``storage_unavailable``; through the
+whole service (API, worker process), a generation whose store goes down mid-job still succeeds."""
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import httpx
 import pytest
 
 from core.errors import ObjectNotFoundError, ObjectStoreError
 from core.stores.retrying import RetryingObjectStore
 from core.stores.s3 import S3ObjectStore
+from services.client import TesseraClient
+from services.embedded import Stack
 from services.processes import Child, free_port, wait_for
 from tests.reliability import ledger
 
@@ -111,3 +116,46 @@ def test_retries_run_while_the_store_restarts_in_real_time(moto: Moto) -> None:
     worker.join(timeout=120)
     assert not worker.is_alive() and not errors, errors
     assert store.get_bytes("outputs/c") == b"late"
+
+
+@pytest.mark.slow
+def test_a_generation_rides_out_an_object_store_outage_through_the_whole_service(moto: Moto, tmp_path: Path) -> None:
+    # The store goes down while a worker samples and comes back (empty: moto keeps its buckets in memory) before
+    # the worker's retries run out; the job still succeeds with each output stored once.
+    env = {
+        "TESSERA_STORAGE__BACKEND": "s3",
+        "TESSERA_STORAGE__BUCKET": "outage",
+        "TESSERA_STORAGE__ENDPOINT_URL": moto.url,
+        "TESSERA_STORAGE__ACCESS_KEY_ID": "test",
+        "TESSERA_STORAGE__SECRET_ACCESS_KEY": "test",
+        "TESSERA_STORAGE__CREATE_BUCKET": "true",
+        "TESSERA_STORAGE__RETRY_DELAYS_SECONDS": "[1, 2, 4, 8, 16]",
+        "OMP_NUM_THREADS": "1",
+    }
+    outputs = 3
+    with (
+        Stack(data_dir=tmp_path / "stack", preset="tiny", extra_env=env) as stack,
+        TesseraClient(stack.url, stack.api_key) as client,
+    ):
+        body = {"prompt": "a ring", "num_inference_steps": 150, "num_outputs": outputs, "seed": 3}
+        job = client.create_generation(body)
+        deadline = time.monotonic() + 120
+        while (job := client.get_job(job["id"]))["status"] != "running":
+            assert job["status"] == "queued" and time.monotonic() < deadline, job
+            time.sleep(0.05)
+        moto.stop()
+        time.sleep(2.0)
+        assert client.get_job(job["id"])["status"] == "running"  # the outage overlaps the job's work
+        moto.start()
+        _s3(moto.url).ensure_bucket()
+        final = client.wait(job["id"], timeout=300)
+        assert final["status"] == "succeeded", final["error"]
+        images = final["output"]["images"]
+        assert len(images) == outputs and len({i["file_id"] for i in images}) == outputs
+        assert all(client.download(i["url"]).startswith(b"\x89PNG") for i in images)
+        s3 = boto3.client(
+            "s3", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
+        )
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="outage").get("Contents", [])]
+        assert len(keys) == outputs, keys  # no stray or doubled object
+    ledger.record("fault", "object-store-outage-mid-job", ok=True, jobs=1)
