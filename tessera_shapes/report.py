@@ -7,10 +7,11 @@ Sections and figures (each ``{"value": float | None, "n": int, "ci95": [lo, hi] 
   one-object and two-object prompts (``tessera_shapes.evaluation``), plus two-object leakage;
 - ``concept_learning``: ED-LoRA fidelity and position following per held-out concept and pooled
   (``tessera_shapes.personalization``);
-- ``separation``: attention-in-mask share and two-concept leakage of the same concepts trained without and with
-  the attention separation loss (full plan only: it trains every concept twice more);
+- ``separation``: attention-in-mask share and two-concept leakage of the same concepts trained on Seg-Mix
+  composites without and with the attention separation loss (full plan only: it trains every concept twice more);
 - ``fusion``: two-concept binding (per image and per concept) and leakage of naive stacking, ``regional`` and
-  ``conductor``.
+  ``conductor`` on concepts trained as a request is by default, and of regional and conductor on the two composite
+  arms (``FUSED_METHODS``).
 
 A figure that a plan does not measure is present with ``value: null`` and the reason, so every report has the same
 keys. Attention-in-mask is a mean share, not a rate: its interval is a normal approximation over images.
@@ -28,10 +29,10 @@ import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
@@ -67,10 +68,22 @@ SEPARATION_LOSS_WEIGHT = (
 )
 """The with-loss arm's weight: what the service trains the shapes preset with when it has masks (its training
 default, 0.1; ``EDLoRAConfig``'s 1.0 turns the ring into a disc, ``core.config.PRESET_TRAINING_DEFAULTS``)."""
-NOT_IN_PLAN = "not in this plan (it trains every concept a second time); make eval measures it"
-FUSED_METHODS = ("stacked", "regional", "conductor", "conductor+separation", "regional+separation")
-"""Fusion rows of the report: the three methods on concepts trained without the separation loss, then conductor and
-regional on the same concepts trained with it (same examples, masks, seeds)."""
+NOT_IN_PLAN = "not in this plan (it trains every concept twice more); make eval measures it"
+FUSED_METHODS = (
+    "stacked",
+    "regional",
+    "conductor",
+    "regional+composites",
+    "conductor+composites",
+    "conductor+separation",
+    "regional+separation",
+)
+"""Fusion rows of the report, one per (training arm, method): the three methods on concepts trained as a training
+request does by default (the concept's own examples, no separation loss); regional and conductor on concepts trained
+with Seg-Mix composites beside other objects (``recipe.composites``), and on concepts trained on those composites
+with the separation loss (the preset's weight). Same seeds in every arm."""
+Arm = Literal["plain", "composites", "separation"]
+"""How an arm trains: the default request / plus composites / plus composites and the separation loss."""
 
 Figure = dict[str, Any]
 
@@ -97,9 +110,13 @@ DEFINITIONS = {
     ),
     "fusion.concept_binding": "same scenes, per concept: this concept right in every trait on its side",
     "fusion.leakage": "same scenes: an object wears the other concept's colour or shape",
+    "fusion.arms": (
+        "stacked, regional, conductor: concepts trained as a training request is by default (their own examples, "
+        "no separation loss); +composites: trained again with Seg-Mix composites beside base-world objects (exact "
+        "masks for both); +separation: on those composites with the separation loss at the preset's weight (0.1)"
+    ),
     "separation": (
-        "the concepts trained a second time with the attention separation loss (the preset's default weight, "
-        "0.1) on the same examples (Seg-Mix composites with exact masks for both objects) and seeds; "
+        "the +composites arm (weight 0) against the +separation arm (same composites and seeds); "
         "attention_in_mask = share of the concept words' cross-attention inside the concept's mask on held-out "
         "scenes with a neighbour (mean over images); "
         "leakage as fusion.leakage, per method and arm"
@@ -115,11 +132,13 @@ class EvalPlan:
         single_repeats, pair_repeats: repeats of the base prompt sets (``evaluation.evaluate_base_model``).
         concepts: evaluation concepts learned with ED-LoRA (names from ``world.HELD_OUT_CONCEPTS``); every ordered
             pair of two of them is a fusion pair, so both orders are measured.
-        training_seeds: every concept is trained once per seed (and once more per seed with the separation loss).
+        training_seeds: every concept is trained once per seed (and, with ``separation``, twice more per seed: on
+            composites, and on composites with the separation loss).
         concept_samples: per concept and seed, images of ``"a <c>"`` for fidelity, and again of
             ``"a <c> on the left/right"`` (split evenly) for position following.
         pair_samples: images per ordered pair, seed and fusion method.
-        separation: also train the with-loss arm and report its fusion rows and the separation section.
+        separation: also train the +composites and +separation arms and report their fusion rows and the
+            separation section.
         attention_images: held-out scenes per concept, seed and arm for attention-in-mask.
         ceiling_images: drawn scenes per decoder-ceiling cell.
         scorer_samples: near misses per kind (and random ground-truth pairs) in the scorer's check.
@@ -272,9 +291,9 @@ class _Arm:
 
 @dataclass(frozen=True)
 class _SeedJob:
-    """One training seed of one arm: train every concept at separation weight ``weight``, then measure."""
+    """One training seed of one arm: train every concept as ``arm`` says, then measure."""
 
-    weight: float
+    arm: Arm
     methods: tuple[FusionMethod, ...]
     seed_index: int
     training_seed: int
@@ -285,14 +304,15 @@ def _run_seed(components: SDComponents, plan: EvalPlan, job: _SeedJob, seed: int
     """Trains every concept once for ``job`` and measures it: the arm's share from this seed, and its seconds."""
     arm, seconds = _Arm(), {}
     pairs = [(world.concept(a), world.concept(b)) for a, b in plan.pairs]
+    recipe = plan.recipe if job.arm != "plain" else replace(plan.recipe, composites=0)
     started = time.monotonic()
     adapters = {
         name: learn_concept(
             components,
             world.concept(name),
-            recipe=plan.recipe,
+            recipe=recipe,
             seed=seed + 1_000 * job.training_seed + index,
-            separation_loss_weight=job.weight,
+            separation_loss_weight=SEPARATION_LOSS_WEIGHT if job.arm == "separation" else 0.0,
         )
         for index, name in enumerate(plan.concepts)
     }
@@ -424,12 +444,13 @@ def run_shapes_eval(
     seconds["scorer_and_ceiling"] = time.monotonic() - started
 
     jobs = [
-        _SeedJob(0.0, FUSION_METHODS, i, training_seed, measure_concepts=True)
+        _SeedJob("plain", FUSION_METHODS, i, training_seed, measure_concepts=True)
         for i, training_seed in enumerate(plan.training_seeds)
     ]
     if plan.separation:
         jobs += [
-            _SeedJob(SEPARATION_LOSS_WEIGHT, ("conductor", "regional"), i, training_seed, measure_concepts=False)
+            _SeedJob(arm, ("conductor", "regional"), i, training_seed, measure_concepts=False)
+            for arm in ("composites", "separation")
             for i, training_seed in enumerate(plan.training_seeds)
         ]
     started = time.monotonic()
@@ -450,7 +471,11 @@ def run_shapes_eval(
     for _, job_seconds in results:  # summed over workers: CPU time per part, not wall time
         for part, value in job_seconds.items():
             seconds[part] = seconds.get(part, 0.0) + value
-    plain = _merge_arms([arm for (arm, _), job in zip(results, jobs, strict=True) if job.weight == 0.0])
+    arms = {
+        name: _merge_arms([arm for (arm, _), job in zip(results, jobs, strict=True) if job.arm == name])
+        for name in ("plain", "composites", "separation")
+    }
+    plain = arms["plain"]
     learning: dict[str, Figure] = {
         "fidelity": figure(_sum([s.fidelity for s in plain.concepts.values()])),
         "position_following": figure(_sum([s.position for s in plain.concepts.values()])),
@@ -460,18 +485,24 @@ def run_shapes_eval(
         learning[f"position_following.{name}"] = figure(concept_scores.position)
 
     rows: dict[str, PairScores] = dict(plain.fusion)
-    separation: dict[str, Figure] = {"attention_in_mask.without_loss": mean_figure(plain.attention)}
+    separation: dict[str, Figure] = {}
     if plan.separation:
-        with_loss = _merge_arms([arm for (arm, _), job in zip(results, jobs, strict=True) if job.weight != 0.0])
-        rows["conductor+separation"] = with_loss.fusion["conductor"]
-        rows["regional+separation"] = with_loss.fusion["regional"]
-        separation["attention_in_mask.with_loss"] = mean_figure(with_loss.attention)
+        # The loss's effect: the same composites and seeds, weight 0 against the preset's weight.
+        for method in ("regional", "conductor"):
+            rows[f"{method}+composites"] = arms["composites"].fusion[method]
+        for method in ("conductor", "regional"):
+            rows[f"{method}+separation"] = arms["separation"].fusion[method]
+        separation["attention_in_mask.without_loss"] = mean_figure(arms["composites"].attention)
+        separation["attention_in_mask.with_loss"] = mean_figure(arms["separation"].attention)
+        for method in ("conductor", "regional"):
+            separation[f"leakage.{method}.without_loss"] = figure(rows[f"{method}+composites"].leakage)
+            separation[f"leakage.{method}.with_loss"] = figure(rows[f"{method}+separation"].leakage)
     else:
-        separation["attention_in_mask.with_loss"] = missing(NOT_IN_PLAN)
-    for method in ("conductor", "regional"):
-        separation[f"leakage.{method}.without_loss"] = figure(rows[method].leakage)
-        arm = f"{method}+separation"
-        separation[f"leakage.{method}.with_loss"] = figure(rows[arm].leakage) if arm in rows else missing(NOT_IN_PLAN)
+        for name in ("attention_in_mask.without_loss", "attention_in_mask.with_loss"):
+            separation[name] = missing(NOT_IN_PLAN)
+        for method in ("conductor", "regional"):
+            for loss in ("without_loss", "with_loss"):
+                separation[f"leakage.{method}.{loss}"] = missing(NOT_IN_PLAN)
 
     report = {
         "version": REPORT_VERSION,
