@@ -103,8 +103,8 @@ class TrainingDefaults(BaseModel):
 
 # Training options that differ per preset. On shapes the separation loss at EDLoRAConfig's weight 1 turns the
 # green ring into a disc (pair binding 0.02 over 3 training seeds, 0.19 at 0.3 on 2 seeds), while at 0.1 it costs
-# nothing measurable (conductor 0.625 as without it); with no leakage at weight 0 there it has nothing to lower
-# (core/ml/presets/shapes/README.md).
+# nothing measurable (conductor 0.625, as on the same composites without it); with no leakage at weight 0 there,
+# it has nothing to lower (core/ml/presets/shapes/README.md).
 PRESET_TRAINING_DEFAULTS: dict[str, TrainingDefaults] = {"shapes": TrainingDefaults(separation_loss_weight=0.1)}
 NO_TRAINING_DEFAULTS = TrainingDefaults()
 """A preset that sets none: every option keeps ``EDLoRAConfig``'s default."""
