@@ -18,9 +18,11 @@ from core.errors import ObjectNotFoundError, ObjectStoreError
 from core.stores.retrying import RetryingObjectStore
 from core.stores.s3 import S3ObjectStore
 from services.client import TesseraClient
+from services.demo import sample_images
 from services.embedded import Stack
 from services.processes import Child, free_port, wait_for
 from tests.reliability import ledger
+from tests.reliability.proxy import Outage
 
 
 class Moto:
@@ -159,3 +161,53 @@ def test_a_generation_rides_out_an_object_store_outage_through_the_whole_service
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket="outage").get("Contents", [])]
         assert len(keys) == outputs, keys  # no stray or doubled object
     ledger.record("fault", "object-store-outage-mid-job", ok=True, jobs=1)
+
+
+@pytest.mark.slow
+def test_a_training_rides_out_an_object_store_outage_during_its_input_download(moto: Moto, tmp_path: Path) -> None:
+    # The store becomes unreachable (connections refused; moto behind the forwarder keeps the inputs) just before
+    # a worker takes the job, so the worker's first downloads fail; it comes back within the retries.
+    outage = Outage(moto.port)
+    outage.up()
+    env = {
+        "TESSERA_STORAGE__BACKEND": "s3",
+        "TESSERA_STORAGE__BUCKET": "outage",
+        "TESSERA_STORAGE__ENDPOINT_URL": outage.url,
+        "TESSERA_STORAGE__ACCESS_KEY_ID": "test",
+        "TESSERA_STORAGE__SECRET_ACCESS_KEY": "test",
+        "TESSERA_STORAGE__CREATE_BUCKET": "true",
+        "TESSERA_STORAGE__RETRY_DELAYS_SECONDS": "[1, 2, 4, 8, 16]",
+        "OMP_NUM_THREADS": "1",
+    }
+    try:
+        with (
+            Stack(data_dir=tmp_path / "stack", preset="tiny", extra_env=env) as stack,
+            TesseraClient(stack.url, stack.api_key) as client,
+        ):
+            files = [client.upload_file(d)["id"] for d in sample_images("ring", 64, 2)]
+            # A worker that is still starting builds its store then, and would meet the outage there instead.
+            warm = client.create_generation({"prompt": "a ring", "num_inference_steps": 1})
+            assert client.wait(warm["id"], timeout=300)["status"] == "succeeded"
+            outage.down()
+            before = outage.connections
+            job = client.create_training(
+                {
+                    "concept": {"name": "ring", "class_word": "ring"},
+                    "images": files,
+                    "options": {"max_train_steps": 3, "batch_size": 1},
+                }
+            )
+            deadline = time.monotonic() + 120
+            while (job := client.get_job(job["id"]))["status"] != "running":
+                assert job["status"] == "queued" and time.monotonic() < deadline, job
+                time.sleep(0.25)
+            time.sleep(2.0)
+            assert client.get_job(job["id"])["status"] == "running"  # waiting on its inputs, not failed
+            outage.up()
+            final = client.wait(job["id"], timeout=300)
+            assert final["status"] == "succeeded", final["error"]
+            assert outage.connections > before  # the inputs came through the restored endpoint
+            assert client.get_concept("ring")["status"] == "ready"
+    finally:
+        outage.down()
+    ledger.record("fault", "object-store-outage-at-input-download", ok=True, jobs=1)
