@@ -23,6 +23,38 @@ _T = TypeVar("_T")
 STORAGE_UNAVAILABLE = "storage_unavailable"
 
 
+def _with_retries(what: str, call: Callable[[], _T], delays: Sequence[float], sleep: Callable[[float], None]) -> _T:
+    for attempt, delay in enumerate([*delays, None]):
+        try:
+            return call()
+        except ObjectNotFoundError:
+            raise
+        except ObjectStoreError as exc:
+            if delay is None:
+                raise ObjectStoreError(
+                    f"the object store is unavailable ({what} failed {attempt + 1} times over "
+                    f"{sum(delays):.0f} s): {exc.message}",
+                    code=STORAGE_UNAVAILABLE,
+                ) from exc
+            logger.warning("object store %s failed (%s); retrying in %.1f s", what, exc.message, delay)
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def open_retrying(
+    build: Callable[[], ObjectStore], delays: Sequence[float], *, sleep: Callable[[float], None] = time.sleep
+) -> RetryingObjectStore:
+    """Build a worker's store, riding out an outage while building it too, and wrap it in ``RetryingObjectStore``.
+
+    Why: building an S3 store with ``create_bucket`` checks the bucket, so a worker process that started while the
+    store was unreachable used to exit at startup (and ``tessera serve`` does not restart it).
+
+    Raises:
+        ObjectStoreError: ``storage_unavailable`` when building still fails after every delay.
+    """
+    return RetryingObjectStore(_with_retries("open", build, delays, sleep), delays, sleep=sleep)
+
+
 class RetryingObjectStore:
     """``ObjectStore`` that retries every failed call after each of ``delays`` seconds.
 
@@ -43,21 +75,7 @@ class RetryingObjectStore:
         self._sleep = sleep
 
     def _call(self, what: str, call: Callable[[], _T]) -> _T:
-        for attempt, delay in enumerate([*self._delays, None]):
-            try:
-                return call()
-            except ObjectNotFoundError:
-                raise
-            except ObjectStoreError as exc:
-                if delay is None:
-                    raise ObjectStoreError(
-                        f"the object store is unavailable ({what} failed {attempt + 1} times over "
-                        f"{sum(self._delays):.0f} s): {exc.message}",
-                        code=STORAGE_UNAVAILABLE,
-                    ) from exc
-                logger.warning("object store %s failed (%s); retrying in %.1f s", what, exc.message, delay)
-                self._sleep(delay)
-        raise AssertionError("unreachable")
+        return _with_retries(what, call, self._delays, self._sleep)
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         self._call(f"put {key}", lambda: self._store.put_bytes(key, data, content_type))

@@ -18,6 +18,7 @@ from core.config import Settings, get_settings
 from core.stores.catalog import Catalog
 from core.stores.jobs import JobStore
 from core.stores.objects import make_object_store
+from core.stores.retrying import open_retrying
 from core.tasks import GPU_QUEUES, QUEUES, WEBHOOK_QUEUE
 from services.queue import CeleryTaskQueue, broker_task_ids, celery_config, delivery_sender
 from services.worker import metrics
@@ -64,7 +65,8 @@ def make_celery(settings: Settings | None = None, queues: Sequence[str] = QUEUES
             stranded_after=settings.worker.stranded_after_seconds,
         )
     )
-    background.threads.append(Sweeper(Catalog(client), make_object_store(settings.storage), settings.retention))
+    objects = open_retrying(partial(make_object_store, settings.storage), settings.storage.retry_delays_seconds)
+    background.threads.append(Sweeper(Catalog(client), objects, settings.retention))
     if set(queues) & set(GPU_QUEUES):
         from services.worker.context import WorkerContext
         from services.worker.gpu import register_gpu_tasks

@@ -7,6 +7,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import redis
 
@@ -16,7 +17,7 @@ from core.notifier import attach_webhooks
 from core.stores.catalog import Catalog
 from core.stores.jobs import JobStore
 from core.stores.objects import ObjectStore, make_object_store
-from core.stores.retrying import RetryingObjectStore
+from core.stores.retrying import open_retrying
 from services.worker.models import AdapterCache, ModelCache
 
 
@@ -43,7 +44,7 @@ class WorkerContext:
         """Everything a GPU worker process needs; job changes also become webhook deliveries."""
         client = redis.Redis.from_url(settings.redis.dsn(), socket_timeout=30, health_check_interval=30)
         # A job rides out a short object-store outage (retries with backoff) instead of failing at once.
-        objects = RetryingObjectStore(make_object_store(settings.storage), settings.storage.retry_delays_seconds)
+        objects = open_retrying(partial(make_object_store, settings.storage), settings.storage.retry_delays_seconds)
         jobs = JobStore(client, ttl_seconds=settings.job_ttl_seconds, lease_seconds=settings.worker.lease_seconds)
         catalog = Catalog(client)
         attach_webhooks(client, jobs, catalog, objects, settings.storage, send_delivery)

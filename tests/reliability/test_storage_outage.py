@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from core.errors import ObjectNotFoundError, ObjectStoreError
-from core.stores.retrying import RetryingObjectStore
+from core.stores.retrying import RetryingObjectStore, open_retrying
 from core.stores.s3 import S3ObjectStore
 from services.client import TesseraClient
 from services.demo import sample_images
@@ -94,6 +94,28 @@ def test_a_short_outage_is_ridden_out_and_a_long_one_fails_with_a_code(moto: Mot
         gave_up.get_bytes("outputs/b")
     assert failed.value.code == "storage_unavailable" and "3 times" in failed.value.message
     ledger.record("fault", "object-store-long-outage", ok=True)
+
+
+def test_a_worker_that_starts_during_an_outage_waits_for_the_store(moto: Moto) -> None:
+    # Building an S3 store with create_bucket checks the bucket: a worker starting during an outage used to exit.
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:
+            moto.start()
+
+    moto.stop()
+    store = open_retrying(lambda: _s3(moto.url), [0.1, 0.2, 0.4], sleep=sleep)
+    assert waits == [0.1, 0.2]
+    store.put_bytes("inputs/d", b"up", "application/octet-stream")
+    assert store.get_bytes("inputs/d") == b"up"
+
+    moto.stop()
+    with pytest.raises(ObjectStoreError) as failed:
+        open_retrying(lambda: _s3(moto.url), [0.05])
+    assert failed.value.code == "storage_unavailable" and "open failed 2 times" in failed.value.message
+    ledger.record("fault", "object-store-outage-at-worker-start", ok=True)
 
 
 def test_retries_run_while_the_store_restarts_in_real_time(moto: Moto) -> None:
