@@ -520,7 +520,34 @@ def run_shapes_eval(
         "fusion": _fusion_figures(rows),
         "separation": separation,
     }
+    report["targets"] = target_figures(report)
     return report, rows
+
+
+TARGETS: tuple[tuple[str, str, str, float], ...] = (
+    ("conductor_pair_binding", "fusion", "binding.conductor", 0.7),
+    ("regional_pair_binding", "fusion", "binding.regional", 0.6),
+    ("conductor_separation_leakage", "separation", "leakage.conductor.with_loss", 0.05),
+    ("base_pair_all_correct", "base_model", "pair.all_correct", 0.95),
+    ("base_pair_leakage", "base_model", "pair.leakage", 0.01),
+    ("scorer_ground_truth_accepted", "scorer", "ground_truth_accepted", 0.99),
+    ("scorer_near_misses_refused", "scorer", "near_misses_refused.pooled", 0.95),
+)
+"""The headline figures the composition issue sets goals for: (name, section, figure, goal). Leakage goals are
+upper bounds, the rest lower bounds. Per-pair rows (``binding.conductor.<pair>``) and the composite arms
+(``binding.conductor+composites``) are not these figures."""
+
+
+def target_figures(report: dict[str, Any]) -> dict[str, Any]:
+    """Each headline figure of ``TARGETS`` with its goal and whether it is met (None when not measured)."""
+    out: dict[str, Any] = {}
+    for name, section, key, goal in TARGETS:
+        fig = report[section][key]
+        upper = "leakage" in key
+        value = fig["value"]
+        met = None if value is None else (value <= goal if upper else value >= goal)
+        out[name] = {**fig, "figure": f"{section}.{key}", "goal": f"{'<=' if upper else '>='} {goal}", "met": met}
+    return out
 
 
 def _format_value(fig: Figure) -> tuple[str, str, str]:

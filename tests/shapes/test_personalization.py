@@ -163,6 +163,11 @@ def test_report_has_every_figure_with_its_sample_count(toy_report: dict[str, Any
         assert 0.0 <= separation[f"attention_in_mask.{arm}"]["value"] <= 1.0
     assert report["plan"]["recipe"]["training"]["max_train_steps"] == 2
     assert report["preset"] == "tiny" and report["quick"] is True
+    # The headline figures are named once, with their goal: not to be confused with per-pair or composite rows.
+    assert report["targets"]["conductor_pair_binding"]["value"] == fusion["binding.conductor"]["value"]
+    assert report["targets"]["regional_pair_binding"]["figure"] == "fusion.binding.regional"
+    leak = report["targets"]["conductor_separation_leakage"]
+    assert leak["goal"] == "<= 0.05" and leak["met"] == (leak["value"] <= 0.05)
 
 
 SMALL_PLAN = dataclasses.replace(TOY_PLAN, training_seeds=(0,), separation=False, concept_samples=1, pair_samples=1)
