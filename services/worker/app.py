@@ -72,7 +72,9 @@ def make_celery(settings: Settings | None = None, queues: Sequence[str] = QUEUES
         from services.worker.gpu import register_gpu_tasks
         from services.worker.run import begin_shutdown
 
-        ctx = WorkerContext.build(settings, send_delivery=delivery_sender(app), enqueue=CeleryTaskQueue(app))
+        ctx = WorkerContext.build(
+            settings, send_delivery=delivery_sender(app), enqueue=CeleryTaskQueue(app), objects=objects
+        )
         # SIGTERM (a scale-down, a rollout, a drain): the running job goes back to the queue at its next step for
         # another worker, instead of holding this process for up to the task's time limit; with "finish", Celery's
         # warm shutdown lets it end first.

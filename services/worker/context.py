@@ -40,11 +40,14 @@ class WorkerContext:
         *,
         send_delivery: Callable[[str], None],
         enqueue: Callable[[JobRecord], None] | None = None,
+        objects: ObjectStore | None = None,
     ) -> WorkerContext:
         """Everything a GPU worker process needs; job changes also become webhook deliveries."""
         client = redis.Redis.from_url(settings.redis.dsn(), socket_timeout=30, health_check_interval=30)
         # A job rides out a short object-store outage (retries with backoff) instead of failing at once.
-        objects = open_retrying(partial(make_object_store, settings.storage), settings.storage.retry_delays_seconds)
+        if objects is None:
+            storage = settings.storage
+            objects = open_retrying(partial(make_object_store, storage), storage.retry_delays_seconds)
         jobs = JobStore(client, ttl_seconds=settings.job_ttl_seconds, lease_seconds=settings.worker.lease_seconds)
         catalog = Catalog(client)
         attach_webhooks(client, jobs, catalog, objects, settings.storage, send_delivery)

@@ -155,12 +155,13 @@ def _prepare_data(
                     field=f"masks[{source[i]}]",
                 )
         # The diffusion loss weighs the exact mask (a hole is background to be drawn); the separation loss reads
-        # the enclosed regions (cleanup.enclosed_region says why).
-        region = enclosed_region(concept)
+        # the enclosed regions (cleanup.enclosed_region says why), computed only when it is on.
+        fill = enclosed_region if config.separation_loss_weight > 0 else (lambda planes: planes)
+        region = fill(concept)
         regions = to_latent(region)
         radius = round(config.separation_dilation * resolution)
         dilated = to_latent(dilate_mask(region, radius))
-        others = to_latent(enclosed_region(torch.stack([v.masks[1] for v in views])))
+        others = to_latent(fill(torch.stack([v.masks[1] for v in views])))
     bound: list[list[PromptPart] | None] | None = None
     if captions is not None and any(c is not None for c in captions):
         bound = [
