@@ -6,7 +6,7 @@ PRESET ?= shapes
 # Every install goes through the lock, so no step can pull a different torch.
 PIP    := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo serve test lint test-fast eval clean
+.PHONY: demo serve test lint test-fast eval bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ serve: $(VENV)/.installed-run
 ## eval: measure the shipped shapes model (base accuracy, concept fidelity, leakage, fusion binding) -> eval/shapes.json
 eval: $(VENV)/.installed-run
 	HF_HUB_OFFLINE=1 $(BIN)/tessera shapes eval --out eval/shapes.json --threads 2 --workers 2
+
+## bench: every CPU benchmark, side by side ratios against their baselines -> bench/results.json and one table
+bench: $(VENV)/.installed-dev
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench --out bench/results.json
 
 ## lint: ruff and mypy on the code
 lint: $(VENV)/.installed-dev

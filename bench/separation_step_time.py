@@ -7,6 +7,8 @@ alternate, each timed from its own ``on_step`` callbacks after a warm-up (data p
 The requirement is a ratio of at most 1.3.
 
     .venv/bin/python -m bench.separation_step_time [--preset shapes] [--models-root DIR] [--steps 40] [--repeats 3]
+
+Suite row: ``separation.step_ratio`` (with / without, target <= 1.3).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,6 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import PIL.Image
 import torch
 
+from bench.rows import Row, add_rows_argument, write_rows
 from bench.separation_ablation import scenes
 from core.ml.components import SDComponents, load_components
 from core.ml.edlora.config import EDLoRAConfig
@@ -61,7 +65,7 @@ def step_seconds(
     return statistics.median(gaps)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="shapes")
     parser.add_argument("--models-root", type=Path, default=Path("models"))
@@ -69,7 +73,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    add_rows_argument(parser)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.repeats = WARMUP_STEPS + 4, 1
     torch.set_num_threads(args.threads)
     components = load_components(args.preset, args.models_root)
     concept = world.concept("purple_star")
@@ -89,6 +96,21 @@ def main() -> None:
         runs = [round(t * 1000, 1) for t in times[arm]]
         print(f"{arm + ' separation loss:':<26} {value * 1000:.1f} ms/step  (runs: {runs})")
     print(f"ratio with/without: {with_loss / without:.3f}  (requirement: <= 1.3)")
+    write_rows(
+        [
+            Row(
+                "separation.step_ratio",
+                with_loss / without,
+                "x",
+                "the same training step without the separation loss (masked diffusion loss in both)",
+                "<= 1.3",
+                f"Training with the attention separation loss ({args.preset} preset, batch {args.batch_size}): "
+                "capturing the concept columns of cross-attention and the loss terms; median s/step over "
+                f"{args.repeats} alternating runs.",
+            )
+        ],
+        args.rows,
+    )
 
 
 if __name__ == "__main__":
