@@ -5,10 +5,12 @@ each path ``M`` rows (``M = 2B`` with classifier-free guidance: B unconditional 
 Every attention layer gets a ``MultipathAttnProcessor`` (installed with ``unet.set_attn_processor``, restored
 afterwards) that
 
-- applies each row's own ED-LoRA: the peft LoRA layers are called with ``adapter_names=`` (peft's mixed-batch
-  inference: ``W x + s_a·B_a A_a x`` with ``a`` the row's adapter, ``"__base__"`` for none, ``s_a`` the adapter's
-  peft scaling, set to ``weight · alpha`` when it is attached), so no weights are merged, copied or switched
-  between paths;
+- applies each row's own ED-LoRA: ``W x + s_a·B_a A_a x`` with ``a`` the row's adapter (``adapter_names``,
+  ``"__base__"`` for none; ``s_a`` the adapter's peft scaling, set to ``weight · alpha`` when it is attached), the
+  math of peft's mixed-batch inference (``adapter_names=``) computed on each run of consecutive rows that share an
+  adapter (``adapter_runs``): a path is such a run, so its rows are a slice of the batch and its LoRA two small
+  matmuls added in place, where peft gathers and scatters rows by index lists (3-4 extra kernels and an index
+  upload per layer and adapter). No weights are merged, copied or switched between paths;
 - feeds ``attn2`` its own layer's slice of 4-D ED-LoRA encoder states ``[rows, n_layers, seq, dim]``;
 - in *merge* layers (the up blocks), overwrites the base path's attention output (after ``to_out[0]``) inside each
   concept's mask with that concept's output at the same layer, concepts in order (later ones win overlaps). Concept
@@ -36,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
+from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from core.ml.components import MergeLayers
@@ -177,17 +180,51 @@ class MultipathState:
         return masks.repeat(1, repeats, 1)[..., None].to(dtype)
 
 
-def _project(layer: torch.nn.Module, x: torch.Tensor, adapter_names: list[str] | None) -> torch.Tensor:
-    # Only peft-wrapped layers take `adapter_names`; a plain Linear (no concept attached) is called as is.
-    if adapter_names is not None and isinstance(layer, BaseTunerLayer):
-        out: torch.Tensor = layer(x, adapter_names=adapter_names)
-    else:
-        out = layer(x)
+AdapterRun = tuple[int, int, str]
+"""``(start, stop, adapter)``: rows ``start:stop`` of the batch all use ``adapter`` (never ``BASE_ADAPTER``)."""
+
+
+def adapter_runs(adapter_names: Sequence[str]) -> list[AdapterRun]:
+    """The runs of consecutive rows that share an adapter, base rows left out.
+
+    A paths-major batch has one run per concept path (``[a, a, b, b]`` → ``[(0, 2, a), (2, 4, b)]``); any other
+    layout (the guidance batch's trailing reference row) works too, with more, shorter runs.
+    """
+    runs: list[AdapterRun] = []
+    start = 0
+    for row in range(1, len(adapter_names) + 1):
+        if row == len(adapter_names) or adapter_names[row] != adapter_names[start]:
+            if adapter_names[start] != BASE_ADAPTER:
+                runs.append((start, row, adapter_names[start]))
+            start = row
+    return runs
+
+
+def _project(
+    layer: torch.nn.Module, x: torch.Tensor, adapter_names: list[str] | None, runs: Sequence[AdapterRun]
+) -> torch.Tensor:
+    """``layer(x)`` for ``x [rows, tokens, in]`` with each row's own adapter: ``W x + s_a·B_a A_a x`` per run."""
+    if adapter_names is None or not isinstance(layer, BaseTunerLayer):
+        out: torch.Tensor = layer(x)  # no per-row adapters, or a plain Linear (no concept attached)
+        return out
+    if not isinstance(layer, LoraLayer) or layer.disable_adapters or layer.merged or layer.lora_variant:
+        # What the slices below do not cover (disabled or merged adapters, DoRA-style variants): peft's own path.
+        out = layer(x, adapter_names=adapter_names)
+        return out
+    out = layer.get_base_layer()(x)
+    for start, stop, adapter in runs:
+        if adapter not in layer.lora_A:
+            continue
+        lora_a, lora_b = layer.lora_A[adapter], layer.lora_B[adapter]
+        # The order of peft's mixed-batch forward (scale, then cast), so both give the same bits.
+        rows = layer.lora_dropout[adapter](x[start:stop].to(lora_a.weight.dtype))
+        delta = lora_b(lora_a(rows)) * layer.scaling[adapter]
+        out[start:stop] += delta.to(out.dtype)
     return out
 
 
-# Adapted from diffusers.models.attention_processor.AttnProcessor2_0 (diffusers==0.42.1): projections take per-row
-# peft adapter names, 4-D ED-LoRA states are sliced per layer, the output is fused across paths (merge layers),
+# Adapted from diffusers.models.attention_processor.AttnProcessor2_0 (diffusers==0.42.1): projections apply per-row
+# adapters, 4-D ED-LoRA states are sliced per layer, the output is fused across paths (merge layers),
 # keys are recorded with an early stop (guidance layer), probabilities are computed on request (mask layer).
 # Attention masks are not supported (the UNet is never called with one here).
 class MultipathAttnProcessor:
@@ -229,6 +266,7 @@ class MultipathAttnProcessor:
         if attention_mask is not None:
             raise ValueError("MultipathAttnProcessor does not support attention masks")
         state, names = self.state, self.state.adapter_names
+        runs = adapter_runs(names) if names is not None else []
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -240,7 +278,7 @@ class MultipathAttnProcessor:
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
-        query = _project(attn.to_q, hidden_states, names)
+        query = _project(attn.to_q, hidden_states, names, runs)
         if encoder_hidden_states is None:
             encoder_hidden_states = hidden_states
         else:
@@ -248,11 +286,11 @@ class MultipathAttnProcessor:
                 encoder_hidden_states = encoder_hidden_states[:, self.layer_index]
             if attn.norm_cross:
                 encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = _project(attn.to_k, encoder_hidden_states, names)
+        key = _project(attn.to_k, encoder_hidden_states, names, runs)
         if self.guidance and state.guidance:
             state.keys = key  # [rows, tokens, inner]
             raise GuidanceStop
-        value = _project(attn.to_v, encoder_hidden_states, names)
+        value = _project(attn.to_v, encoder_hidden_states, names, runs)
 
         head_dim = key.shape[-1] // attn.heads
         query = query.view(rows, -1, attn.heads, head_dim).transpose(1, 2)
@@ -266,7 +304,7 @@ class MultipathAttnProcessor:
             state.probs = self._conditional_probs(attn, query, key)
         hidden_states = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
         hidden_states = hidden_states.transpose(1, 2).reshape(rows, -1, attn.heads * head_dim).to(query.dtype)
-        hidden_states = _project(attn.to_out[0], hidden_states, names)
+        hidden_states = _project(attn.to_out[0], hidden_states, names, runs)
         if self.merge and state.inject and state.paths > 1:
             hidden_states = self._inject(hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
