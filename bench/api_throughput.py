@@ -1,26 +1,28 @@
 """Create-job throughput and latency of the API, relative to a bare FastAPI endpoint, in one run.
 
-Starts a private redis-server, the Tessera API (uvicorn, real Redis, real Celery producer; the
-messages just queue up, no worker runs) and a bare FastAPI app whose one endpoint validates a
-similar JSON body and answers 202. A second process drives each with the same concurrent load
-(async httpx over loopback) and prints requests/s, mean, p50 and p99 for both, and the ratios; then the
-same one request at a time, where the latency is the cost of a request itself rather than its wait for
-the others (under load a thread pool serves requests unevenly, which moves the median more than the mean).
+Starts a private redis-server, the Tessera API (uvicorn, real Redis, the real create path: the job record and its
+Celery message written in one round trip; the messages just queue up, no worker runs) and a bare FastAPI app whose
+one endpoint validates a similar JSON body and answers 202. This process, apart from both servers, drives each with
+the same concurrent load (async httpx over loopback) and prints requests/s, mean, p50 and p99 for both, and the
+ratios; then the same one request at a time, where the latency is the cost of a request itself rather than its wait
+for the others (under load a thread pool serves requests unevenly, which moves the median more than the mean).
 
-    .venv/bin/python -m bench.api_throughput [--requests 2000] [--concurrency 16]
+    .venv/bin/python -m bench.api_throughput [--requests 2000] [--concurrency 16] [--rows FILE] [--quick]
+
+Suite rows (``--rows``): ``create_path.{mean,p50,p99,throughput}_ratio`` under load and
+``create_path.single.{mean,p50}_ratio`` one at a time, each Tessera over the bare endpoint; the mean and p50 ratios
+have the target "<= 3" (creating a job costs at most three bare requests).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -28,11 +30,13 @@ import redis
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
+from bench.rows import Row, add_rows_argument, write_rows
 from core.stores.catalog import Catalog, ConceptRecord
 from services.processes import Child, free_port, python_module, start_redis, wait_for
 
 KEY = "bench-key"
 BODY = {"prompt": "a <rex> on the beach", "width": 512, "height": 512, "num_inference_steps": 30, "seed": 1}
+TARGET = "<= 3"
 
 
 class _Body(BaseModel):
@@ -55,6 +59,7 @@ def bare_app() -> FastAPI:
 
 
 async def _drive(url: str, total: int, concurrency: int) -> list[float]:
+    """POST ``total`` bodies with ``concurrency`` in flight; the latency of each, in seconds."""
     latencies: list[float] = []
     counter = iter(range(total))
     headers = {"Authorization": f"Bearer {KEY}"}
@@ -73,30 +78,34 @@ async def _drive(url: str, total: int, concurrency: int) -> list[float]:
 
 
 def _load(url: str, total: int, concurrency: int) -> dict[str, float]:
-    """Run the load from a separate process, so the client does not share the server's interpreter."""
-    code = (
-        "import asyncio, json, sys, time; from bench.api_throughput import _drive;"
-        f"t=time.perf_counter(); lat=asyncio.run(_drive({url!r}, {total}, {concurrency}));"
-        "print(json.dumps({'seconds': time.perf_counter()-t, 'latencies': lat}))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    data = json.loads(out)
-    lat = sorted(data["latencies"])
+    """One timed run of ``total`` requests against ``url``: requests/s, mean, p50 and p99 in ms."""
+    started = time.perf_counter()
+    lat = sorted(asyncio.run(_drive(url, total, concurrency)))
+    seconds = time.perf_counter() - started
     return {
-        "rps": len(lat) / data["seconds"],
+        "rps": len(lat) / seconds,
         "mean_ms": statistics.fmean(lat) * 1000,
         "p50_ms": statistics.median(lat) * 1000,
-        "p99_ms": lat[int(len(lat) * 0.99) - 1] * 1000,
+        "p99_ms": lat[max(0, int(len(lat) * 0.99) - 1)] * 1000,
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=16)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        redis_child, redis_url = start_redis(Path(tmp) / "redis", persist=False)
+def _alternate(urls: dict[str, str], requests: int, concurrency: int) -> dict[str, dict[str, float]]:
+    """Best of two runs per server, alternating, so drift on a noisy machine hits both alike."""
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
+    for _ in range(2):
+        for name, url in urls.items():
+            _load(url, max(10, requests // 10), concurrency)  # warm-up: connections, caches, the thread pool
+            results[name].append(_load(url, requests, concurrency))
+    return {n: max(r, key=lambda x: x["rps"]) for n, r in results.items()}
+
+
+def _start_servers(tmp: Path) -> tuple[list[Child], dict[str, str]]:
+    """A private redis-server with one ready concept, the Tessera API on it, and the bare app; their URLs."""
+    redis_child, redis_url = start_redis(tmp / "redis", persist=False)
+    children: list[Child] = [redis_child]
+    urls: dict[str, str] = {}
+    try:
         Catalog(redis.Redis.from_url(redis_url)).reserve_concept(
             ConceptRecord(
                 id="cpt_rex",
@@ -112,13 +121,12 @@ def main() -> None:
         )
         env = {
             "TESSERA_REDIS__URL": redis_url,
-            "TESSERA_STORAGE__ROOT": str(Path(tmp) / "objects"),
+            "TESSERA_STORAGE__ROOT": str(tmp / "objects"),
             "TESSERA_API_KEYS": f"bench:{KEY}",
             "TESSERA_QUOTAS__MAX_ACTIVE_JOBS": "100000000",
             "TESSERA_QUOTAS__REQUESTS_PER_MINUTE": "100000000",
             "PYTHONPATH": os.getcwd(),
         }
-        servers: dict[str, tuple[Child, str]] = {}
         for name, target in (("tessera", "services.api.app:create_app"), ("bare", "bench.api_throughput:bare_app")):
             port = free_port()
             child = Child(
@@ -128,31 +136,116 @@ def main() -> None:
                 ),
                 env=env,
             )
-            servers[name] = (child, f"http://127.0.0.1:{port}")
+            children.append(child)
+            urls[name] = f"http://127.0.0.1:{port}"
             wait_for(
-                lambda url=f"http://127.0.0.1:{port}": httpx.get(url + "/docs", timeout=2).status_code == 200,
+                lambda url=urls[name]: httpx.get(url + "/docs", timeout=2).status_code == 200,
                 what=name,
                 child=child,
             )
+    except BaseException:
+        for started in reversed(children):
+            started.stop()
+        raise
+    return children, urls
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Measure, print the detail, and write the suite's rows (``--rows``)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000, help="requests per timed run under load")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--single-requests", type=int, default=None, help="requests per one-at-a-time run (default: requests / 5)"
+    )
+    add_rows_argument(parser)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.requests, args.concurrency = 200, 8
+        args.single_requests = args.single_requests or 50
+    single = args.single_requests or max(100, args.requests // 5)
+    with tempfile.TemporaryDirectory() as tmp:
+        children, urls = _start_servers(Path(tmp))
         try:
-            loaded = _alternate(servers, args.requests, args.concurrency)
-            alone = _alternate(servers, max(100, args.requests // 5), 1)
+            loaded = _alternate(urls, args.requests, args.concurrency)
+            alone = _alternate(urls, single, 1)
         finally:
-            for child, _ in servers.values():
+            for child in reversed(children):
                 child.stop()
-            redis_child.stop()
-    _report(f"{args.requests} POST /v1/generations, concurrency {args.concurrency}", loaded)
-    _report(f"{max(100, args.requests // 5)} POST /v1/generations, one at a time", alone)
+    loaded_title = f"{args.requests} POST /v1/generations, concurrency {args.concurrency}"
+    alone_title = f"{single} POST /v1/generations, one at a time"
+    _report(loaded_title, loaded)
+    _report(alone_title, alone)
+    write_rows(_rows(loaded, alone, loaded_title, alone_title), args.rows)
 
 
-def _alternate(servers: dict[str, tuple[Child, str]], requests: int, concurrency: int) -> dict[str, dict[str, float]]:
-    """Best of two runs per server, alternating, so drift on a noisy machine hits both alike."""
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
-    for _ in range(2):
-        for name, (_, url) in servers.items():
-            _load(url, max(10, requests // 10), concurrency)  # warm-up
-            results[name].append(_load(url, requests, concurrency))
-    return {n: max(r, key=lambda x: x["rps"]) for n, r in results.items()}
+def _rows(
+    loaded: dict[str, dict[str, float]], alone: dict[str, dict[str, float]], loaded_title: str, alone_title: str
+) -> list[Row]:
+    """The suite's rows: each figure of Tessera's create path over the bare endpoint's, same run."""
+    t, b = loaded["tessera"], loaded["bare"]
+    ts, bs = alone["tessera"], alone["bare"]
+    under_load = "bare FastAPI endpoint, same body and load"
+    one_at_a_time = "bare FastAPI endpoint, same body, one request at a time"
+    create = (
+        "POST /v1/generations (auth, rate limit, concept lookup, the job record and its queue message in one "
+        "Redis round trip)"
+    )
+    return [
+        Row(
+            "create_path.mean_ratio",
+            t["mean_ms"] / b["mean_ms"],
+            "x",
+            under_load,
+            TARGET,
+            f"Mean latency of {create} over a bare endpoint that only validates the body ({loaded_title}): what "
+            "accepting a job costs beyond HTTP and validation, under load.",
+        ),
+        Row(
+            "create_path.p50_ratio",
+            t["p50_ms"] / b["p50_ms"],
+            "x",
+            under_load,
+            TARGET,
+            f"Median latency, same runs as the mean ratio ({loaded_title}); under load the thread pool serves "
+            "requests unevenly, which moves the median more than the mean.",
+        ),
+        Row(
+            "create_path.p99_ratio",
+            t["p99_ms"] / b["p99_ms"],
+            "x",
+            under_load,
+            None,
+            f"Tail latency, same runs ({loaded_title}): informative only, a p99 of a few thousand requests on a "
+            "shared machine is mostly scheduling noise.",
+        ),
+        Row(
+            "create_path.throughput_ratio",
+            t["rps"] / b["rps"],
+            "x",
+            under_load,
+            None,
+            f"Requests/s of the create path over the bare endpoint's ({loaded_title}; higher is better, 1 = free): "
+            "how many jobs one API process accepts for each bare request it could answer.",
+        ),
+        Row(
+            "create_path.single.p50_ratio",
+            ts["p50_ms"] / bs["p50_ms"],
+            "x",
+            one_at_a_time,
+            TARGET,
+            f"Median latency with one request in flight ({alone_title}): the cost of a create request itself, "
+            "without waiting for others.",
+        ),
+        Row(
+            "create_path.single.mean_ratio",
+            ts["mean_ms"] / bs["mean_ms"],
+            "x",
+            one_at_a_time,
+            TARGET,
+            f"Mean latency with one request in flight ({alone_title}), same runs as the single p50 ratio.",
+        ),
+    ]
 
 
 def _report(title: str, best: dict[str, dict[str, float]]) -> None:

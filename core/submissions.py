@@ -1,7 +1,9 @@
 """Accepting work: check a create request against the tenant's files and concepts, record the job, enqueue it.
 
 The checks happen here, before anything is queued, so a bad request stores nothing and fails fast
-with the field it is about. The transport that carries the job id to a worker is injected (``enqueue``).
+with the field it is about. The transport that carries the job id to a worker is injected (``enqueue``). A transport
+that can hand over its message (``ScriptEnqueue``: a broker on the job store's Redis) has it pushed by the job
+store's create script, in the same round trip as the record; any other is called once the record is stored.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 from core.config import NO_TRAINING_DEFAULTS, PRESET_GENERATION_DEFAULTS, GenerationDefaults, TrainingDefaults
 from core.errors import (
@@ -22,11 +24,25 @@ from core.errors import (
 from core.jobs import JobRecord, new_id
 from core.schemas import CONCEPT_REF_RE, CompositesSpec, ControlSpec, GenerationRequest, JobError, TrainingRequest
 from core.stores.catalog import Catalog, ConceptRecord
-from core.stores.jobs import JobStore
+from core.stores.jobs import JobStore, QueueMessage
 from core.tasks import QUEUE_FOR_KIND
 from core.webhooks import Resolver, system_resolver, vet_url
 
 Enqueue = Callable[[JobRecord], None]
+
+
+@runtime_checkable
+class ScriptEnqueue(Protocol):
+    """An ``Enqueue`` whose message the job store can push itself, atomically with the record.
+
+    Calling it still sends a message on its own (re-sends and requeues of an existing job use that path).
+    """
+
+    def __call__(self, record: JobRecord) -> None: ...
+
+    def message(self, record: JobRecord) -> QueueMessage:
+        """The queue message of ``record``, for ``JobStore.create(message=...)``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,11 @@ def _mask_key(catalog: Catalog, tenant: str, image_id: str, mask_id: str, index:
             code="invalid_mask",
         )
     return mask.key
+
+
+def _message_for(enqueue: Enqueue, record: JobRecord) -> QueueMessage | None:
+    """The message the create script should push with ``record``; None for a transport that sends it itself."""
+    return enqueue.message(record) if isinstance(enqueue, ScriptEnqueue) else None
 
 
 def _enqueue_or_fail(jobs: JobStore, record: JobRecord, enqueue: Enqueue) -> None:
@@ -232,18 +253,20 @@ def submit_training(
         metadata=request.metadata,
         plan={"concept_id": concept.id, "image_keys": image_keys, "mask_keys": mask_keys, "neighbours": neighbours},
     )
+    message = _message_for(enqueue, record)
     catalog.reserve_concept(concept)
     try:
-        position = jobs.create(record, max_active=policy.max_active_jobs)
+        position = jobs.create(record, max_active=policy.max_active_jobs, message=message)
     except ServiceError:
         catalog.delete_concept(concept)  # over quota: free the name again
         raise
-    try:
-        _enqueue_or_fail(jobs, record, enqueue)
-    except ServiceError:
-        concept.status = "failed"
-        catalog.save_concept(concept)
-        raise
+    if message is None:
+        try:
+            _enqueue_or_fail(jobs, record, enqueue)
+        except ServiceError:
+            concept.status = "failed"
+            catalog.save_concept(concept)
+            raise
     return Submission(record, position)
 
 
@@ -353,6 +376,8 @@ def submit_generation(
         metadata=request.metadata,
         plan={"prompt": prompt, "concepts": plan_concepts, **stages},
     )
-    position = jobs.create(record, max_active=policy.max_active_jobs)
-    _enqueue_or_fail(jobs, record, enqueue)
+    message = _message_for(enqueue, record)
+    position = jobs.create(record, max_active=policy.max_active_jobs, message=message)
+    if message is None:
+        _enqueue_or_fail(jobs, record, enqueue)
     return Submission(record, position)

@@ -1,20 +1,27 @@
 """The job queue on Celery: settings shared by the producer (API) and the consumer (worker), and enqueueing by name.
 
-The API sends by task name, so it never imports worker code (nor torch)."""
+The API sends by task name, so it never imports worker code (nor torch). It does not send a new job's message through
+Celery either: it builds the message Celery would send (``task_message``) and the job store's create script pushes it
+onto the broker's list with the record, in one round trip (``CeleryTaskQueue.message``).
+"""
 
 from __future__ import annotations
 
+import base64
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
 import redis
 from celery import Celery
+from celery.utils.nodenames import anon_nodename
 from kombu import Queue
 from kombu.transport.redis import Channel
 
 from core.config import Settings
 from core.jobs import JobRecord
+from core.stores.jobs import QueueMessage
 from core.tasks import GPU_QUEUES, QUEUES, TASK_FOR_KIND, WEBHOOK_QUEUE, WEBHOOK_TASK
 
 
@@ -54,16 +61,87 @@ def make_producer(settings: Settings) -> Celery:
     return app
 
 
+# The embedded options of a task with no callbacks, chain or chord (the third item of a protocol 2 body).
+_NO_EMBED: dict[str, None] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+def task_message(task: str, task_id: str, kwargs: dict[str, str], queue: str, *, reply_to: str = "") -> str:
+    """The message ``app.send_task(task, kwargs=kwargs, task_id=task_id, queue=queue)`` stores in Redis, as JSON.
+
+    The worker cannot tell the two apart: tests/services/test_queue.py compares them field by field and has a real
+    Celery worker run one. ``reply_to`` is the sender's reply address (results are never read here).
+    """
+    # Layout: Celery's task protocol 2 (the task in the headers, a JSON body [args, kwargs, embed]) inside kombu's
+    # Redis transport envelope (body base64, delivery_info with the anonymous exchange and the queue as routing key).
+    body = json.dumps([[], kwargs, _NO_EMBED])
+    envelope = {
+        "body": base64.b64encode(body.encode()).decode("ascii"),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py",
+            "task": task,
+            "id": task_id,
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [None, None],
+            "root_id": task_id,
+            "parent_id": None,
+            "argsrepr": "()",
+            "kwargsrepr": repr(kwargs),
+            "origin": anon_nodename(),
+            "ignore_result": None,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+        },
+        "properties": {
+            "correlation_id": task_id,
+            "reply_to": reply_to,
+            "delivery_mode": 2,  # persistent, Celery's default
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            # The key of the message in the unacknowledged hash while a worker holds it: unique per message.
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return json.dumps(envelope)
+
+
 class CeleryTaskQueue:
-    """Enqueue a job: the message carries the job id only; the worker re-reads everything else."""
+    """Enqueue a job: the message carries the job id only; the worker re-reads everything else.
+
+    Calling it sends the message through Celery (re-sends and requeues of a job). ``message`` builds the same message
+    for the job store's create script to push with a new job's record (``core.submissions.ScriptEnqueue``): one
+    round trip instead of a second one through Celery and kombu. That needs the job store's Redis to be the broker,
+    as both are ``settings.redis`` in this service.
+    """
 
     def __init__(self, app: Celery) -> None:
         self._app = app
+        # kombu prefixes every key it uses with this transport option (none is set by ``celery_config``).
+        self._key_prefix = str((app.conf.broker_transport_options or {}).get("global_keyprefix", ""))
 
     def __call__(self, record: JobRecord) -> None:
         self._app.send_task(
             TASK_FOR_KIND[record.kind], kwargs={"job_id": record.id}, task_id=record.id, queue=record.queue
         )
+
+    def message(self, record: JobRecord) -> QueueMessage:
+        """The message of ``record`` and the list it goes on: the queue's own (priority 0 has no suffix)."""
+        payload = task_message(
+            TASK_FOR_KIND[record.kind],
+            record.id,
+            {"job_id": record.id},
+            record.queue,
+            reply_to=str(self._app.thread_oid),
+        )
+        return QueueMessage(self._key_prefix + record.queue, payload)
 
 
 def delivery_sender(app: Celery) -> Callable[[str], None]:

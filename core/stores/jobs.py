@@ -10,6 +10,10 @@ Keys (prefix ``tessera:``):
 - ``running``              set of running job ids, scanned for expired leases
 - ``job:{id}:events``      stream of job snapshots, one entry per change (SSE replay)
 - ``tenant:{t}:active``    queued and running jobs of a tenant (quota)
+
+``create`` can also push the job's queue message (``QueueMessage``, built by the transport) in the same atomic
+script, when the broker is this Redis: one round trip stores and enqueues a job, and a job is never recorded
+without its message (nor the reverse).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
@@ -39,10 +44,12 @@ EVENTS_MAXLEN = 5000
 JobListener = Callable[[JobRecord | None, str, str], None]
 
 
-# Creating a job: quota check, record, indexes, counter and first event in one atomic round trip.
-# KEYS: record, tenant active set, tenant index, queue index, stats hash, events stream.
-# ARGV: record JSON, job id, index member, stats field, max active (-1: none), events maxlen, ttl.
-# Returns the job's 1-based queue position, or -1 (quota full) / -2 (id taken).
+# Creating a job: quota check, record, indexes, counter, first event and (optionally) the queue message in one
+# atomic round trip.
+# KEYS: record, tenant active set, tenant index, queue index, stats hash, events stream[, broker list].
+# ARGV: record JSON, job id, index member, stats field, max active (-1: none), events maxlen, ttl[, message].
+# Returns the job's 1-based queue position, or -1 (quota full) / -2 (id taken); both refusals write nothing, the
+# message included.
 _QUOTA_FULL, _EXISTS = -1, -2
 _CREATE_SCRIPT = """
 local max_active = tonumber(ARGV[5])
@@ -54,8 +61,22 @@ redis.call('ZADD', KEYS[4], 0, ARGV[3])
 redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[6], '*', 'record', ARGV[1], 'progress', '')
 redis.call('EXPIRE', KEYS[6], ARGV[7])
+if ARGV[8] then redis.call('LPUSH', KEYS[7], ARGV[8]) end
 return redis.call('ZRANK', KEYS[4], ARGV[3]) + 1
 """
+
+
+@dataclass(frozen=True)
+class QueueMessage:
+    """A broker message that ``JobStore.create`` pushes (LPUSH) with the record, in the same atomic step.
+
+    Args:
+        key: the Redis list the broker's consumers pop from (the job's queue).
+        payload: the message exactly as the broker stores it; the store does not read it.
+    """
+
+    key: str
+    payload: str
 
 
 def event_for(new: JobStatus) -> str:
@@ -111,37 +132,41 @@ class JobStore:
         pipe.xadd(self.events_key(record.id), fields, maxlen=EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
         pipe.expire(self.events_key(record.id), self.ttl_seconds)
 
-    def create(self, record: JobRecord, *, max_active: int | None = None) -> int:
+    def create(self, record: JobRecord, *, max_active: int | None = None, message: QueueMessage | None = None) -> int:
         """Store a new queued job (and index it); returns its 1-based place in its queue.
 
         With ``max_active``, refuse (``QuotaExceededError``) when the tenant already has that many queued or
         running jobs; the count and the insert are one atomic step (a server-side script, one round trip),
         so concurrent creates cannot overshoot.
+
+        With ``message``, the same script pushes it onto its list once the record is stored: the job is stored and
+        enqueued in one round trip, and a refused create (quota, ``ConflictError`` for a taken id) pushes nothing.
+        The list must live on this Redis (the broker is the job store's server).
         """
         events = self.events_key(record.id)
         member = index_member(record.created_at, record.id)
         raw = record.model_dump_json()
-        result = int(
-            self._create(
-                keys=[
-                    self._key(record.id),
-                    self._active_key(record.tenant),
-                    self._tenant_index(record.tenant).key,
-                    self._queue_index(record.queue).key,
-                    stats.KEY,
-                    events,
-                ],
-                args=[
-                    raw,
-                    record.id,
-                    member,
-                    stats.created_field(record.kind),
-                    -1 if max_active is None else max_active,
-                    EVENTS_MAXLEN,
-                    self.ttl_seconds,
-                ],
-            )
-        )
+        keys = [
+            self._key(record.id),
+            self._active_key(record.tenant),
+            self._tenant_index(record.tenant).key,
+            self._queue_index(record.queue).key,
+            stats.KEY,
+            events,
+        ]
+        args: list[str | int] = [
+            raw,
+            record.id,
+            member,
+            stats.created_field(record.kind),
+            -1 if max_active is None else max_active,
+            EVENTS_MAXLEN,
+            self.ttl_seconds,
+        ]
+        if message is not None:
+            keys.append(message.key)
+            args.append(message.payload)
+        result = int(self._create(keys=keys, args=args))
         if result == _QUOTA_FULL:
             raise QuotaExceededError(
                 f"the tenant has {max_active} queued or running jobs, the limit "

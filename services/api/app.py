@@ -82,7 +82,9 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
 
     Args:
         settings: the configuration; read from the environment when omitted.
-        enqueue: how jobs reach workers; Celery over the configured Redis when omitted.
+        enqueue: how jobs reach workers; when omitted, Celery over the configured Redis, a new job's message
+            pushed by the job store's create script with its record (one round trip). An injected one is
+            called once the record is stored.
     """
     settings = settings or get_settings()
     client = redis.Redis.from_url(settings.redis.dsn(), socket_timeout=10, health_check_interval=30)

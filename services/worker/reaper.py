@@ -4,9 +4,11 @@ sends again the message of queued jobs the broker no longer holds.
 Every worker runs one reaper thread; compare-and-set makes concurrent reapers safe (one wins).
 A job handed back more than ``max_redeliveries`` times fails with ``worker_lost`` instead of looping.
 
-A queued job can lose its message: Redis restarted between the record's write and the message's (each is
-persisted on its own), or the API died between the two. The record is the source of truth, so such a job is sent
-again once it has waited ``stranded_after`` with no message in the broker. A second message for one job is
+A queued job can lose its message: a job whose message was sent on its own (a requeue, an injected transport)
+when Redis restarted between the record's write and the message's (each is persisted on its own) or the sender died
+between the two, or a message Redis lost otherwise (a new job's record and message are written by one script, so
+those two go together). The record is the source of truth, so such a job is sent again once it has waited
+``stranded_after`` with no message in the broker. A second message for one job is
 harmless: a worker claims a job only while it is queued and only with its lease (``services.worker.run``).
 """
 

@@ -11,7 +11,7 @@ import redis
 from core.errors import ConflictError, InvalidTransitionError, NotFoundError, QuotaExceededError
 from core.jobs import JobRecord, new_id
 from core.progress import Progress
-from core.stores.jobs import JobStore
+from core.stores.jobs import JobStore, QueueMessage
 
 
 def _job(tenant: str = "t1", kind: str = "training", queue: str = "train") -> JobRecord:
@@ -71,6 +71,31 @@ def test_quota_holds_under_concurrent_creates(store: JobStore) -> None:
         with pytest.raises(NotFoundError):
             store.get(job_id)
     assert store.create(_job(tenant="other"), max_active=5) == 6  # another tenant, same queue
+
+
+def _message(job: JobRecord) -> QueueMessage:
+    return QueueMessage("broker-list", f"message of {job.id}")
+
+
+def test_create_pushes_the_message_with_the_record_and_a_refused_create_pushes_nothing(
+    store: JobStore, redis_client: redis.Redis
+) -> None:
+    first = _job(tenant="small")
+    assert store.create(first, max_active=1, message=_message(first)) == 1
+    assert redis_client.lrange("broker-list", 0, -1) == [f"message of {first.id}".encode()]
+    # Over the quota: neither the record nor its message.
+    over = _job(tenant="small")
+    with pytest.raises(QuotaExceededError):
+        store.create(over, max_active=1, message=_message(over))
+    # The id taken: the first record stays and no second message is pushed.
+    with pytest.raises(ConflictError):
+        store.create(first.model_copy(update={"tenant": "other"}), message=_message(first))
+    with pytest.raises(NotFoundError):
+        store.get(over.id)
+    assert redis_client.lrange("broker-list", 0, -1) == [f"message of {first.id}".encode()]
+    # Without a message the script pushes nothing (the caller's transport sends it).
+    store.create(_job())
+    assert redis_client.llen("broker-list") == 1
 
 
 def test_compare_and_set_allows_exactly_one_winner(store: JobStore) -> None:
