@@ -8,6 +8,12 @@ across jobs), and everything random comes from one ``torch.Generator`` seeded wi
 With masks, the diffusion loss is area-normalised inside the concept mask (``mask_background_weight`` lets the
 background count a little), and when ``separation_loss_weight`` > 0 the concept tokens' cross-attention is captured
 (``core.ml.edlora.capture``) and the separation loss (``core.ml.edlora.separation``) is added.
+
+Speed (``bench/training_throughput.py`` compares a plain loop of the same training): views are VAE-encoded once and
+each step samples from the cached latent distribution; attention is fused SDPA except in the layers captured for the
+separation loss (they need explicit probabilities); AdamW is fused; on CUDA the UNet runs channels-last and, with
+float32 components, the model passes autocast to bfloat16 (``config.mixed_precision``). ``config.
+gradient_checkpointing`` trades compute for activation memory.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from typing import Literal
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from core.errors import InvalidRequestError, PipelineError
 from core.ml.components import SDComponents
@@ -44,6 +51,11 @@ logger = logging.getLogger(__name__)
 TRAIN_ADAPTER = "edlora"
 ADAMW_WEIGHT_DECAY = 0.01
 _VAE_CHUNK = 4
+_FUSED_ADAMW_DEVICES = frozenset({"cpu", "cuda"})
+"""Devices where AdamW runs its fused kernel: one call for every parameter instead of ~10 small ops per tensor
+(on CPU 0.8 ms instead of 4.6 ms per step for the shapes preset's 185 tensors; results within 1e-8 per step)."""
+_CHANNELS_LAST_DEVICES = frozenset({"cuda"})
+"""Devices where the UNet copy trains in channels-last memory format (cuDNN's preferred layout, no transposes)."""
 
 
 @dataclass
@@ -243,6 +255,38 @@ def _diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.
     return per_image.mean()
 
 
+def autocast_dtype(config: EDLoRAConfig, components: SDComponents) -> torch.dtype | None:
+    """The dtype ``config.mixed_precision`` autocasts the text-encoder and UNet passes to; None = no autocast.
+
+    ``auto`` picks bfloat16 only on a CUDA GPU with bfloat16 support and float32 components: float16 components
+    already compute in half precision (with a gradient scaler), and on CPU float32 stays exact and is not slower.
+    """
+    if config.mixed_precision == "bf16":
+        return torch.bfloat16
+    if (
+        config.mixed_precision == "auto"
+        and components.device.type == "cuda"
+        and components.dtype == torch.float32
+        and torch.cuda.is_bf16_supported()
+    ):
+        return torch.bfloat16
+    return None
+
+
+def _prefer_sdpa(unet: UNet2DConditionModel) -> None:
+    """Give every plain-attention layer of the (private) ``unet`` the fused SDPA processor; others are kept.
+
+    diffusers installs ``AttnProcessor2_0`` by default; this makes sure a copy of components whose processors were
+    set to the explicit ``AttnProcessor`` trains with fused attention too. Layers captured for the separation loss
+    get explicit attention later, from ``capture_concept_attention``.
+    """
+    processors = unet.attn_processors
+    if any(type(p) is AttnProcessor for p in processors.values()):
+        unet.set_attn_processor(
+            {name: AttnProcessor2_0() if type(p) is AttnProcessor else p for name, p in processors.items()}
+        )
+
+
 def train_edlora(
     components: SDComponents,
     images: Sequence[PIL.Image.Image],
@@ -310,6 +354,14 @@ def train_edlora(
     # 2. Private copies of the trained models; the shared ones are never touched.
     text_encoder = copy.deepcopy(components.text_encoder).requires_grad_(False)
     unet = copy.deepcopy(components.unet).requires_grad_(False)
+    _prefer_sdpa(unet)
+    memory_format = torch.channels_last if device.type in _CHANNELS_LAST_DEVICES else torch.contiguous_format
+    unet.to(memory_format=memory_format)
+    if config.gradient_checkpointing:
+        # Non-reentrant checkpointing: the inputs of the frozen layers need not require grad for LoRA to get one.
+        unet.enable_gradient_checkpointing()
+        text_encoder.activation_checkpointing_enable()
+    amp_dtype = autocast_dtype(config, components)
     with (
         layerwise_cross_attention(unet) as num_layers,
         capture_concept_attention(
@@ -336,6 +388,7 @@ def train_edlora(
             ],
             betas=(0.9, 0.999),
             weight_decay=ADAMW_WEIGHT_DECAY,
+            fused=device.type in _FUSED_ADAMW_DEVICES,
         )
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total))
         scaler = torch.amp.GradScaler(device.type, enabled=components.dtype == torch.float16)
@@ -371,15 +424,18 @@ def train_edlora(
                 target = noise
             prompts = _prompts(data, index, templates, concept_name, generator)
 
-            states = encode_layerwise(
-                components.tokenizer, text_encoder, prompts, {concept_name: embeddings}, num_layers
-            )
             store.clear()
             if separating:
                 store.columns, present = concept_columns(components.tokenizer, prompts, concept_name)
-            prediction = unet(
-                noisy.to(device, components.dtype), timesteps.to(device), encoder_hidden_states=states
-            ).sample
+            with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+                states = encode_layerwise(
+                    components.tokenizer, text_encoder, prompts, {concept_name: embeddings}, num_layers
+                )
+                sample = noisy.to(device, components.dtype)
+                if memory_format == torch.channels_last:
+                    # Only then: on CPU the latents keep the strides the VAE gave them, as before (same rounding).
+                    sample = sample.contiguous(memory_format=memory_format)
+                prediction = unet(sample, timesteps.to(device), encoder_hidden_states=states).sample
             weight = _loss_weight(data, index, config.mask_background_weight)
             loss = _diffusion_loss(prediction, target.to(device), None if weight is None else weight.to(device))
             if separating and data.regions is not None and data.dilated is not None and data.others is not None:
