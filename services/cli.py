@@ -5,15 +5,26 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from core.config import PRESET_GENERATION_DEFAULTS
+from services.failures import EXIT_CODES_HELP, explain
+
 if TYPE_CHECKING:
     from core.stores.keys import ApiKeyStore
 
-app = typer.Typer(help="Tessera: multi-concept image personalization as a service.", no_args_is_help=True)
+# Locals stay out of tracebacks: they hold API keys and URLs with passwords.
+app = typer.Typer(
+    help="Tessera: multi-concept image personalization as a service.",
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 models_app = typer.Typer(help="Model presets: build, check and train them.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 keys_app = typer.Typer(help="API keys per tenant (stored as hashes in Redis).", no_args_is_help=True)
@@ -25,6 +36,43 @@ shapes_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(shapes_app, name="shapes")
+
+
+PRESETS: tuple[str, ...] = tuple(PRESET_GENERATION_DEFAULTS)
+
+
+def _check_preset(value: str) -> str:
+    """The --preset options take the presets the service knows (a custom preset is selected with
+    ``TESSERA_MODELS__PRESET`` by ``tessera api`` / ``tessera worker``)."""
+    if value not in PRESETS:
+        raise typer.BadParameter(f"must be one of {', '.join(PRESETS)}, got {value!r}")
+    return value
+
+
+def _package_version() -> str:
+    try:
+        return version("tessera")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tessera {_package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+    _debug: Annotated[
+        bool, typer.Option("--debug", help="On an expected failure, show the traceback instead of one line.")
+    ] = False,
+) -> None:
+    """Tessera: multi-concept image personalization as a service."""
 
 
 def _logging() -> None:
@@ -47,7 +95,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address the API listens on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port the API listens on.")] = 8000,
     data_dir: Annotated[Path, typer.Option(help="Where Redis data, objects, models and logs live.")] = Path("data"),
-    preset: Annotated[str, typer.Option(help="Model preset: tiny | shapes | sd15.")] = "tiny",
+    preset: Annotated[str, typer.Option(help="Model preset: tiny | shapes | sd15.", callback=_check_preset)] = "tiny",
 ) -> None:
     """Everything on one machine: a private Redis, the API, one worker, a local object store."""
     from services.embedded import Stack
@@ -119,7 +167,9 @@ def demo(
     url: Annotated[str | None, typer.Option(help="A running service; omitted = start an embedded one.")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="TESSERA_API_KEY")] = None,
     data_dir: Annotated[Path, typer.Option()] = Path("data/demo"),
-    preset: Annotated[str, typer.Option(help="Model preset: shapes (trained toy world) | tiny | sd15.")] = "shapes",
+    preset: Annotated[
+        str, typer.Option(help="Model preset: shapes (trained toy world) | tiny | sd15.", callback=_check_preset)
+    ] = "shapes",
     out: Annotated[Path, typer.Option(help="Where to save the generated images.")] = Path("data/demo-output"),
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the generated scene.")] = 7,
 ) -> None:
@@ -139,7 +189,7 @@ def demo(
 
 @models_app.command("init")
 def models_init(
-    preset: Annotated[str, typer.Option()] = "tiny",
+    preset: Annotated[str, typer.Option(help="tiny | shapes | sd15.", callback=_check_preset)] = "tiny",
     root: Annotated[Path | None, typer.Option(help="Models root; default TESSERA_MODELS__ROOT.")] = None,
 ) -> None:
     """Build the tiny preset (deterministic), or check that a preset's folder is complete."""
@@ -152,17 +202,27 @@ def models_init(
 
 @models_app.command("pull")
 def models_pull(
-    preset: Annotated[str, typer.Option(help="The preset to download (sd15).")] = "sd15",
+    preset_name: Annotated[
+        str | None, typer.Argument(metavar="[PRESET]", help="The preset to download: sd15 (the default).")
+    ] = None,
+    preset: Annotated[str | None, typer.Option(help="Same as the PRESET argument (the older form).")] = None,
     dest: Annotated[Path | None, typer.Option(help="Models root; default TESSERA_MODELS__ROOT.")] = None,
     include: Annotated[
         list[str] | None, typer.Option(help="Only these parts: base, sam, ip-adapter, controlnet, eval.")
     ] = None,
 ) -> None:
-    """Download a preset's weights (needs the internet) into the layout the loaders expect, verified."""
+    """Download a preset's weights (needs the internet) into the layout the loaders expect, verified.
+
+    `tessera models pull sd15` or `tessera models pull --preset sd15`.
+    """
     import os
 
     from core.config import get_settings
     from core.ml.pull import HubSource, pull_preset
+
+    if preset_name is not None and preset is not None and preset_name != preset:
+        raise typer.BadParameter(f"PRESET {preset_name!r} and --preset {preset!r} disagree", param_hint="--preset")
+    preset = preset_name or preset or "sd15"
 
     path = pull_preset(
         preset,
@@ -274,7 +334,9 @@ def concepts_diagnose(
         Path | None,
         typer.Option(help="Folder of masks with the images' file names (.png, white = concept); default: computed."),
     ] = None,
-    preset: Annotated[str, typer.Option(help="Model preset the adapter was trained on.")] = "tiny",
+    preset: Annotated[
+        str, typer.Option(help="Model preset the adapter was trained on.", callback=_check_preset)
+    ] = "tiny",
     root: Annotated[Path | None, typer.Option(help="Models root; default TESSERA_MODELS__ROOT.")] = None,
     caption: Annotated[
         str | None, typer.Option(help='Caption with <concept>; default "a photo of a <concept>".')
@@ -318,8 +380,19 @@ def concepts_diagnose(
     typer.echo(json.dumps(report.as_dict()))
 
 
-def main() -> None:
-    app()
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``tessera`` entry point: an expected failure (Redis or the API unreachable, a refused key, missing
+    weights, a refused request) is one line on stderr and its own exit code (``services.failures``); ``--debug``
+    shows the traceback instead."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        app(args=args, prog_name="tessera")
+    except Exception as exc:
+        failure = explain(exc)
+        if failure is None or "--debug" in args:
+            raise
+        typer.echo(f"tessera: {failure.message}", err=True)
+        sys.exit(failure.code)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any
 import typer
 from PIL import Image, ImageDraw
 
-from services.client import TesseraClient, TesseraError
+from services.client import AuthenticationError, TesseraClient, TesseraError
 
 HALVES = ([0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 1.0])
 
@@ -220,6 +220,8 @@ def run_demo(url: str, api_key: str, *, out: Path, preset: str = "tiny", seed: i
                 path = out / f"{final['id']}-{i}.png"
                 path.write_bytes(client.download(image["url"]))
                 saved.append(path)
+        except AuthenticationError:
+            raise  # a refused key is the caller's to fix: the CLI says so with its own exit code
         except TesseraError as exc:
             typer.echo(f"the service refused a request: {exc}", err=True)
             return 1
