@@ -65,7 +65,8 @@ def test_cpu_rehearsal_writes_every_row_and_prints_the_table_last(tmp_path: Path
     for name in ROWS:
         if name not in ("gpu.unet.peak_fraction",) and not name.endswith("peak_mib"):
             assert math.isfinite(values[name]) and values[name] > 0, name
-    assert values["gpu.edlora.steps500_s"] == pytest.approx(500 * values["gpu.edlora.b4.step_s"], rel=1e-3)
+    # Rows are rounded to 4 decimals: a CPU step of ~0.03 s carries up to ~0.2% of rounding into 500 x it.
+    assert values["gpu.edlora.steps500_s"] == pytest.approx(500 * values["gpu.edlora.b4.step_s"], rel=5e-3)
     assert "CPU rehearsal" in rows[0]["about"]
     lines = done.stdout.strip().splitlines()
     assert [line.split()[0] for line in lines[-len(ROWS) :]] == ROWS  # the table, last
