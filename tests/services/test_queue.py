@@ -31,11 +31,32 @@ def _job(kind: JobKind = "generation", queue: str = "generate") -> JobRecord:
     return JobRecord(id=new_id("job"), tenant="t1", kind=kind, queue=queue, input={})
 
 
+# A database of its own: a worker another test of this process left running on the session's Redis could
+# otherwise consume the messages these tests push.
+QUEUE_DB = 9
+
+
 @pytest.fixture
-def settings(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> Settings:
+def private_url(redis_url: str) -> str:
+    base = redis_url.rsplit("/", 1)[0] if redis_url.count("/") > 2 else redis_url  # drop a /<db> suffix
+    return f"{base}/{QUEUE_DB}"
+
+
+@pytest.fixture
+def redis_client(private_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(private_url)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def settings(private_url: str, redis_client: redis.Redis, tmp_path: Path) -> Settings:
     redis_client.flushdb()  # requested for the clean database
     return Settings(
-        redis={"url": redis_url},
+        redis={"url": private_url},
         storage={"backend": "local", "root": tmp_path / "objects", "public_base_url": "http://testserver"},
         api_keys="tenant-a:key-a",
     )
@@ -103,7 +124,13 @@ def worker_app(settings: Settings) -> Iterator[tuple[Celery, list[tuple[str, dic
     ran: list[tuple[str, dict[str, Any]]] = []
     done = threading.Event()
 
-    @app.task(name="tessera.generate", bind=True)  # type: ignore[untyped-decorator]
+    # Tasks are shared across apps by default: another test in this process that built the real worker app
+    # brings its tessera.generate here at finalize, and an app keeps the first task of a name. Finalize now,
+    # drop that one, and register ours eagerly.
+    app.finalize()
+    app.tasks.pop("tessera.generate", None)
+
+    @app.task(name="tessera.generate", bind=True, shared=False, lazy=False)  # type: ignore[untyped-decorator]
     def generate(self: Any, **kwargs: Any) -> None:
         ran.append((self.request.id, kwargs))
         done.set()
