@@ -30,21 +30,20 @@ from bench.rows import Row, format_table, read_rows
 
 @dataclass(frozen=True)
 class Benchmark:
-    """One module of the suite: ``python -m <module> [args] --rows FILE``."""
+    """One module of the suite: ``python -m <module> --rows FILE``, with its own defaults."""
 
     name: str
     module: str
-    args: tuple[str, ...] = ()
-    what: str = ""
+    what: str
 
 
 SUITE: tuple[Benchmark, ...] = (
-    Benchmark("service_overhead", "bench.job_overhead", (), "a job through API, queue and warm worker vs in process"),
-    Benchmark("create_path", "bench.api_throughput", (), "POST /v1/generations vs a bare endpoint under load"),
-    Benchmark("cold_start", "bench.cold_start", (), "first job vs warm; concept switch vs pipeline reload"),
-    Benchmark("training", "bench.training_throughput", (), "the ED-LoRA trainer vs a plain baseline loop"),
-    Benchmark("generation", "bench.fusion_cost", (), "fusion and styling steps vs plain sampling"),
-    Benchmark("separation", "bench.separation_step_time", (), "training step with vs without the separation loss"),
+    Benchmark("service_overhead", "bench.job_overhead", "a job through API, queue and warm worker vs in process"),
+    Benchmark("create_path", "bench.api_throughput", "POST /v1/generations vs a bare endpoint under load"),
+    Benchmark("cold_start", "bench.cold_start", "first job vs warm; concept switch vs pipeline reload"),
+    Benchmark("training", "bench.training_throughput", "the ED-LoRA trainer vs a plain baseline loop"),
+    Benchmark("generation", "bench.fusion_cost", "fusion and styling steps vs plain sampling"),
+    Benchmark("separation", "bench.separation_step_time", "training step with vs without the separation loss"),
 )
 
 
@@ -55,7 +54,7 @@ def run_benchmark(bench: Benchmark, *, quick: bool, workdir: Path) -> tuple[list
         RuntimeError: the benchmark exited non-zero or wrote no rows (the message holds its output's tail).
     """
     rows_file = workdir / f"{bench.name}.json"
-    command = [sys.executable, "-m", bench.module, *bench.args, "--rows", str(rows_file)]
+    command = [sys.executable, "-m", bench.module, "--rows", str(rows_file)]
     if quick:
         command.append("--quick")
     # Each benchmark sets one torch thread count for all its arms (--threads, default 1: the worker's default).
