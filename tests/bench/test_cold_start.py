@@ -3,17 +3,13 @@ target, and the quick run's switch really reattaches kept wrappers."""
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.rows import row_from_json
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.runner import run_bench
 
 TARGETS = {
     "cold_start.first_vs_warm": None,
@@ -27,16 +23,7 @@ TARGETS = {
 @pytest.mark.slow
 def test_quick_run_writes_every_cold_start_row(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.cold_start", "--quick", "--rows", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path)},
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    data = json.loads(out.read_text())
+    _, data = run_bench("bench.cold_start", "--quick", out=out, env={"TMPDIR": str(tmp_path)})
     rows = [row_from_json(d) for d in data]
     assert {r.name: r.target for r in rows} == TARGETS
     for row, written in zip(rows, data, strict=True):

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.rows import row_from_json
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.runner import run_bench
 
 TARGETS = {
     "generation.regional.vs_plain": None,
@@ -27,27 +23,10 @@ TARGETS = {
 @pytest.mark.slow
 def test_quick_run_writes_every_generation_row(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.fusion_cost",
-            "--quick",
-            "--threads",
-            "1",
-            "--models-root",
-            str(tmp_path / "models"),
-            "--rows",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    done, data = run_bench(
+        "bench.fusion_cost", "--quick", "--threads", "1", "--models-root", str(tmp_path / "models"), out=out
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    rows = [row_from_json(d) for d in json.loads(out.read_text())]
+    rows = [row_from_json(d) for d in data]
     assert {r.name: r.target for r in rows} == TARGETS
     for row in rows:
         assert row.unit == "x" and math.isfinite(row.value) and row.value > 0, row

@@ -3,11 +3,7 @@ rows carry the issue's targets."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -17,8 +13,7 @@ import torch
 
 from bench.gpu import Setup, generation_rows, peak_tflops, training_rows
 from bench.training_throughput import TrainingTimes
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.runner import run_bench
 
 ROWS = [
     "gpu.unet.tflops",
@@ -37,25 +32,9 @@ ROWS = [
 @pytest.mark.slow
 def test_cpu_rehearsal_writes_every_row_and_prints_the_table_last(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.gpu",
-            "--cpu-smoke",
-            "--models-root",
-            str(tmp_path / "models"),
-            "--rows",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"HF_HUB_OFFLINE": "1", "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1"},
+    done, rows = run_bench(
+        "bench.gpu", "--cpu-smoke", "--models-root", str(tmp_path / "models"), out=out, env={"OMP_NUM_THREADS": "1"}
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    rows = json.loads(out.read_text())
     assert [r["name"] for r in rows] == ROWS
     for row in rows:
         # Nothing is claimed for a GPU from a CPU run.

@@ -3,11 +3,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,8 +22,7 @@ from bench.training_throughput import (
 )
 from core.ml.components import SDComponents, load_components
 from core.ml.edlora.trainer import train_edlora
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.runner import run_bench
 
 
 @pytest.fixture(scope="module")
@@ -42,27 +37,16 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SDComponents]:
 @pytest.mark.slow
 def test_quick_run_writes_a_speedup_row_per_preset(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.training_throughput",
-            "--quick",
-            "--threads",
-            "1",
-            "--models-root",
-            str(tmp_path / "models"),
-            "--rows",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"HF_HUB_OFFLINE": "1", "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1"},
+    _, data = run_bench(
+        "bench.training_throughput",
+        "--quick",
+        "--threads",
+        "1",
+        "--models-root",
+        str(tmp_path / "models"),
+        out=out,
+        env={"OMP_NUM_THREADS": "1"},
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    data = json.loads(out.read_text())
     rows = [row_from_json(d) for d in data]
     assert [r.name for r in rows] == ["training.speedup.tiny", "training.speedup.shapes"]
     for row, raw in zip(rows, data, strict=True):
