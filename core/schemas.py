@@ -335,11 +335,22 @@ class GenerationRequest(_Strict):
 
 
 class JobProgress(BaseModel):
-    stage: str
-    step: int
-    total_steps: int
-    fraction: float
-    eta_seconds: float | None = None
+    """How far a started job is, as one object: the same on GET, in SSE events and in webhook bodies.
+
+    ``fraction`` covers the whole job (each stage weighted by its expected share of the run time, see
+    ``core.progress``) and never decreases while the job runs; ``stage_fraction``, ``step`` and ``total_steps``
+    describe the current stage alone. A succeeded job ends at ``stage="done"``, every fraction 1.0 and
+    ``eta_seconds`` 0; a failed or canceled job keeps the values it last reached, with ``eta_seconds`` null.
+    """
+
+    fraction: float = Field(ge=0.0, le=1.0, description="Share of the whole job done, 0 to 1; never decreases.")
+    stage: str = Field(description='The current stage, e.g. "training" or "sampling"; "done" once succeeded.')
+    stage_fraction: float = Field(0.0, ge=0.0, le=1.0, description="Share of the current stage done, 0 to 1.")
+    step: int = Field(0, ge=0, description="Steps of the current stage finished.")
+    total_steps: int = Field(0, ge=0, description="Steps the current stage takes.")
+    eta_seconds: float | None = Field(
+        None, ge=0.0, description="Estimated seconds until the job ends (smoothed); null until it can be estimated."
+    )
 
 
 class JobError(BaseModel):
