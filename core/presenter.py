@@ -116,7 +116,7 @@ def render_job(
         progress = None if record.status == "queued" else state.jobs.get_progress(record.id)
         if queue_position is None:
             queue_position = state.jobs.queue_position(record)
-    job = record.to_public(base_url=state.public_base_url, progress=progress, queue_position=queue_position)
-    if job.output is not None:
-        job.output = _sign_images(state, record.tenant, job.output)
-    return job
+    if record.output is not None:
+        # Signed on the stored dict, before the typed output model is built from it.
+        record = record.model_copy(update={"output": _sign_images(state, record.tenant, record.output)})
+    return record.to_public(base_url=state.public_base_url, progress=progress, queue_position=queue_position)

@@ -1,4 +1,4 @@
-"""Request and response models of the public API (API.md), shared by the API and the worker."""
+"""Request and response models of the public API (docs/api.md), shared by the API and the worker."""
 
 from __future__ import annotations
 
@@ -371,12 +371,45 @@ class JobUrls(BaseModel):
 
 
 class Image(BaseModel):
+    """An output image: a file of the tenant, with a short-lived URL signed when the job is read."""
+
     file_id: str
-    url: str
-    expires_at: datetime
+    # None when the file was deleted since the job ran (or on a view that signs no URLs).
+    url: str | None = None
+    expires_at: datetime | None = None
     width: int
     height: int
-    seed: int | None = None
+    seed: int | None = Field(None, description="The seed the image was sampled with; null for training masks.")
+
+
+class TrainingOutput(BaseModel):
+    """``output`` of a succeeded training job."""
+
+    # Extra keys pass through: the worker's output is the source, this model only describes it.
+    model_config = ConfigDict(extra="allow")
+
+    kind: Literal["training"] = "training"
+    concept_id: str = Field(description="The concept this training made ready.")
+    masks: list[Image] = Field(description="The mask each training image was trained with (white = the concept).")
+    diagnostics: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What the training saw and measured: attention_in_mask, mask_sources, composites, warnings, …",
+    )
+
+
+class GenerationOutput(BaseModel):
+    """``output`` of a succeeded generation job."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: Literal["generation"] = "generation"
+    images: list[Image] = Field(description="The final images (styled when the request gave a style).")
+    stage1_images: list[Image] = Field(description="The fused images before styling (the same as images without).")
+    masks: list[Image] = Field(description="Each concept's region: per image with conductor, shared with regional.")
+
+
+JobOutput = Annotated[TrainingOutput | GenerationOutput, Field(discriminator="kind")]
+"""A job's output, told apart by ``kind`` (the job's own kind)."""
 
 
 class Job(BaseModel):
@@ -390,11 +423,19 @@ class Job(BaseModel):
     queue_position: int | None = None
     progress: JobProgress | None = None
     input: dict[str, Any]
-    output: dict[str, Any] | None = None
+    output: JobOutput | None = None
     error: JobError | None = None
     metrics: JobMetrics = Field(default_factory=JobMetrics)
     urls: JobUrls
     metadata: Metadata | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _output_kind(cls, data: Any) -> Any:
+        """The worker stores an output without ``kind``; it is the job's, so the union can be told apart."""
+        if isinstance(data, dict) and isinstance(data.get("output"), dict) and "kind" not in data["output"]:
+            data = {**data, "output": {**data["output"], "kind": data.get("kind")}}
+        return data
 
 
 class JobList(BaseModel):

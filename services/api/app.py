@@ -22,7 +22,7 @@ from core.stores.objects import make_object_store
 from core.stores.webhooks import WebhookStore
 from core.submissions import Enqueue, Policy
 from services import logs
-from services.api import errors, metrics, routes
+from services.api import errors, metrics, openapi, routes
 from services.api.state import ApiState
 from services.queue import CeleryTaskQueue, delivery_sender, make_producer
 
@@ -93,7 +93,9 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         title="Tessera",
         version="1.0",
         summary="Multi-concept image personalization: learn concepts, generate scenes that combine them.",
-        responses=errors.ERROR_RESPONSES,
+        # Served by routes.docs from vendored assets, not FastAPI's CDN-loaded pages.
+        docs_url=None,
+        redoc_url=None,
     )
     jobs = JobStore(client, ttl_seconds=settings.job_ttl_seconds)
     catalog = Catalog(client)
@@ -126,8 +128,17 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         ),
     )
     errors.install(app)
-    for module in (routes.files, routes.jobs, routes.concepts, routes.webhooks, routes.objects, routes.health):
+    for module in (
+        routes.files,
+        routes.jobs,
+        routes.concepts,
+        routes.webhooks,
+        routes.objects,
+        routes.health,
+        routes.docs,
+    ):
         app.include_router(module.router)
+    openapi.install(app)
 
     metrics.install(app, client, jobs)
 

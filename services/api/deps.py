@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from core.errors import AuthError
+from core.presenter import Presenter
 from core.stores.keys import key_hash
 from core.stores.limits import RateLimitExceeded
 from services.api.state import ApiState
@@ -22,6 +23,14 @@ def get_state(request: Request) -> ApiState:
 
 
 State = Annotated[ApiState, Depends(get_state)]
+
+
+def get_presenter(request: Request, state: State) -> Presenter:
+    """Renders records with URLs for the address this request came in at (``ApiState.presenter_at``)."""
+    return state.presenter_at(str(request.base_url))
+
+
+Presenting = Annotated[Presenter, Depends(get_presenter)]
 
 
 def get_tenant(

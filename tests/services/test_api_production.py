@@ -49,9 +49,12 @@ def test_idempotency_replay_reuse_and_concurrency(client: TestClient) -> None:
     f = upload(client, png())["id"]
     headers = {**A, "Idempotency-Key": "order-1"}
     first = client.post("/v1/trainings", json=_training(f), headers=headers)
-    assert first.status_code == 202
+    assert first.status_code == 202 and "idempotent-replayed" not in first.headers
     replay = client.post("/v1/trainings", json=_training(f), headers=headers)
-    assert replay.status_code == 200 and replay.json()["id"] == first.json()["id"]
+    # A replay answers the original status, marked as a replay, with the original job and its Location.
+    assert replay.status_code == 202 and replay.json()["id"] == first.json()["id"]
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.headers["location"] == first.headers["location"]
     reused = client.post("/v1/trainings", json=_training(f, "other"), headers=headers)
     assert reused.status_code == 422 and reused.json()["code"] == "idempotency_key_reused"
     too_long = client.post("/v1/trainings", json=_training(f, "x2"), headers={**A, "Idempotency-Key": "k" * 256})
@@ -67,8 +70,9 @@ def test_idempotency_replay_reuse_and_concurrency(client: TestClient) -> None:
             )
         )
     codes = sorted(a.status_code for a in answers)
-    ids = {a.json()["id"] for a in answers if a.status_code in (200, 202)}
-    assert len(ids) == 1 and codes.count(202) == 1 and set(codes) <= {200, 202, 409}
+    ids = {a.json()["id"] for a in answers if a.status_code == 202}
+    originals = [a for a in answers if a.status_code == 202 and "idempotent-replayed" not in a.headers]
+    assert len(ids) == 1 and len(originals) == 1 and set(codes) <= {202, 409}
     generations = client.get("/v1/jobs?kind=generation", headers=A).json()["data"]
     assert len(generations) == 1
 

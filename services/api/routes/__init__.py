@@ -1,5 +1,5 @@
-"""HTTP routes, one module per resource."""
+"""HTTP routes, one module per resource (and docs: the documentation pages)."""
 
-from services.api.routes import concepts, files, health, jobs, objects, webhooks
+from services.api.routes import concepts, docs, files, health, jobs, objects, webhooks
 
-__all__ = ["concepts", "files", "health", "jobs", "objects", "webhooks"]
+__all__ = ["concepts", "docs", "files", "health", "jobs", "objects", "webhooks"]

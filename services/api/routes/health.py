@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from services.api.deps import State
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz")
-def healthz() -> dict[str, str]:
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "unavailable"]
+    down: dict[str, str] | None = Field(
+        None, description="What does not answer (redis, object_store) → the error type it raised."
+    )
+
+
+@router.get("/healthz", response_model=Health, operation_id="get_health")
+def healthz() -> Health:
     """200 while the process serves."""
-    return {"status": "ok"}
+    return Health()
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    operation_id="get_readiness",
+    responses={503: {"model": Readiness, "description": "Redis or the object store does not answer."}},
+)
 def readyz(state: State) -> JSONResponse:
     """200 only when Redis and the object store answer; else 503 naming what is down."""
     down: dict[str, str] = {}

@@ -7,9 +7,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from core.errors import InvalidRequestError, InvalidTransitionError
 from core.jobs import JobRecord
@@ -17,10 +17,74 @@ from core.schemas import GenerationRequest, Job, JobKind, JobList, JobProgress, 
 from core.stores.idempotency import fingerprint
 from core.stores.webhooks import DeliveryAttempt
 from core.submissions import Submission, submit_generation, submit_training
-from services.api.deps import State, Tenant
+from services.api.deps import Presenting, State, Tenant
+from services.api.errors import AUTHENTICATED, responses
 from services.api.state import ApiState
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter()
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+_CREATED_HEADERS = {
+    "Location": {"description": "/v1/jobs/{id} of the job.", "schema": {"type": "string"}},
+    REPLAYED_HEADER: {
+        "description": "`true` when this answer replays an earlier request with the same Idempotency-Key.",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+
+TRAINING_EXAMPLES = {
+    "minimal": {
+        "summary": "A concept from three images (masks computed by Segment Anything)",
+        "value": {
+            "concept": {"name": "corgi", "class_word": "dog"},
+            "images": [
+                "file_3f9a0c1d2e4b5a6978c0d1e2",
+                "file_7b1c2d3e4f5a69788c9d0e1f",
+                "file_0a1b2c3d4e5f60718293a4b5",
+            ],
+        },
+    },
+    "full": {
+        "summary": "With mask prompts, captions, options, a webhook and metadata",
+        "value": {
+            "concept": {"name": "corgi", "class_word": "dog"},
+            "images": ["file_3f9a0c1d2e4b5a6978c0d1e2", "file_7b1c2d3e4f5a69788c9d0e1f"],
+            "mask_prompts": [{"point": [0.5, 0.6]}, {"box": [0.1, 0.2, 0.9, 1.0]}],
+            "captions": ["a <corgi> on a sofa", None],
+            "options": {"max_train_steps": 500, "rank": 4, "seed": 0},
+            "webhook": "https://client.example/hooks/tessera",
+            "webhook_events_filter": ["start", "completed"],
+            "metadata": {"order": "A-17"},
+        },
+    },
+}
+
+GENERATION_EXAMPLES = {
+    "two_concepts": {
+        "summary": "Two trained concepts side by side",
+        "value": {"prompt": "a photo of <corgi> and <tabby> on the beach", "seed": 42},
+    },
+    "regions_and_style": {
+        "summary": "Explicit regions, a style image and ControlNet",
+        "value": {
+            "prompt": "a photo of <corgi> and <tabby> on the beach",
+            "negative_prompt": "lowres, blurry",
+            "concepts": [
+                {"concept": "corgi", "region": {"box": [0.0, 0.2, 0.5, 1.0]}, "weight": 0.7},
+                {"concept": "tabby", "region": {"box": [0.5, 0.2, 1.0, 1.0]}},
+            ],
+            "fusion": "conductor",
+            "style": {"image": "file_5c6d7e8f9a0b1c2d3e4f5a6b", "scale": 1.0, "mode": "style"},
+            "control": {"type": "canny", "scale": 0.6},
+            "width": 512,
+            "height": 512,
+            "num_inference_steps": 50,
+            "guidance_scale": 7.5,
+            "seed": 42,
+            "num_outputs": 1,
+        },
+    },
+}
 
 IdempotencyKey = Annotated[
     str | None, Header(alias="Idempotency-Key", description="Makes a create call safe to retry (kept 24 h).")
@@ -39,7 +103,8 @@ def _create(
     idempotency_key: str | None,
     submit: Callable[[], Submission],
 ) -> tuple[JobRecord, int | None]:
-    """Run ``submit`` once per idempotency key: a replay answers 200 with the original job.
+    """Run ``submit`` once per idempotency key: a replay answers the original job with the create's status (202)
+    and ``Idempotent-Replayed: true``, so a retried request cannot tell a replay from the first answer by status.
 
     Returns the job and its queue position when it was just stored (``None`` for a replay: read it live).
     """
@@ -49,7 +114,8 @@ def _create(
         digest = fingerprint(request.method, request.url.path, body.model_dump(mode="json"))
         existing = state.idempotency.begin(tenant, idempotency_key, digest)
         if existing is not None:
-            response.status_code = 200
+            response.headers[REPLAYED_HEADER] = "true"
+            response.headers["Location"] = f"/v1/jobs/{existing}"
             return state.jobs.get_for_tenant(tenant, existing), None
         try:
             submission = submit()
@@ -61,11 +127,22 @@ def _create(
     return submission.record, submission.queue_position
 
 
-@router.post("/v1/trainings", status_code=202, response_model=Job)
+@router.post(
+    "/v1/trainings",
+    status_code=202,
+    response_model=Job,
+    tags=["trainings"],
+    operation_id="create_training_job",
+    responses={
+        202: {"description": "Accepted: the training job, queued.", "headers": _CREATED_HEADERS},
+        **responses(*AUTHENTICATED, 400, 409, 422),
+    },
+)
 def create_training(
-    body: TrainingRequest,
+    body: Annotated[TrainingRequest, Body(openapi_examples=TRAINING_EXAMPLES)],
     state: State,
     tenant: Tenant,
+    presenter: Presenting,
     request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
@@ -82,7 +159,7 @@ def create_training(
             tenant, body, catalog=state.catalog, jobs=state.jobs, enqueue=state.enqueue, policy=state.policy
         ),
     )
-    return state.presenter.job(record, queue_position=position)
+    return presenter.job(record, queue_position=position)
 
 
 def _wait_seconds(prefer: str | None) -> float:
@@ -111,12 +188,19 @@ def _wait_for_terminal(state: ApiState, record: JobRecord, seconds: float) -> Jo
     "/v1/generations",
     status_code=202,
     response_model=Job,
-    responses={200: {"model": Job, "description": "Finished within the `Prefer: wait` time (or a replay)."}},
+    tags=["generations"],
+    operation_id="create_generation_job",
+    responses={
+        200: {"model": Job, "description": "Finished within the `Prefer: wait` time.", "headers": _CREATED_HEADERS},
+        202: {"description": "Accepted: the generation job as it stands.", "headers": _CREATED_HEADERS},
+        **responses(*AUTHENTICATED, 400, 409, 422),
+    },
 )
 def create_generation(
-    body: GenerationRequest,
+    body: Annotated[GenerationRequest, Body(openapi_examples=GENERATION_EXAMPLES)],
     state: State,
     tenant: Tenant,
+    presenter: Presenting,
     request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
@@ -141,31 +225,50 @@ def create_generation(
         if record.terminal:
             response.status_code = 200
         position = None  # it may have moved on while we waited
-    return state.presenter.job(record, queue_position=position)
+    return presenter.job(record, queue_position=position)
 
 
-@router.get("/v1/jobs", response_model=JobList)
+@router.get(
+    "/v1/jobs",
+    response_model=JobList,
+    operation_id="list_jobs",
+    tags=["jobs"],
+    responses=responses(*AUTHENTICATED, 422),
+)
 def list_jobs(
     state: State,
     tenant: Tenant,
-    kind: JobKind | None = None,
-    status: JobStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: str | None = None,
+    presenter: Presenting,
+    kind: Annotated[JobKind | None, Query(description="Only jobs of this kind.")] = None,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
 ) -> JobList:
     """The tenant's jobs, newest first."""
     records, next_cursor = state.jobs.list_jobs(tenant, kind=kind, status=status, limit=limit, cursor=cursor)
-    return JobList(data=[state.presenter.job(r) for r in records], next_cursor=next_cursor)
+    return JobList(data=[presenter.job(r) for r in records], next_cursor=next_cursor)
 
 
-@router.get("/v1/jobs/{job_id}", response_model=Job)
-def get_job(job_id: str, state: State, tenant: Tenant) -> Job:
+@router.get(
+    "/v1/jobs/{job_id}",
+    response_model=Job,
+    operation_id="get_job",
+    tags=["jobs"],
+    responses=responses(*AUTHENTICATED, 404),
+)
+def get_job(job_id: str, state: State, tenant: Tenant, presenter: Presenting) -> Job:
     """A job as it stands."""
-    return state.presenter.job(state.jobs.get_for_tenant(tenant, job_id))
+    return presenter.job(state.jobs.get_for_tenant(tenant, job_id))
 
 
-@router.post("/v1/jobs/{job_id}/cancel", response_model=Job)
-def cancel_job(job_id: str, state: State, tenant: Tenant) -> Job:
+@router.post(
+    "/v1/jobs/{job_id}/cancel",
+    response_model=Job,
+    operation_id="cancel_job",
+    tags=["jobs"],
+    responses=responses(*AUTHENTICATED, 404),
+)
+def cancel_job(job_id: str, state: State, tenant: Tenant, presenter: Presenting) -> Job:
     """Cancel a job: a queued one at once, a running one at its next step. Idempotent."""
     record = state.jobs.get_for_tenant(tenant, job_id)
     if not record.terminal:
@@ -176,7 +279,7 @@ def cancel_job(job_id: str, state: State, tenant: Tenant) -> Job:
         except InvalidTransitionError:
             # Running (the worker sees the flag at its next step) or it finished meanwhile.
             record = state.jobs.get(job_id)
-    return state.presenter.job(record)
+    return presenter.job(record)
 
 
 def _release_concept(state: ApiState, tenant: str, concept_id: str | None) -> None:
@@ -189,10 +292,16 @@ def _release_concept(state: ApiState, tenant: str, concept_id: str | None) -> No
 
 
 class DeliveryList(BaseModel):
-    data: list[DeliveryAttempt]
+    data: list[DeliveryAttempt] = Field(description="Every attempt, oldest first.")
 
 
-@router.get("/v1/jobs/{job_id}/webhook_deliveries", response_model=DeliveryList)
+@router.get(
+    "/v1/jobs/{job_id}/webhook_deliveries",
+    response_model=DeliveryList,
+    operation_id="list_webhook_deliveries",
+    tags=["jobs"],
+    responses=responses(*AUTHENTICATED, 404),
+)
 def webhook_deliveries(job_id: str, state: State, tenant: Tenant) -> DeliveryList:
     """Every webhook delivery attempt for this job: status code, latency, error, next retry."""
     state.jobs.get_for_tenant(tenant, job_id)
@@ -202,14 +311,25 @@ def webhook_deliveries(job_id: str, state: State, tenant: Tenant) -> DeliveryLis
 @router.get(
     "/v1/jobs/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "The Job on every change."}},
+    operation_id="stream_job_events",
+    tags=["jobs"],
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "Server-sent events named `job`, each `data` a Job (JSON), with an `id` for Last-Event-ID.",
+        },
+        **responses(*AUTHENTICATED, 404, 422),
+    },
 )
 async def job_events(
     job_id: str,
     state: State,
     tenant: Tenant,
+    presenter: Presenting,
     request: Request,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", description="Resume after this event (the id of one received).")
+    ] = None,
 ) -> StreamingResponse:
     """Server-sent events: the Job on every change, resumable with Last-Event-ID, ending at a terminal status."""
     state.jobs.get_for_tenant(tenant, job_id)
@@ -232,7 +352,7 @@ async def job_events(
                     last = entry_id.decode()
                     record = JobRecord.model_validate_json(fields[b"record"])
                     progress = JobProgress.model_validate_json(fields[b"progress"]) if fields[b"progress"] else None
-                    job = state.presenter.job(record, progress=progress, live=False)
+                    job = presenter.job(record, progress=progress, live=False)
                     yield f"id: {last}\nevent: job\ndata: {job.model_dump_json()}\n\n"
                     if record.terminal:
                         return

@@ -10,15 +10,34 @@ from fastapi.responses import FileResponse
 from core.errors import ForbiddenError
 from core.stores.local import LocalObjectStore
 from services.api.deps import State
+from services.api.errors import responses
 
-router = APIRouter(tags=["objects"], include_in_schema=False)
+router = APIRouter(tags=["objects"])
 
 
-@router.get("/v1/objects/{key:path}")
+@router.get(
+    "/v1/objects/{key:path}",
+    response_class=FileResponse,
+    operation_id="get_signed_object",
+    responses={
+        200: {
+            "description": "The object's bytes, with its stored content type.",
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **responses(403, 404, 422, 500, 503),
+    },
+)
 def get_object(
-    key: str, state: State, expires: Annotated[int, Query()], signature: Annotated[str, Query()]
+    key: str,
+    state: State,
+    expires: Annotated[int, Query(description="Unix seconds after which the URL is refused.")],
+    signature: Annotated[str, Query(description="Hex HMAC-SHA256 of the key and expires.")],
 ) -> FileResponse:
-    """The bytes of an object, for a holder of a valid signed URL."""
+    """The bytes of an object, for a holder of a valid signed URL (the ``url`` of a file, image or adapter).
+
+    Needs no API key: the signature is the credential. Only the local object store serves URLs here; S3 URLs are
+    presigned for the S3 endpoint.
+    """
     store = state.objects
     if not isinstance(store, LocalObjectStore) or not store.verify_signature(key, expires, signature):
         raise ForbiddenError("the URL is expired, tampered with or not one this service signed")
