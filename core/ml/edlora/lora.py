@@ -251,7 +251,10 @@ def _reattach(
 ) -> bool:
     """Attach ``adapter_name`` through kept wrappers; False (nothing changed) when they cannot take it."""
     kept = _kept.get(model, {}).get(targets)
-    if kept is None or (adapter_name, rank) not in kept.configs or adapter_name in kept.attached:
+    if kept is None or adapter_name in kept.attached:
+        return False
+    source = _free_slot(kept, adapter_name, rank)
+    if source is None:
         return False
     peft_config = vars(model).get("peft_config")
     if kept.attached:
@@ -262,7 +265,7 @@ def _reattach(
             return False
     elif peft_config is not None or any(getattr(p.parent, p.child) is not p.base for p in kept.positions):
         return False
-    weights = _kept_weights(kept, adapter_name, rank, state_dict)
+    weights = _kept_weights(kept, source, rank, state_dict)
     if weights is None:
         return False
     first = not kept.attached
@@ -271,25 +274,43 @@ def _reattach(
         if first:
             setattr(position.parent, position.child, wrapper)
             wrapper.enable_adapters(True)
-        _unpark(wrapper, adapter_name, position.parked.pop(adapter_name))
+        _unpark(wrapper, adapter_name, position.parked.pop(source))
         # Assigned, not copied into: the tensors are the adapter's own (moved to the base layer's device and dtype),
         # as peft's loading does, so a cached adapter is never written through a kept wrapper.
         wrapper.lora_A[adapter_name].weight = torch.nn.Parameter(lora_a)
         wrapper.lora_B[adapter_name].weight = torch.nn.Parameter(lora_b)
         wrapper.set_adapter([adapter_name])  # peft makes the newest adapter the active one on injection
     configs: dict[str, Any] = peft_config if peft_config is not None else {}
+    kept.configs[(adapter_name, rank)] = kept.configs.pop((source, rank))
     configs[adapter_name] = kept.configs[(adapter_name, rank)]
     vars(model)["peft_config"] = configs  # where peft keeps it (and ``remove_lora`` deletes it)
     kept.attached.append(adapter_name)
     return True
 
 
+def _free_slot(kept: _Wrappers, adapter_name: str, rank: int) -> str | None:
+    """The name under which a slot of rank ``rank`` is set aside in every kept wrapper and not attached now:
+    ``adapter_name``'s own when it has one, else any other's, or None.
+
+    A slot holds nothing of its adapter's name but the keys it is filed under (peft's per-adapter dicts, the
+    ``LoraConfig``), so an adapter of another name takes it over: a job that attaches ``"diagnostic"`` between
+    generations that attach ``"concept_0"`` and ``"concept_1"`` reuses their wrappers instead of injecting new
+    ones and dropping the kept ones.
+    """
+    names = [adapter_name] + [name for name, _ in kept.configs if name != adapter_name]
+    for name in names:
+        if (name, rank) in kept.configs and name not in kept.attached:
+            if all(name in position.parked for position in kept.positions):
+                return name
+    return None
+
+
 def _kept_weights(
     kept: _Wrappers, adapter_name: str, rank: int, state_dict: Mapping[str, torch.Tensor]
 ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     """Each position's ``(lora_A, lora_B)`` from ``state_dict`` on its base layer's device and dtype, or None when
-    the keys or shapes do not fit or a wrapper has no slot of that rank set aside (peft's own path then loads, or
-    refuses, it)."""
+    the keys or shapes do not fit or a wrapper has no slot of that rank set aside under ``adapter_name`` (peft's own
+    path then loads, or refuses, it)."""
     if len(state_dict) != 2 * len(kept.positions):
         return None
     weights = []

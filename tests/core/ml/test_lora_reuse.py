@@ -206,3 +206,33 @@ def test_an_adapter_that_does_not_fit_is_refused_with_kept_wrappers(
             states.append(_model_state(components.unet))
     _assert_same_state(*states)
     unchanged()
+
+
+def test_an_adapter_of_another_name_takes_a_kept_slot(
+    components: SDComponents, corgi: EDLoRAWeights, tabby: EDLoRAWeights, unchanged: Callable[[], None]
+) -> None:
+    # A training job's diagnostic attaches its adapter under its own name between generations: it must reuse the
+    # generations' wrappers (and leave them for the next generation), not inject new ones and drop the kept ones.
+    first = _unet_wrappers(components, [ConceptPlacement(corgi, None)])
+
+    def diagnostic() -> tuple[list[torch.nn.Module], dict[str, Any]]:
+        with lora_scope(components.unet):
+            add_lora(
+                components.unet,
+                "tessera_diagnostic",
+                rank=tabby.rank,
+                targets=UNET_TARGETS,
+                multiplier=1.0,
+                state_dict=tabby.unet_lora,
+            )
+            layers = [m for m in components.unet.modules() if isinstance(m, LoraLayer)]
+            return layers, _model_state(components.unet)
+
+    reused_layers, reused = diagnostic()
+    with fresh_lora_layers():
+        _, fresh = diagnostic()
+    _assert_same_state(reused, fresh)
+    assert all(a is b for a, b in zip(first, reused_layers, strict=True))
+    after = _unet_wrappers(components, [ConceptPlacement(corgi, None), ConceptPlacement(tabby, None)])
+    assert all(a is b for a, b in zip(first, after, strict=True))
+    unchanged()
