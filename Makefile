@@ -6,19 +6,36 @@ PRESET ?= shapes
 # Every install goes through the lock, so no step can pull a different torch.
 PIP    := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo serve test lint test-fast eval bench clean
+.PHONY: demo serve test lint test-fast eval bench clean client-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q --upgrade pip
 
-$(VENV)/.installed-run: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) -e '.[api,worker]'
+# The Python client (clients/python) is a package of its own; the demo, the CLI and the tests use it.
+$(VENV)/.installed-run: $(BIN)/python pyproject.toml constraints.txt clients/python/pyproject.toml
+	$(PIP) -e ./clients/python -e '.[api,worker]'
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed-run
-	$(PIP) -e '.[api,worker,dev]'
+	$(PIP) -e ./clients/python -e '.[api,worker,dev]'
 	touch $@
+
+# A venv with nothing but the client package (installed as a user would, not editable) and pytest: proof that the
+# client needs nothing of the server.
+CLIENT_VENV ?= .venv-client
+CLIENT_SOURCES := $(wildcard clients/python/src/tessera_client/*)
+
+$(CLIENT_VENV)/.installed: clients/python/pyproject.toml constraints.txt $(CLIENT_SOURCES)
+	rm -rf $(CLIENT_VENV)
+	$(PYTHON) -m venv $(CLIENT_VENV)
+	$(CLIENT_VENV)/bin/pip install --disable-pip-version-check -q -c constraints.txt ./clients/python pytest
+	touch $@
+
+## client-test: the client's own tests that need no server (models, retries, SSE resume on loopback servers),
+## in .venv-client where only the client package is installed; the server-backed ones run in `make test`
+client-test: $(CLIENT_VENV)/.installed
+	$(CLIENT_VENV)/bin/python -m pytest clients/python/tests/unit -q -p no:cacheprovider
 
 ## demo: start the embedded service, train two concepts and generate an image with both, over HTTP
 demo: $(VENV)/.installed-run
@@ -38,11 +55,11 @@ bench: $(VENV)/.installed-dev
 
 ## lint: ruff and mypy on the code
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check core services tessera_shapes tests bench
+	$(BIN)/ruff check core services tessera_shapes tests bench clients
 	$(BIN)/mypy
 
 ## test: lint, then the whole suite (unit + integration, real Redis / S3 / Celery processes) on two workers
-test: lint deploy-tools
+test: lint deploy-tools client-test
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2
 
 ## test-fast: the suite without the slow integration tests
@@ -50,7 +67,7 @@ test-fast: $(VENV)/.installed-dev
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CLIENT_VENV) data .pytest_cache .mypy_cache .ruff_cache
 
 .PHONY: deploy-tools
 ## deploy-tools: what tests/deploy needs beyond the venv: docker-compose (apt, only as root) and hadolint (pip).
