@@ -7,7 +7,12 @@ worker → local object store), both warm, alternating, and prints the wall time
     .venv/bin/python -m bench.job_overhead [--repeats 5] [--train-steps 20] [--sample-steps 10] [--rows FILE]
 
 Suite rows: ``service_overhead.generation_p50_ms`` (the median over rounds of service minus direct, target < 50 ms:
-what a user pays for the API, the queue and the worker around the pipeline) and ``service_overhead.training_ratio``.
+what a user pays for the API, the queue and the worker around the pipeline; its ``about`` breaks the service arm
+down by the job record's timestamps and stages) and ``service_overhead.training_ratio``.
+
+Rounds interleave trainings and generations on the same worker, as a real one sees them: a training's diagnostic
+once dropped the generation's kept LoRA wrappers, so every generation after a training injected them again (+115
+ms here; ``core.ml.edlora.lora`` now hands kept slots between adapter names).
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -34,6 +41,23 @@ from core.ml.fusion.regional import ConceptPlacement, generate_regional
 from services.client import TesseraClient
 from services.demo import sample_images
 from services.embedded import Stack
+
+
+def _stamp(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def _parts(job: dict[str, Any], total: float, seen: float) -> dict[str, float]:
+    """Where a service generation's wall time went (seconds): from the job record's timestamps and stages."""
+    created, started, completed = (_stamp(job[k]) for k in ("created_at", "started_at", "completed_at"))
+    stages = job["metrics"]["stages"]
+    return {
+        "total": total,
+        "queue": started - created,
+        **stages,
+        "worker other": (completed - started) - sum(stages.values()),
+        "to client": seen - completed,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -119,11 +143,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                 )
 
             def service_generate() -> None:
+                t0 = time.perf_counter()
                 final = client.wait(client.create_generation(service_body)["id"], poll=0.02)
+                seen = time.time()
                 assert final["status"] == "succeeded", final["error"]
+                parts.append(_parts(final, time.perf_counter() - t0, seen))
 
+            parts: list[dict[str, float]] = []
             direct_generate()
             service_generate()
+            parts.clear()  # the warm-up is not a sample
             times: dict[str, list[float]] = {
                 k: [] for k in ("train direct", "train service", "gen direct", "gen service")
             }
@@ -146,6 +175,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     for kind in ("train", "gen"):
         d, s = med[f"{kind} direct"], med[f"{kind} service"]
         print(f"  {kind:<5} direct {d:7.3f}s  service {s:7.3f}s  ratio {s / d:5.2f}  overhead {s - d:+.3f}s")
+    part_ms = {key: statistics.median(p.get(key, 0.0) for p in parts) * 1000 for key in parts[0]}
+    part_ms["sampling"] -= med["gen direct"] * 1000  # the worker's sampling beyond the same call in process
+    print("  service generation, median ms per part (sampling: beyond the direct call):")
+    for key, value in part_ms.items():
+        print(f"    {key:<13} {value:7.1f}")
+    breakdown = ", ".join(f"{key} {value:.0f}" for key, value in part_ms.items() if key != "total")
     # Paired per round (the arms ran back to back), so slow phases of a noisy machine cancel.
     added = statistics.median(s - d for s, d in zip(times["gen service"], times["gen direct"], strict=True))
     write_rows(
@@ -157,7 +192,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "the same 2-concept regional generation called in process (tiny preset, warm)",
                 "< 50",
                 "What the API, the Redis job store, the Celery queue, the worker's input fetch and output upload add "
-                f"to one generation ({args.sample_steps} steps, 64 px), median over {args.repeats} paired rounds.",
+                f"to one generation ({args.sample_steps} steps, 64 px), median over {args.repeats} paired rounds. "
+                f"Median parts, ms: {breakdown} (queue: created to started; sampling: the worker's beyond the direct "
+                "call; to client: completion to the client's next poll, which polls every 20 ms).",
             ),
             Row(
                 "service_overhead.training_ratio",
