@@ -2,7 +2,8 @@
 
 Keys (prefix ``tessera:``):
 - ``job:{id}``             JSON ``JobRecord``
-- ``job:{id}:progress``    JSON progress of the running stage (written often, kept apart from the record)
+- ``job:{id}:progress``    JSON ``JobProgress`` of the job (written often while it runs, kept apart from the record;
+                           final once the job ends, and then kept as long as the record)
 - ``job:{id}:cancel``      set when a client asked to cancel
 - ``job:{id}:lease``       owner of a running job; expires unless the owner renews it (worker liveness)
 - ``tenant:{t}:jobs``      time index for listing
@@ -19,7 +20,6 @@ without its message (nor the reverse).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +29,7 @@ import redis
 
 from core.errors import ConflictError, InvalidTransitionError, NotFoundError, QuotaExceededError
 from core.jobs import TERMINAL, JobRecord, check_transition, utcnow
-from core.progress import Progress
+from core.progress import terminal_progress
 from core.schemas import JobKind, JobProgress, JobStatus
 from core.stores import stats
 from core.stores.index import TimeIndex, index_member
@@ -228,6 +228,7 @@ class JobStore:
         """
         allowed = {expected} if isinstance(expected, str) else set(expected)
         key = self._key(job_id)
+        progress_key = self._key(job_id, ":progress")
 
         def apply(pipe: redis.client.Pipeline) -> JobRecord:
             raw = pipe.get(key)
@@ -246,6 +247,12 @@ class JobStore:
                 record.completed_at = now
             if update is not None:
                 update(record)
+            final = None
+            if new in TERMINAL and old == "running":
+                # The progress a finished job shows everywhere (GET, the terminal SSE event, webhook bodies), kept as
+                # long as the record: succeeded is DONE, failed and canceled keep what they reached.
+                last = cast(bytes | None, pipe.get(progress_key))
+                final = terminal_progress(new, None if last is None else JobProgress.model_validate_json(last))
             pipe.multi()
             pipe.set(key, record.model_dump_json(), ex=self.ttl_seconds if new in TERMINAL else None)
             queue_index = self._queue_index(record.queue)
@@ -257,8 +264,15 @@ class JobStore:
                 pipe.sadd(f"{PREFIX}running", job_id)
             else:
                 pipe.srem(f"{PREFIX}running", job_id)
+            if new == "queued":
+                # A job handed back runs again from its first stage: the last run's progress is not its progress.
+                pipe.delete(progress_key)
             if new in TERMINAL:
-                for suffix in (":progress", ":cancel", ":lease"):
+                if final is None:
+                    pipe.delete(progress_key)
+                else:
+                    pipe.set(progress_key, final.model_dump_json(), ex=self.ttl_seconds)
+                for suffix in (":cancel", ":lease"):
                     pipe.expire(self._key(job_id, suffix), 3600)
                 pipe.srem(self._active_key(record.tenant), job_id)
                 stats.count_finished(pipe, record.kind, new)
@@ -269,13 +283,13 @@ class JobStore:
                 stats.observe(
                     pipe, "queue_seconds", record.kind, (record.started_at - record.created_at).total_seconds()
                 )
-            self._append_event(pipe, record, None)
+            self._append_event(pipe, record, final)
             return record
 
         with self._r.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    pipe.watch(key, progress_key)  # type: ignore[no-untyped-call]
                     record = apply(pipe)
                     pipe.execute()
                     break
@@ -293,28 +307,36 @@ class JobStore:
                 logger.exception("job listener failed for %s (%s)", job_id, event)
 
     # ---- progress
-    def report_progress(self, job_id: str, progress: Progress, *, stage_started: float) -> None:
-        """Record the running stage's progress, with an ETA from the stage's rate so far."""
-        elapsed = time.time() - stage_started
-        eta = None
-        if progress.step > 0 and progress.total_steps > 0:
-            eta = round(elapsed / progress.step * (progress.total_steps - progress.step), 2)
-        value = JobProgress(
-            stage=progress.stage,
-            step=progress.step,
-            total_steps=progress.total_steps,
-            fraction=round(progress.fraction, 4),
-            eta_seconds=eta,
-        )
-        raw = self._r.get(self._key(job_id))
+    def report_progress(self, job_id: str, progress: JobProgress) -> bool:
+        """Record the progress of a running job (``core.progress.ProgressTracker`` computes it) and append it to the
+        job's event stream; returns whether it was written.
+
+        Only a running job takes progress: once the job ended (its final progress is written by ``transition``) or
+        went back to the queue, a late report is dropped instead of overwriting that.
+        """
+        key, progress_key = self._key(job_id), self._key(job_id, ":progress")
         with self._r.pipeline() as pipe:
-            pipe.set(self._key(job_id, ":progress"), value.model_dump_json(), ex=self.ttl_seconds)
-            if raw is not None:
-                self._append_event(pipe, JobRecord.model_validate_json(raw), value)
-            pipe.execute()
+            while True:
+                try:
+                    # The status check and the write are one step: a transition in between makes this try again.
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    raw = cast(bytes | None, pipe.get(key))
+                    record = None if raw is None else JobRecord.model_validate_json(raw)
+                    if record is None or record.status != "running":
+                        pipe.reset()
+                        return False
+                    pipe.multi()
+                    pipe.set(progress_key, progress.model_dump_json(), ex=self.ttl_seconds)
+                    self._append_event(pipe, record, progress)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
         self._notify(None, job_id, "progress")
+        return True
 
     def get_progress(self, job_id: str) -> JobProgress | None:
+        """The job's progress: the latest report while it runs, the final one once it ended, None before it ran."""
         raw = self._r.get(self._key(job_id, ":progress"))
         return None if raw is None else JobProgress.model_validate_json(raw)
 

@@ -16,6 +16,7 @@ from core.ml.fusion.conductor import LayoutReference, generate_conductor
 from core.ml.fusion.regional import ConceptPlacement, GenerationResult, generate_regional
 from core.ml.prompts import bind_prompt
 from core.ml.styling.pipeline import style_images
+from core.progress import generation_plan
 from core.schemas import GenerationRequest
 from services.worker.outputs import store_png
 from services.worker.run import JobRun
@@ -97,6 +98,7 @@ def run_generation(run: JobRun) -> dict[str, Any]:
     request = GenerationRequest.model_validate(run.record.input).with_defaults(
         run.ctx.settings.models.generation_defaults
     )
+    run.plan(generation_plan(styling=bool(run.record.plan.get("style"))))
     with run.stage("loading"):
         run.ctx.models.components()
         placements = _placements(run)

@@ -18,15 +18,17 @@ from typing import Any
 
 from core.errors import InvalidTransitionError, JobCanceledError, NotFoundError, ServiceError
 from core.jobs import JobRecord
-from core.progress import Progress, StepCallback
-from core.schemas import JobError
+from core.progress import Progress, ProgressTracker, StagePlan, StepCallback, stage_plan
+from core.schemas import JobError, JobProgress
 from services import logs
 from services.worker import metrics
 from services.worker.context import WorkerContext
 
 logger = logging.getLogger(__name__)
 
-# Progress writes and cancel checks hit Redis at most this often per job (steps can take milliseconds).
+# Progress writes and cancel checks hit Redis at most this often per job (steps can take milliseconds). Stage starts
+# and ends and a stage's first and last steps are written regardless, so even a job shorter than this shows a poller
+# how far it got.
 REPORT_INTERVAL_S = 0.2
 
 
@@ -54,18 +56,40 @@ class JobRun:
         self.stages: dict[str, float] = {}
         self._last_report = 0.0
         self._last_cancel_check = 0.0
+        self._last_written: tuple[str, int, int, float] | None = None
+        # Every stage the kind can run, until the body says which it will (``plan``).
+        self.progress = ProgressTracker(stage_plan(record.kind, skip=()))
+
+    def plan(self, plan: StagePlan) -> None:
+        """Declare the stages this job will run (before the first one), so that the overall fraction weighs only
+        those; see ``core.progress.training_plan`` and ``generation_plan``."""
+        self.progress = ProgressTracker(plan)
+
+    def _write(self, value: JobProgress, *, force: bool) -> None:
+        """Store ``value`` when forced or when the last write is ``REPORT_INTERVAL_S`` old; never the same twice."""
+        now = time.monotonic()
+        same = (value.stage, value.step, value.total_steps, value.fraction)
+        if same == self._last_written or (not force and now - self._last_report < REPORT_INTERVAL_S):
+            return
+        self._last_report, self._last_written = now, same
+        self.ctx.jobs.report_progress(self.record.id, value)
+
+    def flush_progress(self) -> None:
+        """Write the latest progress a throttled report held back (a job that stops keeps what it reached)."""
+        self._write(self.progress.snapshot(), force=True)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Time a stage into ``metrics.stages`` and report it as the current stage."""
+        """Time a stage into ``metrics.stages``; report its start and, when it completes, its end."""
         started = time.time()
-        self.ctx.jobs.report_progress(self.record.id, Progress(name, 0, 1), stage_started=started)
+        self._write(self.progress.begin(name), force=True)
         try:
             yield
         finally:
             elapsed = time.time() - started
             self.stages[name] = round(self.stages.get(name, 0.0) + elapsed, 3)
             metrics.STAGE_SECONDS.labels(self.record.kind, name).observe(elapsed)
+        self._write(self.progress.end(name), force=True)
 
     def check_cancel(self, *, force: bool = True) -> None:
         """Raise ``JobCanceledError`` when a client asked to cancel this job, ``HandedBack`` when the worker is
@@ -80,16 +104,12 @@ class JobRun:
             raise JobCanceledError(f"job {self.record.id} canceled")
 
     def reporter(self, stage: str) -> StepCallback:
-        """A pipeline callback: records progress (throttled; the last step always) and checks for cancel."""
-        started = time.time()
+        """A pipeline callback: records progress (throttled; the first and last steps always) and checks for
+        cancel."""
 
         def on_step(progress: Progress) -> None:
-            now = time.monotonic()
-            if progress.step >= progress.total_steps or now - self._last_report >= REPORT_INTERVAL_S:
-                self._last_report = now
-                self.ctx.jobs.report_progress(
-                    self.record.id, Progress(stage, progress.step, progress.total_steps), stage_started=started
-                )
+            value = self.progress.step(stage, progress.step, progress.total_steps)
+            self._write(value, force=progress.step <= 1 or progress.step >= progress.total_steps)
             self.check_cancel(force=False)
 
         return on_step
@@ -201,6 +221,8 @@ def _execute(
         r.stages = run.stages
 
     try:
+        if status != "succeeded":
+            run.flush_progress()
         if status != "succeeded" and on_abort is not None:
             on_abort(record)
         ctx.jobs.transition(job_id, "running", status, update=update)  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ from core.ml.edlora.composites import Cutout, TrainingExample, compose_examples,
 from core.ml.edlora.diagnostics import measure_attention_in_mask
 from core.ml.edlora.trainer import train_edlora
 from core.ml.masks.segmenter import ConceptMasks, compute_masks
-from core.progress import Progress
+from core.progress import Progress, training_plan
 from core.schemas import MaskPrompt, TrainingRequest
 from services.worker.context import WorkerContext
 from services.worker.outputs import store_png
@@ -209,6 +209,8 @@ def run_training(run: JobRun) -> dict[str, object]:
     request = TrainingRequest.model_validate(record.input)
     plan = record.plan
     composing = makes_composites(request)
+    # Segment Anything runs unless every image came with a mask (_masks).
+    run.plan(training_plan(masking=not plan.get("mask_keys"), compositing=composing))
     with run.stage("downloading"):
         images = [load_image(ctx.objects.get_bytes(key)) for key in plan["image_keys"]]
         user: list[PIL.Image.Image | None] = [None] * len(images)

@@ -10,7 +10,8 @@ import redis
 
 from core.errors import ConflictError, InvalidTransitionError, NotFoundError, QuotaExceededError
 from core.jobs import JobRecord, new_id
-from core.progress import Progress
+from core.progress import DONE
+from core.schemas import JobProgress
 from core.stores.jobs import JobStore, QueueMessage
 
 
@@ -147,13 +148,63 @@ def test_progress_and_cancel_flag(store: JobStore) -> None:
     job = _job()
     store.create(job)
     assert store.get_progress(job.id) is None
-    store.report_progress(job.id, Progress("training", 5, 20), stage_started=time.time() - 1.0)
-    progress = store.get_progress(job.id)
-    assert progress is not None and progress.fraction == 0.25 and progress.eta_seconds is not None
-    assert progress.eta_seconds > 0
+    value = JobProgress(fraction=0.4, stage="training", stage_fraction=0.25, step=5, total_steps=20, eta_seconds=3.0)
+    # Only a running job takes progress.
+    assert not store.report_progress(job.id, value)
+    assert store.get_progress(job.id) is None
+    store.transition(job.id, "queued", "running")
+    assert store.report_progress(job.id, value)
+    assert store.get_progress(job.id) == value
     assert not store.cancel_requested(job.id)
     store.request_cancel(job.id)
     assert store.cancel_requested(job.id)
+
+
+def _events(store: JobStore, job_id: str) -> list[tuple[str, JobProgress | None]]:
+    entries = store._r.xrange(store.events_key(job_id))
+    return [
+        (
+            JobRecord.model_validate_json(fields[b"record"]).status,
+            JobProgress.model_validate_json(fields[b"progress"]) if fields[b"progress"] else None,
+        )
+        for _, fields in entries
+    ]
+
+
+def test_terminal_progress_is_final_in_the_store_and_the_event(store: JobStore) -> None:
+    reached = JobProgress(fraction=0.3, stage="training", stage_fraction=0.1, step=2, total_steps=20, eta_seconds=9.0)
+    ended = {}
+    for status in ("succeeded", "failed", "canceled"):
+        job = _job()
+        store.create(job)
+        store.transition(job.id, "queued", "running")
+        store.report_progress(job.id, reached)
+        store.transition(job.id, "running", status)  # type: ignore[arg-type]
+        ended[status] = store.get_progress(job.id)
+        # The terminal event carries the same progress as the store (SSE shows what GET shows).
+        assert _events(store, job.id)[-1] == (status, ended[status])
+        # A late report from the worker does not move a finished job.
+        assert not store.report_progress(job.id, reached.model_copy(update={"fraction": 0.5}))
+        assert store.get_progress(job.id) == ended[status]
+        # Kept as long as the record, not an hour.
+        assert store._r.ttl(store._key(job.id, ":progress")) > 3600
+    assert ended["succeeded"] == DONE
+    assert ended["failed"] == ended["canceled"] == reached.model_copy(update={"eta_seconds": None})
+
+
+def test_canceled_while_queued_has_no_progress_and_a_requeued_job_starts_over(store: JobStore) -> None:
+    job = _job()
+    store.create(job)
+    store.transition(job.id, "queued", "canceled")
+    assert store.get_progress(job.id) is None and _events(store, job.id)[-1] == ("canceled", None)
+    job = _job()
+    store.create(job)
+    store.transition(job.id, "queued", "running")
+    store.report_progress(job.id, JobProgress(fraction=0.5, stage="training"))
+    store.transition(job.id, "running", "queued")  # its worker died
+    assert store.get_progress(job.id) is None
+    store.transition(job.id, "queued", "canceled")
+    assert store.get_progress(job.id) is None
 
 
 def test_leases_expire_and_orphans_are_found(store: JobStore) -> None:
