@@ -24,6 +24,8 @@ from services.api.state import ApiState
 router = APIRouter()
 
 REPLAYED_HEADER = "Idempotent-Replayed"
+# Longest single blocking read of a job's event stream (ms); keep-alives still follow events_keepalive_seconds.
+_EVENTS_BLOCK_MS = 1000
 _CREATED_HEADERS = {
     "Location": {"description": "/v1/jobs/{id} of the job.", "schema": {"type": "string"}},
     REPLAYED_HEADER: {
@@ -342,11 +344,18 @@ async def job_events(
     async def stream() -> AsyncIterator[str]:
         last = last_event_id or "0-0"
         key = state.jobs.events_key(job_id)
+        idle_since = time.monotonic()
         while not await request.is_disconnected():
-            entries = cast(list[Any], await state.aredis.xread({key: last}, block=keepalive_ms, count=100))
+            # Block in short reads: one longer than the Redis client's socket timeout (5 s by default) would end
+            # the stream with a timeout while a job is quiet (a worker loading models).
+            block = min(keepalive_ms, _EVENTS_BLOCK_MS)
+            entries = cast(list[Any], await state.aredis.xread({key: last}, block=block, count=100))
             if not entries:
-                yield ": keep-alive\n\n"
+                if time.monotonic() - idle_since >= keepalive_ms / 1000:
+                    idle_since = time.monotonic()
+                    yield ": keep-alive\n\n"
                 continue
+            idle_since = time.monotonic()
             for _, items in entries:
                 for entry_id, fields in items:
                     last = entry_id.decode()
