@@ -43,43 +43,54 @@ class _Strict(BaseModel):
 
 
 class FileObject(BaseModel):
-    id: str
+    """An uploaded image (or a job's output image, which is a file of the tenant too)."""
+
+    id: str = Field(description="file_…")
     object: Literal["file"] = "file"
-    content_type: str
-    bytes: int
-    width: int
-    height: int
-    sha256: str
-    created_at: datetime
-    url: str | None = None
-    expires_at: datetime | None = None
+    content_type: str = Field(description="image/png, image/jpeg or image/webp.")
+    bytes: int = Field(description="Size in bytes.")
+    width: int = Field(description="Pixels, after EXIF orientation.")
+    height: int = Field(description="Pixels, after EXIF orientation.")
+    sha256: str = Field(description="Hex SHA-256 of the stored bytes.")
+    created_at: datetime = Field(description="When it was uploaded (or written, for an output).")
+    url: str | None = Field(
+        None, description="A short-lived signed URL to the bytes (GET /v1/files/{id} only; null elsewhere)."
+    )
+    expires_at: datetime | None = Field(None, description="When url stops working.")
 
 
 # ---- concepts ----------------------------------------------------------------------------------------------
 
 
 class AdapterInfo(BaseModel):
-    bytes: int
-    sha256: str
-    format: str
-    url: str | None = None
+    """A ready concept's trained adapter."""
+
+    bytes: int = Field(description="Size of the adapter file.")
+    sha256: str = Field(description="Hex SHA-256 of the adapter file.")
+    format: str = Field(description="The adapter format and version (a safetensors file with a JSON metadata header).")
+    url: str | None = Field(None, description="A short-lived signed URL to download the adapter.")
 
 
 class Concept(BaseModel):
-    id: str
+    """A concept a training taught the service."""
+
+    id: str = Field(description="cpt_…")
     object: Literal["concept"] = "concept"
-    name: str
-    class_word: str
-    status: Literal["training", "ready", "failed"]
-    training_job_id: str
-    created_at: datetime
-    adapter: AdapterInfo | None = None
-    metadata: Metadata | None = None
+    name: str = Field(description="How prompts refer to it: <name>.")
+    class_word: str = Field(description="The plain word the concept is a kind of.")
+    status: Literal["training", "ready", "failed"] = Field(
+        description="training while its training job runs; ready to use; failed when the training failed or was "
+        "canceled."
+    )
+    training_job_id: str = Field(description="The training job that makes it.")
+    created_at: datetime = Field(description="When the training was accepted.")
+    adapter: AdapterInfo | None = Field(None, description="Set once ready.")
+    metadata: Metadata | None = Field(None, description="The training request's metadata.")
 
 
 class ConceptList(BaseModel):
-    data: list[Concept]
-    next_cursor: str | None = None
+    data: list[Concept] = Field(description="One page, newest first.")
+    next_cursor: str | None = Field(None, description="cursor of the next page; null on the last.")
 
 
 # ---- requests ----------------------------------------------------------------------------------------------
@@ -203,15 +214,22 @@ class TrainingRequest(_Strict):
     concept: ConceptSpec
     images: list[str] = Field(min_length=1, max_length=50, description="1..50 file ids of this tenant.")
     masks: list[str] | None = Field(None, description="Optional mask file per image (white = the concept).")
-    mask_prompts: list[MaskPrompt | None] | None = None
-    captions: list[Text | None] | None = None
+    mask_prompts: list[MaskPrompt | None] | None = Field(
+        None,
+        description="Optional, one per image: where the concept is, for Segment Anything (null = the default choice).",
+    )
+    captions: list[Text | None] | None = Field(
+        None, description="Optional, one per image; <name> inside stands for the concept (null = a default caption)."
+    )
     options: EDLoRAConfig = Field(default_factory=EDLoRAConfig)
     composites: CompositesSpec | None = Field(
         None, description="Optional: also train on composites of the concept beside other concepts' objects."
     )
-    webhook: str | None = None
-    webhook_events_filter: list[WebhookEvent] | None = None
-    metadata: Metadata | None = None
+    webhook: str | None = Field(None, description="https URL to POST this job's events to (see Webhooks).")
+    webhook_events_filter: list[WebhookEvent] | None = Field(
+        None, description="Which events to send: start, progress, completed (default: completed)."
+    )
+    metadata: Metadata | None = Field(None, description="Any JSON object; echoed on the job and the concept.")
 
     def with_defaults(self, defaults: TrainingDefaults) -> TrainingRequest:
         """A copy whose options take the preset's ``defaults`` for every option the request did not set."""
@@ -235,7 +253,7 @@ Box = tuple[float, float, float, float]
 
 
 class Region(_Strict):
-    box: Box | None = None
+    box: Box | None = Field(None, description="[x0, y0, x1, y1], 0..1 of the image, x0 < x1 and y0 < y1.")
     mask: str | None = Field(None, description="A file id of a mask image (white = the region).")
 
     @model_validator(mode="after")
@@ -251,25 +269,31 @@ class Region(_Strict):
 
 class ConceptUse(_Strict):
     concept: str = Field(description="Concept name or id.")
-    region: Region | None = None
+    region: Region | None = Field(
+        None, description="Where the concept goes: a box or a mask file; absent = automatic layout."
+    )
     weight: float | None = Field(
         None, ge=0.0, le=2.0, description="Adapter scale (LoRA strength). Default: the preset's (sd15 0.7)."
     )
 
 
 class LayoutSpec(_Strict):
-    image: str
-    masks: list[str] | None = None
+    image: str = Field(description="File id of the reference image.")
+    masks: list[str] | None = Field(None, description="File ids of one mask per concept.")
 
 
 class StyleSpec(_Strict):
-    image: str
+    image: str = Field(description="File id of the style image.")
     scale: float = Field(1.0, ge=0.0, le=2.0)
-    mode: Literal["style", "style_and_layout"] = "style"
+    mode: Literal["style", "style_and_layout"] = Field(
+        "style", description="style: style-carrying attention blocks only; style_and_layout: the layout blocks too."
+    )
 
 
 class ControlSpec(_Strict):
-    type: Literal["canny", "softedge", "depth"] = "canny"
+    type: Literal["canny", "softedge", "depth"] = Field(
+        "canny", description="What the ControlNet is conditioned on, computed from the stage-1 image."
+    )
     scale: float = Field(0.6, ge=0.0, le=2.0)
 
 
@@ -283,10 +307,14 @@ class GenerationRequest(_Strict):
     prompt: Text = Field(min_length=1, max_length=1000)
     negative_prompt: Text = Field("", max_length=1000)
     concepts: list[ConceptUse] | None = Field(None, max_length=4)
-    layout: LayoutSpec | None = None
-    fusion: Literal["regional", "conductor"] = "conductor"
-    style: StyleSpec | None = None
-    control: ControlSpec | None = None
+    layout: LayoutSpec | None = Field(
+        None, description="Optional reference image (and masks) whose layout the result follows."
+    )
+    fusion: Literal["regional", "conductor"] = Field(
+        "conductor", description="conductor (Concept Conductor multipath sampling) or regional (the cheap baseline)."
+    )
+    style: StyleSpec | None = Field(None, description="Optional: a styling stage with IP-Adapter on this image.")
+    control: ControlSpec | None = Field(None, description="ControlNet of the styling stage (needs style).")
     # Left out, these take the preset's defaults (``core.config.PRESET_GENERATION_DEFAULTS``: its native size and
     # the sampling it was measured with); the accepted job records the values it ran with.
     width: Annotated[int | None, Field(ge=64, le=1024, description="Default: the preset's native width.")] = None
@@ -295,9 +323,11 @@ class GenerationRequest(_Strict):
     guidance_scale: float | None = Field(None, ge=0.0, le=30.0, description="Default: the preset's (sd15 7.5).")
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     num_outputs: int = Field(1, ge=1, le=8)
-    webhook: str | None = None
-    webhook_events_filter: list[WebhookEvent] | None = None
-    metadata: Metadata | None = None
+    webhook: str | None = Field(None, description="https URL to POST this job's events to (see Webhooks).")
+    webhook_events_filter: list[WebhookEvent] | None = Field(
+        None, description="Which events to send: start, progress, completed (default: completed)."
+    )
+    metadata: Metadata | None = Field(None, description="Any JSON object; echoed on the job.")
 
     @field_validator("width", "height")
     @classmethod
@@ -354,20 +384,28 @@ class JobProgress(BaseModel):
 
 
 class JobError(BaseModel):
-    code: str
-    message: str
+    """Why a job failed (or was canceled)."""
+
+    code: str = Field(description="Stable machine-readable reason (docs/problems.md, job error codes).")
+    message: str = Field(description="What happened, for a person.")
 
 
 class JobMetrics(BaseModel):
-    queue_seconds: float | None = None
-    run_seconds: float | None = None
+    """How long the job waited and ran."""
+
+    queue_seconds: float | None = Field(None, description="Time from creation to start (or to now while queued).")
+    run_seconds: float | None = Field(
+        None, description="Time from start to end (or to now while running); null before it starts."
+    )
     stages: dict[str, float] = Field(default_factory=dict)
 
 
 class JobUrls(BaseModel):
-    get: str
-    cancel: str
-    events: str
+    """Absolute URLs of the job's routes."""
+
+    get: str = Field(description="GET this to read the job.")
+    cancel: str = Field(description="POST this to cancel it.")
+    events: str = Field(description="GET this for its server-sent events.")
 
 
 class Image(BaseModel):
@@ -413,21 +451,32 @@ JobOutput = Annotated[TrainingOutput | GenerationOutput, Field(discriminator="ki
 
 
 class Job(BaseModel):
-    id: str
+    """The one object create, GET, every stream event and every webhook return."""
+
+    id: str = Field(description="job_…")
     object: Literal["job"] = "job"
-    kind: JobKind
-    status: JobStatus
-    created_at: datetime
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    queue_position: int | None = None
-    progress: JobProgress | None = None
-    input: dict[str, Any]
-    output: JobOutput | None = None
-    error: JobError | None = None
+    kind: JobKind = Field(description="training or generation: which request made it, and which output it has.")
+    status: JobStatus = Field(
+        description="queued → running → succeeded | failed | canceled, or queued → canceled; a job whose worker "
+        "died goes back to queued and runs again."
+    )
+    created_at: datetime = Field(description="When it was accepted.")
+    started_at: datetime | None = Field(
+        None, description="When a worker started it (the latest start, if it ran again)."
+    )
+    completed_at: datetime | None = Field(None, description="When it reached a terminal status.")
+    queue_position: int | None = Field(
+        None, description="Jobs ahead of it in its queue (0 = next); null unless queued."
+    )
+    progress: JobProgress | None = Field(None, description="Where a running job is; null while queued.")
+    input: dict[str, Any] = Field(description="The accepted request, with the defaults it ran with filled in.")
+    output: JobOutput | None = Field(
+        None, description="The result (succeeded jobs only): TrainingOutput or GenerationOutput, told apart by kind."
+    )
+    error: JobError | None = Field(None, description="Why it failed or was canceled; null otherwise.")
     metrics: JobMetrics = Field(default_factory=JobMetrics)
     urls: JobUrls
-    metadata: Metadata | None = None
+    metadata: Metadata | None = Field(None, description="The request's metadata, echoed.")
 
     @model_validator(mode="before")
     @classmethod
@@ -439,5 +488,5 @@ class Job(BaseModel):
 
 
 class JobList(BaseModel):
-    data: list[Job]
-    next_cursor: str | None = None
+    data: list[Job] = Field(description="One page, newest first.")
+    next_cursor: str | None = Field(None, description="cursor of the next page; null on the last.")
