@@ -306,3 +306,48 @@ def test_models_pull_job_fills_the_models_volume(rendered: dict[str, list[Manife
     assert volume["persistentVolumeClaim"]["claimName"] == "tessera-models"
     policy = _one(docs, "NetworkPolicy", "tessera-models-pull-egress")
     assert policy["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "tessera-models-pull"}}
+
+
+def _containers(docs: list[Manifest]) -> list[dict[str, Any]]:
+    found = []
+    for doc in docs:
+        pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+        found += pod.get("containers", []) + pod.get("initContainers", [])
+    return found
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_every_image_mapping_takes_effect(rendered: dict[str, list[Manifest]], path: str) -> None:
+    """Each ``images:`` entry of a kustomization matches an image of what it builds on (an entry naming an image
+    that a lower layer already renamed is silently ignored), and every Tessera container ends up on the image it
+    names."""
+    kustomization = yaml.safe_load((ROOT / path / "kustomization.yaml").read_text())
+    mappings = kustomization.get("images", [])
+    assert mappings, f"{path} names no images"
+    ours = [c["image"] for c in _containers(rendered[path]) if c["image"].rsplit("/", 1)[-1].startswith("tessera-")]
+    assert ours
+    wanted = set()
+    for mapping in mappings:
+        name, tag = mapping.get("newName", mapping["name"]), mapping["newTag"]
+        wanted.add(f"{name}:{tag}")
+        assert f"{name}:{tag}" in ours, f"{path}: the images entry for {mapping['name']} matched no container"
+    assert set(ours) <= wanted, f"{path}: containers left on images it did not choose: {set(ours) - wanted}"
+
+
+def test_dev_overlay_runs_the_locally_built_images(rendered: dict[str, list[Manifest]]) -> None:
+    images = {c["image"] for c in _containers(rendered["k8s/overlays/dev"])}
+    ours = {i for i in images if "tessera-" in i}
+    # The images the overlay's header says to build and load into the cluster, not the registry's.
+    assert ours == {"tessera-api:dev", "tessera-worker:cpu"}, ours
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_no_deployment_an_hpa_scales_sets_replicas(rendered: dict[str, list[Manifest]], path: str) -> None:
+    docs = rendered[path]
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    for hpa in (d for d in docs if d["kind"] == "HorizontalPodAutoscaler"):
+        target = hpa["spec"]["scaleTargetRef"]
+        assert target["kind"] == "Deployment"
+        assert "replicas" not in deployments[target["name"]]["spec"], (
+            f"{path}: the HPA {hpa['metadata']['name']} owns it"
+        )
