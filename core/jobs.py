@@ -75,7 +75,7 @@ class JobRecord(BaseModel):
     def to_public(
         self, *, base_url: str, progress: JobProgress | None, queue_position: int | None, now: datetime | None = None
     ) -> Job:
-        """The client-facing ``Job`` (API.md §6)."""
+        """The client-facing ``Job`` (docs/api.md, Job)."""
         now = now or utcnow()
         # Waiting ends when the job starts, or when it ends without starting (canceled while queued).
         queue_seconds = (self.started_at or self.completed_at or now) - self.created_at

@@ -93,7 +93,7 @@ def _style(run: JobRun, request: GenerationRequest, result: GenerationResult) ->
 
 
 def run_generation(run: JobRun) -> dict[str, Any]:
-    """Generate (and style) the images of ``run.record`` and store them as output files (API.md §5)."""
+    """Generate (and style) the images of ``run.record`` and store them as output files (docs/api.md)."""
     # The API fills sampling defaults at submission; a record written without them gets the same ones here.
     request = GenerationRequest.model_validate(run.record.input).with_defaults(
         run.ctx.settings.models.generation_defaults

@@ -24,7 +24,7 @@ def output_file_id(job_id: str, name: str) -> str:
 
 def store_png(run: JobRun, image: PIL.Image.Image, seed: int | None, *, name: str) -> dict[str, Any]:
     """Store ``image`` as output ``name`` of ``run``'s job (a file of its tenant) and return its Image entry
-    (API.md §5, without URL). The API's presenter adds ``url`` and ``expires_at`` when the job is read.
+    (docs/api.md, Image; without URL). The API's presenter adds ``url`` and ``expires_at`` when the job is read.
     """
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
