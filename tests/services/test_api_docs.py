@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from core.config import Settings
+from core.notifier import EVENT_TYPES
 from services.api.app import create_app
 from services.api.errors import PROBLEM_TYPES
 
@@ -170,3 +171,12 @@ def test_docs_cross_links_resolve() -> None:
     }
     links = set(re.findall(r"\]\(#([^)]+)\)", text))
     assert links <= anchors, sorted(links - anchors)
+
+
+def test_webhook_and_event_sections_name_what_is_sent() -> None:
+    text = (DOCS / "api.md").read_text()
+    webhooks = text[text.index("## Webhooks") : text.index("## Objects")]
+    for event, kind in EVENT_TYPES.items():
+        assert f'`"{kind}"`' in webhooks and f'"{event}"' in webhooks, (event, kind)
+    events = text[text.index("## Server-sent events") : text.index("## Webhooks")]
+    assert "event: job" in events and "Last-Event-ID" in events
