@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,21 +117,33 @@ _DESCRIPTIONS: dict[int, str] = {
 PROBLEM_SCHEMA_REF = "#/components/schemas/Problem"
 
 
-def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def responses(
+    *statuses: int, codes: Iterable[str] = (), descriptions: Mapping[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
     """The problem+json responses an operation can give, for a route's ``responses=``.
 
-    Each lists the codes of its status as examples. ``PROBLEM_SCHEMA_REF`` is added to the document's components by
-    ``services.api.openapi``; the schema is given by reference so FastAPI does not also list it as application/json.
+    Each status lists its problem codes as examples: of those in ``codes`` when ``codes`` names any of that status,
+    else all of them. ``descriptions`` replaces the generic description of a status for this operation.
+    ``PROBLEM_SCHEMA_REF`` is added to the document's components by ``services.api.openapi``; the schema is given by
+    reference so FastAPI does not also list it as application/json.
     """
+    chosen = set(codes)
+    unknown = chosen - set(PROBLEM_TYPES)
+    if unknown:
+        raise ValueError(f"undocumented problem codes {sorted(unknown)}: add them to PROBLEM_TYPES")
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
+        of_status = [code for code, kind in PROBLEM_TYPES.items() if kind.status == status]
+        named = [code for code in of_status if code in chosen] or of_status
         examples = {
-            code: {"summary": kind.summary, "value": _example(status, code, kind.summary)}
-            for code, kind in PROBLEM_TYPES.items()
-            if kind.status == status
+            code: {
+                "summary": PROBLEM_TYPES[code].summary,
+                "value": _example(status, code, PROBLEM_TYPES[code].summary),
+            }
+            for code in named
         }
         out[status] = {
-            "description": _DESCRIPTIONS[status],
+            "description": (descriptions or {}).get(status, _DESCRIPTIONS[status]),
             "content": {PROBLEM: {"schema": {"$ref": PROBLEM_SCHEMA_REF}, "examples": examples}},
         }
     return out

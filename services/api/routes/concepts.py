@@ -13,7 +13,12 @@ from services.api.errors import AUTHENTICATED, responses
 router = APIRouter(prefix="/v1/concepts", tags=["concepts"])
 
 
-@router.get("", response_model=ConceptList, operation_id="list_concepts", responses=responses(*AUTHENTICATED, 422))
+@router.get(
+    "",
+    response_model=ConceptList,
+    operation_id="list_concepts",
+    responses=responses(*AUTHENTICATED, 422, codes=("validation_error",)),
+)
 def list_concepts(
     state: State,
     tenant: Tenant,
@@ -26,13 +31,23 @@ def list_concepts(
     return ConceptList(data=[presenter.concept(r) for r in records], next_cursor=next_cursor)
 
 
-@router.get("/{ref}", response_model=Concept, operation_id="get_concept", responses=responses(*AUTHENTICATED, 404))
+@router.get(
+    "/{ref}",
+    response_model=Concept,
+    operation_id="get_concept",
+    responses=responses(*AUTHENTICATED, 404, codes=("not_found",)),
+)
 def get_concept(ref: str, state: State, tenant: Tenant, presenter: Presenting) -> Concept:
     """A concept by id or by name."""
     return presenter.concept(state.catalog.get_concept(tenant, ref))
 
 
-@router.delete("/{ref}", status_code=204, operation_id="delete_concept", responses=responses(*AUTHENTICATED, 404))
+@router.delete(
+    "/{ref}",
+    status_code=204,
+    operation_id="delete_concept",
+    responses=responses(*AUTHENTICATED, 404, codes=("not_found",)),
+)
 def delete_concept(ref: str, state: State, tenant: Tenant) -> Response:
     """Delete a concept and its adapter; its name becomes free again."""
     record = state.catalog.get_concept(tenant, ref)

@@ -37,7 +37,9 @@ _UPLOAD_EXAMPLE = {
     status_code=201,
     response_model=FileObject,
     operation_id="upload_file",
-    responses=responses(*AUTHENTICATED, 400, 413, 415, 422),
+    responses=responses(
+        *AUTHENTICATED, 400, 413, 415, 422, codes=("validation_error", "invalid_image", "image_too_large")
+    ),
     openapi_extra=_UPLOAD_EXAMPLE,
 )
 async def upload_file(
@@ -69,13 +71,23 @@ async def upload_file(
     return presenter.file(record)
 
 
-@router.get("/{file_id}", response_model=FileObject, operation_id="get_file", responses=responses(*AUTHENTICATED, 404))
+@router.get(
+    "/{file_id}",
+    response_model=FileObject,
+    operation_id="get_file",
+    responses=responses(*AUTHENTICATED, 404, codes=("not_found",)),
+)
 def get_file(file_id: str, state: State, tenant: Tenant, presenter: Presenting) -> FileObject:
     """A file, with a short-lived URL to its bytes."""
     return presenter.file(state.catalog.get_file(tenant, file_id), with_url=True)
 
 
-@router.delete("/{file_id}", status_code=204, operation_id="delete_file", responses=responses(*AUTHENTICATED, 404))
+@router.delete(
+    "/{file_id}",
+    status_code=204,
+    operation_id="delete_file",
+    responses=responses(*AUTHENTICATED, 404, codes=("not_found",)),
+)
 def delete_file(file_id: str, state: State, tenant: Tenant) -> Response:
     """Delete a file and its bytes."""
     record = state.catalog.get_file(tenant, file_id)

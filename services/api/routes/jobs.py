@@ -34,6 +34,29 @@ _CREATED_HEADERS = {
     },
 }
 
+# The problem codes a create call can answer besides the ones every route can (responses() examples).
+_CREATE_CODES = (
+    "validation_error",
+    "invalid_request",
+    "webhook_url_forbidden",
+    "invalid_idempotency_key",
+    "idempotency_key_reused",
+    "idempotency_request_in_flight",
+    "quota_exceeded",
+    "rate_limited",
+    "redis_unavailable",
+    "queue_unavailable",
+)
+_TRAINING_CODES = (
+    *_CREATE_CODES,
+    "unknown_file",
+    "invalid_mask",
+    "unknown_concept",
+    "neighbour_images_expired",
+    "concept_name_taken",
+)
+_GENERATION_CODES = (*_CREATE_CODES, "unknown_file", "unknown_concept")
+
 TRAINING_EXAMPLES = {
     "minimal": {
         "summary": "A concept from three images (masks computed by Segment Anything)",
@@ -137,7 +160,7 @@ def _create(
     operation_id="create_training_job",
     responses={
         202: {"description": "Accepted: the training job, queued.", "headers": _CREATED_HEADERS},
-        **responses(*AUTHENTICATED, 400, 409, 422),
+        **responses(*AUTHENTICATED, 400, 409, 422, codes=_TRAINING_CODES),
     },
 )
 def create_training(
@@ -195,7 +218,14 @@ def _wait_for_terminal(state: ApiState, record: JobRecord, seconds: float) -> Jo
     responses={
         200: {"model": Job, "description": "Finished within the `Prefer: wait` time.", "headers": _CREATED_HEADERS},
         202: {"description": "Accepted: the generation job as it stands.", "headers": _CREATED_HEADERS},
-        **responses(*AUTHENTICATED, 400, 409, 422),
+        **responses(
+            *AUTHENTICATED,
+            400,
+            409,
+            422,
+            codes=_GENERATION_CODES,
+            descriptions={409: "The first request with this Idempotency-Key is still being processed."},
+        ),
     },
 )
 def create_generation(
@@ -235,7 +265,7 @@ def create_generation(
     response_model=JobList,
     operation_id="list_jobs",
     tags=["jobs"],
-    responses=responses(*AUTHENTICATED, 422),
+    responses=responses(*AUTHENTICATED, 422, codes=("validation_error",)),
 )
 def list_jobs(
     state: State,
@@ -256,7 +286,7 @@ def list_jobs(
     response_model=Job,
     operation_id="get_job",
     tags=["jobs"],
-    responses=responses(*AUTHENTICATED, 404),
+    responses=responses(*AUTHENTICATED, 404, codes=("not_found",)),
 )
 def get_job(job_id: str, state: State, tenant: Tenant, presenter: Presenting) -> Job:
     """A job as it stands."""
@@ -268,7 +298,7 @@ def get_job(job_id: str, state: State, tenant: Tenant, presenter: Presenting) ->
     response_model=Job,
     operation_id="cancel_job",
     tags=["jobs"],
-    responses=responses(*AUTHENTICATED, 404),
+    responses=responses(*AUTHENTICATED, 404, codes=("not_found",)),
 )
 def cancel_job(job_id: str, state: State, tenant: Tenant, presenter: Presenting) -> Job:
     """Cancel a job: a queued one at once, a running one at its next step. Idempotent."""
@@ -302,7 +332,7 @@ class DeliveryList(BaseModel):
     response_model=DeliveryList,
     operation_id="list_webhook_deliveries",
     tags=["jobs"],
-    responses=responses(*AUTHENTICATED, 404),
+    responses=responses(*AUTHENTICATED, 404, codes=("not_found",)),
 )
 def webhook_deliveries(job_id: str, state: State, tenant: Tenant) -> DeliveryList:
     """Every webhook delivery attempt for this job: status code, latency, error, next retry."""
@@ -320,7 +350,7 @@ def webhook_deliveries(job_id: str, state: State, tenant: Tenant) -> DeliveryLis
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
             "description": "Server-sent events named `job`, each `data` a Job (JSON), with an `id` for Last-Event-ID.",
         },
-        **responses(*AUTHENTICATED, 404, 422),
+        **responses(*AUTHENTICATED, 404, 422, codes=("not_found", "invalid_request")),
     },
 )
 async def job_events(

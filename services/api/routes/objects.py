@@ -24,7 +24,20 @@ router = APIRouter(tags=["objects"])
             "description": "The object's bytes, with its stored content type.",
             "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
         },
-        **responses(403, 404, 422, 500, 503),
+        **responses(
+            403,
+            404,
+            422,
+            500,
+            503,
+            codes=("object_not_found", "validation_error", "object_store_error"),
+            descriptions={
+                403: "The URL is expired, tampered with, or not signed by this service (or the store is S3).",
+                404: "The signed object has been deleted.",
+                422: "expires or signature is missing, or expires is not an integer.",
+                503: "The object store failed to read it.",
+            },
+        ),
     },
 )
 def get_object(
