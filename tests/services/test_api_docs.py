@@ -180,3 +180,32 @@ def test_webhook_and_event_sections_name_what_is_sent() -> None:
         assert f'`"{kind}"`' in webhooks and f'"{event}"' in webhooks, (event, kind)
     events = text[text.index("## Server-sent events") : text.index("## Webhooks")]
     assert "event: job" in events and "Last-Event-ID" in events
+
+
+def _job_error_codes(text: str) -> set[str]:
+    table = text[text.index("## Job error codes") :]
+    return set(re.findall(r"^\| `([a-z_]+)` \|", table, flags=re.M))
+
+
+def test_every_code_the_api_raises_is_documented() -> None:
+    """Codes named in the API's and core's code (``code="…"`` and the error classes' own) are problem types or job
+    error codes, so a new one cannot reach a client undocumented."""
+    from core import errors
+
+    root = Path(__file__).resolve().parents[2]
+    sources = [*root.joinpath("core").glob("*.py"), *root.joinpath("core", "stores").glob("*.py")]
+    sources += list(root.joinpath("services", "api").rglob("*.py"))
+    raised = {code for path in sources for code in re.findall(r'\bcode="([a-z_]+)"', path.read_text())}
+
+    def subclasses(cls: type[errors.ServiceError]) -> list[type[errors.ServiceError]]:
+        return [cls, *(sub for child in cls.__subclasses__() for sub in subclasses(child))]
+
+    from core.webhooks import WebhookVerificationError
+
+    # Bases raised only through a subclass (or with a code= of their own) never reach a client as themselves, and
+    # WebhookVerificationError is for webhook receivers, not an API answer.
+    unseen = {errors.ConflictError, errors.AuthError, errors.LimitExceededError, errors.JobCanceledError}
+    unseen.add(WebhookVerificationError)
+    raised |= {cls.code for cls in subclasses(errors.ServiceError) if cls not in unseen}
+    documented = set(PROBLEM_TYPES) | _job_error_codes((DOCS / "problems.md").read_text())
+    assert raised - documented == set()
