@@ -59,7 +59,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 ## test: lint, then the whole suite (unit + integration, real Redis / S3 / Celery processes) on two workers
-test: lint deploy-tools client-test
+test: lint deploy-tools client-test npm-tools
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2
 
 ## test-fast: the suite without the slow integration tests
