@@ -43,6 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx
 import torch
+from tessera_client import TesseraClient
 
 from bench.rows import Row, add_rows_argument, alternate, median, write_rows
 from bench.sd15 import random_edlora, sd15_components
@@ -53,7 +54,6 @@ from core.ml.edlora.config import EDLoRAConfig
 from core.ml.edlora.lora import fresh_lora_layers, lora_scope
 from core.ml.fusion.paths import attach_concepts
 from core.ml.fusion.request import ConceptPlacement
-from services.client import TesseraClient
 from services.demo import sample_images
 from services.embedded import Stack
 from services.processes import wait_for
@@ -97,11 +97,11 @@ def _wait_ready(stack: Stack, name: str) -> float:
 
 def _run_job(client: TesseraClient, body: dict[str, Any]) -> tuple[float, dict[str, float]]:
     started = time.perf_counter()
-    final = client.wait(client.create_generation(body)["id"], poll=0.01)
+    final = client.wait(client.create_generation(body).id, poll=0.01)
     elapsed = time.perf_counter() - started
-    if final["status"] != "succeeded":
-        raise RuntimeError(f"generation {final['id']} {final['status']}: {final['error']}")
-    return elapsed, dict(final["metrics"]["stages"])
+    if final.status != "succeeded":
+        raise RuntimeError(f"generation {final.id} {final.status}: {final.error}")
+    return elapsed, dict(final.metrics.stages)
 
 
 def measure_cold_start(root: Path, *, threads: int, warm_jobs: int, quick: bool) -> ColdStart:
@@ -116,14 +116,14 @@ def measure_cold_start(root: Path, *, threads: int, warm_jobs: int, quick: bool)
             worker = "worker"
             job = "a 5-step 64 px generation without a concept, on the stack's first worker"
         else:
-            files = [client.upload_file(data)["id"] for data in sample_images("star", 64, 2)]
+            files = [client.upload_file(data).id for data in sample_images("star", 64, 2)]
             options = {"max_train_steps": 2, "batch_size": 1, "separation_loss_weight": 0.0, "seed": 0}
             training = client.create_training(
                 {"concept": {"name": "star", "class_word": "star"}, "images": files, "options": options}
             )
-            final = client.wait(training["id"], poll=0.05)
-            if final["status"] != "succeeded":
-                raise RuntimeError(f"training {final['status']}: {final['error']}")
+            final = client.wait(training.id, poll=0.05)
+            if final.status != "succeeded":
+                raise RuntimeError(f"training {final.status}: {final.error}")
             # A new worker on a new machine: no process state and no local adapter files (the preset stays on
             # disk, as it would in the worker's image).
             old = stack.children.pop("worker")

@@ -32,13 +32,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 from PIL import Image
+from tessera_client import TesseraClient
 
 from bench.rows import Row, add_rows_argument, write_rows
 from core.ml.components import load_components
 from core.ml.edlora.config import EDLoRAConfig
 from core.ml.edlora.trainer import train_edlora
 from core.ml.fusion.regional import ConceptPlacement, generate_regional
-from services.client import TesseraClient
 from services.demo import sample_images
 from services.embedded import Stack
 
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             extra_env={"OMP_NUM_THREADS": str(threads), "TESSERA_WORKER__CPU_THREADS": str(threads)},
         )
         with stack, TesseraClient(stack.url, stack.api_key) as client:
-            files = {k: [client.upload_file(d)["id"] for d in v] for k, v in images.items()}
+            files = {k: [client.upload_file(d).id for d in v] for k, v in images.items()}
             counter = iter(range(10_000))
 
             def service_train(name: str) -> str:
@@ -109,8 +109,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 job = client.create_training(
                     {"concept": {"name": concept, "class_word": name}, "images": files[name], "options": options}
                 )
-                final = client.wait(job["id"], poll=0.02)
-                assert final["status"] == "succeeded", final["error"]
+                final = client.wait(job.id, poll=0.02)
+                assert final.status == "succeeded", final.error
                 return concept
 
             # Warm both arms: model load, first-call allocations, adapter caches.
@@ -144,10 +144,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             def service_generate() -> None:
                 t0 = time.perf_counter()
-                final = client.wait(client.create_generation(service_body)["id"], poll=0.02)
+                final = client.wait(client.create_generation(service_body).id, poll=0.02)
                 seen = time.time()
-                assert final["status"] == "succeeded", final["error"]
-                parts.append(_parts(final, time.perf_counter() - t0, seen))
+                assert final.status == "succeeded", final.error
+                parts.append(_parts(final.model_dump(mode="json"), time.perf_counter() - t0, seen))
 
             parts: list[dict[str, float]] = []
             direct_generate()

@@ -170,7 +170,9 @@ def demo(
     preset: Annotated[
         str, typer.Option(help="Model preset: shapes (trained toy world) | tiny | sd15.", callback=_check_preset)
     ] = "shapes",
-    out: Annotated[Path, typer.Option(help="Where to save the generated images.")] = Path("data/demo-output"),
+    out: Annotated[
+        Path, typer.Option(help="Where to save the generated images and masks (one folder per job).")
+    ] = Path("data/demo-output"),
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the generated scene.")] = 7,
 ) -> None:
     """Upload sample images, train two concepts, generate one image with both, over HTTP."""
@@ -180,7 +182,7 @@ def demo(
     if url is not None:
         if api_key is None:
             raise typer.BadParameter("--api-key (or TESSERA_API_KEY) is required with --url", param_hint="--api-key")
-        sys.exit(run_demo(url, api_key, out=out, preset=preset, seed=seed))
+        sys.exit(run_demo(url, api_key, out=out, preset=preset, seed=seed, service_stays_up=True))
     with Stack(data_dir=data_dir, preset=preset) as stack:
         typer.echo(f"embedded service at {stack.url} (logs in {stack.data_dir / 'logs'})")
         code = run_demo(stack.url, stack.api_key, out=out, preset=preset, seed=seed)

@@ -3,6 +3,10 @@
 On the ``shapes`` preset (the default of ``make demo``) the samples are the shapes world's two evaluation
 concepts (a purple triangle, a green ring: a colour and a shape the base model never saw) and the scorer
 judges the generated scene: each concept in its half, with its own colour and shape, and no attribute leakage.
+
+The generated images (and each training's masks) are saved under ``out/<job id>/``: the embedded service the demo
+starts stops when the demo returns, and the signed URLs with it. URLs are printed only for a service that keeps
+running (``--url``).
 """
 
 from __future__ import annotations
@@ -17,8 +21,7 @@ from typing import Any
 
 import typer
 from PIL import Image, ImageDraw
-
-from services.client import AuthenticationError, TesseraClient, TesseraError
+from tessera_client import AuthenticationError, Job, OutputImage, TesseraClient, TesseraError
 
 HALVES = ([0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 1.0])
 
@@ -148,35 +151,60 @@ def plan_for(preset: str) -> DemoPlan:
     return _generic_plan(512, 500, 30, 7.5)
 
 
-def _timeline(jobs: list[tuple[str, dict[str, Any]]]) -> None:
+def _timeline(jobs: list[tuple[str, Job]]) -> None:
     typer.echo("\njob timeline")
     for label, job in jobs:
-        m = job["metrics"]
-        stages = ", ".join(f"{k} {v:.1f}s" for k, v in m.get("stages", {}).items())
+        m = job.metrics
+        stages = ", ".join(f"{k} {v:.1f}s" for k, v in m.stages.items())
         typer.echo(
-            f"  {label:<34} {job['status']:<10} queued {m['queue_seconds'] or 0:.1f}s "
-            f"ran {m['run_seconds'] or 0:.1f}s  [{stages}]"
+            f"  {label:<34} {job.status:<10} queued {m.queue_seconds or 0:.1f}s "
+            f"ran {m.run_seconds or 0:.1f}s  [{stages}]"
         )
+
+
+def save_outputs(client: TesseraClient, job: Job, folder: Path, images: list[OutputImage], stem: str) -> list[Path]:
+    """Download ``images`` of ``job`` into ``folder/<job id>/<stem>-<i>.png`` while their signed URLs are valid."""
+    target = folder / job.id
+    target.mkdir(parents=True, exist_ok=True)
+    saved = []
+    for i, image in enumerate(images):
+        if image.url is None:  # the file was deleted since the job ran
+            continue
+        path = target / f"{stem}-{i}.png"
+        path.write_bytes(client.download(image.url))
+        saved.append(path)
+    return saved
 
 
 DEFAULT_SEED = 7
 
 
-def run_demo(url: str, api_key: str, *, out: Path, preset: str = "tiny", seed: int = DEFAULT_SEED) -> int:
+def run_demo(
+    url: str,
+    api_key: str,
+    *,
+    out: Path,
+    preset: str = "tiny",
+    seed: int = DEFAULT_SEED,
+    service_stays_up: bool = False,
+) -> int:
     """Run the demo against ``url``; returns a process exit code.
 
     Args:
+        out: the folder the outputs are saved in, one folder per job (``out/<job id>/``).
         seed: the generation's seed (training is seeded by the plan), so a scene can be drawn again or another
             drawn from the same concepts.
+        service_stays_up: the service outlives the demo (``--url``), so its output URLs are worth printing.
     """
     plan = plan_for(preset)
     started = time.monotonic()
-    finished: list[tuple[str, dict[str, Any]]] = []
+    finished: list[tuple[str, Job]] = []
+    masks: list[Path] = []
     with TesseraClient(url, api_key) as client:
         try:
             jobs = []
             for concept in plan.concepts:
-                files = [client.upload_file(d)["id"] for d in concept.images]
+                files = [client.upload_file(d).id for d in concept.images]
                 typer.echo(f"uploaded {len(files)} images of <{concept.name}>")
                 body: dict[str, Any] = {
                     "concept": {"name": concept.name, "class_word": concept.class_word},
@@ -187,11 +215,12 @@ def run_demo(url: str, api_key: str, *, out: Path, preset: str = "tiny", seed: i
                     body["captions"] = concept.captions
                 jobs.append((concept.name, client.create_training(body)))
             for name, job in jobs:
-                final = client.wait(job["id"], timeout=3600, progress=f"train <{name}>")
+                final = client.wait(job.id, timeout=3600, progress=f"train <{name}>")
                 finished.append((f"train <{name}>", final))
-                if final["status"] != "succeeded":
-                    typer.echo(f"training of <{name}> ended {final['status']}: {final['error']}", err=True)
+                if final.status != "succeeded":
+                    typer.echo(f"training of <{name}> ended {final.status}: {final.error}", err=True)
                     return 1
+                masks += save_outputs(client, final, out, final.training_output.masks, "mask")
             (a, _), (b, _) = jobs
             scale = {} if plan.weight is None else {"weight": plan.weight}
             job = client.create_generation(
@@ -209,17 +238,13 @@ def run_demo(url: str, api_key: str, *, out: Path, preset: str = "tiny", seed: i
                     "seed": seed,
                 }
             )
-            final = client.wait(job["id"], timeout=3600, progress="generate")
+            final = client.wait(job.id, timeout=3600, progress="generate")
             finished.append(("generate", final))
-            if final["status"] != "succeeded":
-                typer.echo(f"generation ended {final['status']}: {final['error']}", err=True)
+            if final.status != "succeeded":
+                typer.echo(f"generation ended {final.status}: {final.error}", err=True)
                 return 1
-            out.mkdir(parents=True, exist_ok=True)
-            saved = []
-            for i, image in enumerate(final["output"]["images"]):
-                path = out / f"{final['id']}-{i}.png"
-                path.write_bytes(client.download(image["url"]))
-                saved.append(path)
+            output = final.generation_output
+            saved = save_outputs(client, final, out, output.images, "image")
         except AuthenticationError:
             raise  # a refused key is the caller's to fix: the CLI says so with its own exit code
         except TesseraError as exc:
@@ -227,7 +252,10 @@ def run_demo(url: str, api_key: str, *, out: Path, preset: str = "tiny", seed: i
             return 1
     _timeline(finished)
     typer.echo(f"\nimages: {', '.join(str(p) for p in saved)}")
-    typer.echo(f"output URLs (valid 1 h): {final['output']['images'][0]['url']}")
+    if masks:
+        typer.echo(f"training masks: {', '.join(sorted({str(p.parent) for p in masks}))}")
+    if service_stays_up:
+        typer.echo(f"output URLs (valid until {output.images[0].expires_at}): {output.images[0].url}")
     if plan.judge is not None:
         good, lines = plan.judge(saved[0].read_bytes())
         typer.echo(f"\nscorer's verdict on the generated scene (seed {seed}):")

@@ -7,13 +7,13 @@ keeps its traceback.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import httpx
 import redis.exceptions
 
 from core.errors import DependencyUnavailableError, ModelLoadError, ServiceError
-from services.client import AuthenticationError, TesseraError
 
 EXIT_REDIS = 3
 EXIT_API = 4
@@ -45,9 +45,12 @@ def explain(exc: BaseException) -> Failure | None:
     if isinstance(exc, httpx.TransportError):
         where = _request_url(exc)
         return Failure(EXIT_API, f"cannot reach the API{where}: {exc or type(exc).__name__}; is the service running?")
-    if isinstance(exc, AuthenticationError):
+    # The API's images do not install the client package; an error of it can only come from a process that has
+    # imported it, so it is looked up, not imported.
+    client_errors = sys.modules.get("tessera_client.errors")
+    if client_errors is not None and isinstance(exc, client_errors.AuthenticationError):
         return Failure(EXIT_AUTH, f"the API refused the key ({exc}); check --api-key or TESSERA_API_KEY")
-    if isinstance(exc, TesseraError):
+    if client_errors is not None and isinstance(exc, client_errors.TesseraError):
         return Failure(EXIT_REFUSED, f"the API refused a request: {exc}")
     if isinstance(exc, ModelLoadError):
         return Failure(EXIT_MODELS, str(exc))

@@ -8,7 +8,6 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -16,9 +15,9 @@ import pytest
 import redis
 import standardwebhooks
 from PIL import Image
+from tessera_client import Job, TesseraClient
 
 from core.stores.jobs import JobStore
-from services.client import TesseraClient, parse_sse
 from services.demo import sample_images
 from services.embedded import Stack
 from services.processes import wait_for
@@ -54,8 +53,8 @@ def client(stack: Stack) -> Iterator[TesseraClient]:
         yield c
 
 
-def _train(client: TesseraClient, name: str, steps: int, kind: str = "star") -> dict[str, Any]:
-    files = [client.upload_file(d)["id"] for d in sample_images(kind, 64, 3)]
+def _train(client: TesseraClient, name: str, steps: int, kind: str = "star") -> Job:
+    files = [client.upload_file(d).id for d in sample_images(kind, 64, 3)]
     return client.create_training(
         {
             "concept": {"name": name, "class_word": "star"},
@@ -65,53 +64,51 @@ def _train(client: TesseraClient, name: str, steps: int, kind: str = "star") -> 
     )
 
 
-def _wait_running(client: TesseraClient, job_id: str, min_step: int = 1, timeout: float = 120) -> dict[str, Any]:
+def _wait_running(client: TesseraClient, job_id: str, min_step: int = 1, timeout: float = 120) -> Job:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get_job(job_id)
-        if (
-            job["status"] == "running"
-            and (job["progress"] or {}).get("stage") == "training"
-            and job["progress"]["step"] >= min_step
-        ):
-            return job
-        assert job["status"] in ("queued", "running"), job
+        progress = job.progress
+        if job.status == "running" and progress is not None and progress.stage == "training":
+            if (progress.step or 0) >= min_step:
+                return job
+        assert job.status in ("queued", "running"), job
         time.sleep(0.1)
     raise TimeoutError(f"job {job_id} never got to training step {min_step}")
 
 
-def _pixels(client: TesseraClient, job: dict[str, Any]) -> np.ndarray:
-    data = client.download(job["output"]["images"][0]["url"])
+def _pixels(client: TesseraClient, job: Job) -> np.ndarray:
+    data = client.download(job.generation_output.images[0].url)
     assert data.startswith(b"\x89PNG")
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
 def test_upload_train_generate_end_to_end(client: TesseraClient) -> None:
     jobs = {name: _train(client, name, steps=12, kind=kind) for name, kind in (("star-a", "star"), ("ring-b", "ring"))}
-    final = client.wait(jobs["star-a"]["id"], poll=0.1, timeout=300)
-    assert final["status"] == "succeeded", final["error"]
+    final = client.wait(jobs["star-a"].id, poll=0.1, timeout=300)
+    assert final.status == "succeeded", final.error
     # Every recorded state, replayed from the event stream (polling can miss the throttled reports):
     # progress is per stage (masking, then training, ...); within training it rises and never goes back.
     training_fractions = [
-        j["progress"]["fraction"]
-        for j in client.events(jobs["star-a"]["id"])
-        if j["progress"] and j["progress"]["stage"] == "training" and j["progress"]["fraction"] > 0
+        j.progress.fraction
+        for j in (event.job for event in client.events(jobs["star-a"].id))
+        if j.progress and j.progress.stage == "training" and j.progress.fraction > 0
     ]
     assert training_fractions == sorted(training_fractions) and len(set(training_fractions)) > 1, training_fractions
     assert training_fractions[-1] == 1.0  # the last step is always reported
-    assert final["output"]["concept_id"].startswith("cpt_")
+    assert final.training_output.concept_id.startswith("cpt_")
     # The masks the training used (SAM, no prompt: one per image) and the attention-in-mask diagnostic.
-    masks = final["output"]["masks"]
-    assert len(masks) == 3 and all(m["file_id"].startswith("file_") and m["url"] for m in masks)
-    assert client.download(masks[0]["url"]).startswith(b"\x89PNG")
-    diagnostics = final["output"]["diagnostics"]
+    masks = final.training_output.masks
+    assert len(masks) == 3 and all(m.file_id.startswith("file_") and m.url for m in masks)
+    assert client.download(masks[0].url).startswith(b"\x89PNG")
+    diagnostics = final.training_output.diagnostics
     assert 0.0 <= diagnostics["attention_in_mask"] <= 1.0
     assert set(diagnostics["mask_sources"]) <= {"auto", "whole_image"}  # the tiny SAM is random
-    assert final["metrics"]["stages"]["masking"] > 0
-    assert final["metrics"]["stages"]["training"] > 0
-    assert client.wait(jobs["ring-b"]["id"], timeout=300)["status"] == "succeeded"
+    assert final.metrics.stages["masking"] > 0
+    assert final.metrics.stages["training"] > 0
+    assert client.wait(jobs["ring-b"].id, timeout=300).status == "succeeded"
     concept = client.get_concept("star-a")
-    assert concept["status"] == "ready" and concept["adapter"]["format"] == "tessera.edlora"
+    assert concept.status == "ready" and concept.adapter is not None and concept.adapter.format == "tessera.edlora"
 
     body = {
         "prompt": "a <star-a> on the left and a <ring-b> on the right",
@@ -126,56 +123,57 @@ def test_upload_train_generate_end_to_end(client: TesseraClient) -> None:
         "guidance_scale": 4.0,
         "seed": 3,
     }
-    first = client.wait(client.create_generation(body)["id"], timeout=300)
-    assert first["status"] == "succeeded", first["error"]
+    first = client.wait(client.create_generation(body).id, timeout=300)
+    assert first.status == "succeeded", first.error
     image = _pixels(client, first)
     assert image.shape[:2] == (64, 80)
-    assert len(first["output"]["masks"]) == 2 and first["output"]["images"][0]["seed"] == 3
-    second = client.wait(client.create_generation(body)["id"], timeout=300)
+    assert len(first.generation_output.masks or []) == 2 and first.generation_output.images[0].seed == 3
+    second = client.wait(client.create_generation(body).id, timeout=300)
     assert np.array_equal(image, _pixels(client, second)), "same seed must give the same pixels"
 
     # The default fusion (Concept Conductor) with the styling stage: stage-1 images, per-image masks, styled images.
-    style = client.upload_file(sample_images("ring", 64, 1)[0])["id"]
+    style = client.upload_file(sample_images("ring", 64, 1)[0]).id
     styled_body = {key: value for key, value in body.items() if key != "fusion"} | {
         "style": {"image": style, "mode": "style"},
         "control": {"type": "softedge", "scale": 0.6},
     }
-    styled = client.wait(client.create_generation(styled_body)["id"], timeout=300)
-    assert styled["status"] == "succeeded", styled["error"]
-    output = styled["output"]
-    assert len(output["images"]) == len(output["stage1_images"]) == 1 and len(output["masks"]) == 2
-    assert output["images"][0]["file_id"] != output["stage1_images"][0]["file_id"]
-    assert {"sampling", "styling", "uploading"} <= set(styled["metrics"]["stages"])
+    styled = client.wait(client.create_generation(styled_body).id, timeout=300)
+    assert styled.status == "succeeded", styled.error
+    output = styled.generation_output
+    assert output.stage1_images is not None and output.masks is not None
+    assert len(output.images) == len(output.stage1_images) == 1 and len(output.masks) == 2
+    assert output.images[0].file_id != output.stage1_images[0].file_id
+    assert {"sampling", "styling", "uploading"} <= set(styled.metrics.stages)
 
 
 def test_cancel_running_training(client: TesseraClient, stack: Stack) -> None:
     job = _train(client, "long-cancel", steps=5000)
-    _wait_running(client, job["id"], min_step=2)
+    _wait_running(client, job.id, min_step=2)
     asked = time.monotonic()
-    client.cancel(job["id"])
-    final = client.wait(job["id"], poll=0.05, timeout=30)
-    assert final["status"] == "canceled" and time.monotonic() - asked < 5
+    client.cancel(job.id)
+    final = client.wait(job.id, poll=0.05, timeout=30)
+    assert final.status == "canceled" and time.monotonic() - asked < 5
     concept = client.get_concept("long-cancel")
-    assert concept["status"] == "failed" and concept["adapter"] is None
+    assert concept.status == "failed" and concept.adapter is None
     adapters = list((stack.data_dir / "objects").rglob("*long-cancel*")) + [
-        p for p in (stack.data_dir / "objects").rglob("adapter.safetensors") if concept["id"] in str(p)
+        p for p in (stack.data_dir / "objects").rglob("adapter.safetensors") if concept.id in str(p)
     ]
     assert adapters == []
 
 
 def test_worker_killed_mid_training_is_rerun(client: TesseraClient, stack: Stack) -> None:
     job = _train(client, "survivor", steps=150)
-    _wait_running(client, job["id"], min_step=3)
+    _wait_running(client, job.id, min_step=3)
     stack.children["worker"].kill()
-    assert client.get_job(job["id"])["status"] in ("running", "queued")
+    assert client.get_job(job.id).status in ("running", "queued")
     stack.start_worker()
-    final = client.wait(job["id"], timeout=300)
-    assert final["status"] == "succeeded", final["error"]
-    assert client.get_concept("survivor")["status"] == "ready"
+    final = client.wait(job.id, timeout=300)
+    assert final.status == "succeeded", final.error
+    assert client.get_concept("survivor").status == "ready"
     # The reaper handed the job back exactly once; the dead worker's run never finished it.
-    record = JobStore(redis.Redis.from_url(stack.redis_url)).get(job["id"])
+    record = JobStore(redis.Redis.from_url(stack.redis_url)).get(job.id)
     ok = record.redeliveries == 1 and record.status == "succeeded"
-    ledger.record("fault", "sigkill-mid-training", ok=ok, jobs=1, lost=0 if final["status"] == "succeeded" else 1)
+    ledger.record("fault", "sigkill-mid-training", ok=ok, jobs=1, lost=0 if final.status == "succeeded" else 1)
     assert ok, record
 
 
@@ -183,7 +181,7 @@ def test_events_resume_with_last_event_id_and_webhooks_arrive_signed(client: Tes
     secret = client.webhook_secret()
     # job.started is answered 200; the first job.completed attempt 500, its retry 200.
     with receiver(script=[200, 500]) as hook:
-        files = [client.upload_file(d)["id"] for d in sample_images("star", 64, 2)]
+        files = [client.upload_file(d).id for d in sample_images("star", 64, 2)]
         job = client.create_training(
             {
                 "concept": {"name": "evented", "class_word": "star"},
@@ -194,16 +192,14 @@ def test_events_resume_with_last_event_id_and_webhooks_arrive_signed(client: Tes
             }
         )
         seen: list[tuple[str, str]] = []
-        # Read two events, drop the connection, resume from the last id until the terminal event.
-        with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.api_key}"}) as http:
-            with http.stream("GET", f"/v1/jobs/{job['id']}/events", timeout=None) as response:
-                assert response.headers["content-type"].startswith("text/event-stream")
-                for event_id, state in parse_sse(response.iter_lines()):
-                    seen.append((event_id or "", state["status"]))
-                    if len(seen) == 2:
-                        break
-        for state in client.events(job["id"], last_event_id=seen[-1][0]):
-            seen.append(("", state["status"]))
+        # Read two events, drop the connection (leaving the loop closes it), resume from the last id until the
+        # terminal event.
+        for event in client.events(job.id):
+            seen.append((event.id or "", event.job.status))
+            if len(seen) == 2:
+                break
+        for event in client.events(job.id, last_event_id=seen[-1][0]):
+            seen.append((event.id or "", event.job.status))
         statuses = [s for _, s in seen]
         assert statuses[0] == "queued" and statuses[-1] == "succeeded"
         assert statuses == sorted(statuses, key=["queued", "running", "succeeded"].index), statuses
@@ -218,9 +214,9 @@ def test_events_resume_with_last_event_id_and_webhooks_arrive_signed(client: Tes
     assert completed[0].headers["webhook-id"] == completed[1].headers["webhook-id"]
     for request in hook.requests:
         payload = standardwebhooks.Webhook(secret).verify(request.body, request.headers)
-        assert payload["data"]["id"] == job["id"]
-    log = client._json("GET", f"/v1/jobs/{job['id']}/webhook_deliveries")["data"]
-    assert [a["status_code"] for a in log if a["type"] == "job.completed"] == [500, 200]
+        assert payload["data"]["id"] == job.id
+    log = client.webhook_deliveries(job.id).data
+    assert [a.status_code for a in log if a.type == "job.completed"] == [500, 200]
 
 
 def test_stack_metrics(stack: Stack) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tessera_client import TesseraClient
 
-from services.client import TesseraClient
 from services.demo import sample_images
 from services.embedded import Stack
 from services.processes import Child, free_port, wait_for
@@ -51,8 +51,8 @@ def test_train_and_generate_on_s3(s3_endpoint: str, tmp_path: Path) -> None:
         Stack(data_dir=tmp_path, preset="tiny", extra_env=env) as stack,
         TesseraClient(stack.url, stack.api_key) as client,
     ):
-        files = [client.upload_file(d)["id"] for d in sample_images("ring", 64, 2)]
-        assert client.get_file(files[0])["url"].startswith(public + "/tessera-e2e/")
+        files = [client.upload_file(d).id for d in sample_images("ring", 64, 2)]
+        assert str(client.get_file(files[0]).url).startswith(public + "/tessera-e2e/")
         job = client.create_training(
             {
                 "concept": {"name": "ring", "class_word": "ring"},
@@ -60,8 +60,8 @@ def test_train_and_generate_on_s3(s3_endpoint: str, tmp_path: Path) -> None:
                 "options": {"max_train_steps": 3, "batch_size": 1},
             }
         )
-        assert client.wait(job["id"], timeout=300)["status"] == "succeeded"
-        adapter_url = client.get_concept("ring")["adapter"]["url"]
+        assert client.wait(job.id, timeout=300).status == "succeeded"
+        adapter_url = client.get_concept("ring").adapter.url  # type: ignore[union-attr]
         adapter = client.download(adapter_url)  # the adapter is in the bucket, as a safetensors file
         header_length = int.from_bytes(adapter[:8], "little")
         header = json.loads(adapter[8 : 8 + header_length])
@@ -69,11 +69,11 @@ def test_train_and_generate_on_s3(s3_endpoint: str, tmp_path: Path) -> None:
         final = client.wait(
             client.create_generation(
                 {"prompt": "a <ring>", "width": 64, "height": 64, "num_inference_steps": 2, "seed": 5}
-            )["id"],
+            ).id,
             timeout=300,
         )
-        assert final["status"] == "succeeded", final["error"]
-        url = final["output"]["images"][0]["url"]
+        assert final.status == "succeeded", final.error
+        url = str(final.generation_output.images[0].url)
         assert url.startswith(public) and client.download(url).startswith(b"\x89PNG")
         # Nothing was written to the local object directory.
         assert not (tmp_path / "objects").exists()

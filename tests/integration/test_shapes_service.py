@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from PIL import Image
+from tessera_client import TesseraClient
 
-from services.client import TesseraClient
 from services.embedded import Stack
 from tessera_shapes import world
 from tessera_shapes.personalization import SHAPES_RECIPE, class_word, concept_examples, shows_concept
@@ -56,14 +56,14 @@ def test_a_concept_learned_through_the_api_reaches_the_fidelity_floor(
     training = client.create_training(
         {
             "concept": {"name": name, "class_word": class_word(concept)},
-            "images": [client.upload_file(_png(image))["id"] for image in images],
+            "images": [client.upload_file(_png(image)).id for image in images],
             # The API's captions say <concept> where the concept's words go.
             "captions": [c.replace(f"<{concept.name}>", "<concept>") for c in captions],
             "options": recipe.training.model_dump(mode="json"),
         }
     )
-    trained = client.wait(training["id"], timeout=900)
-    assert trained["status"] == "succeeded", trained["error"]
+    trained = client.wait(training.id, timeout=900)
+    assert trained.status == "succeeded", trained.error
 
     generation = client.create_generation(
         {
@@ -79,12 +79,12 @@ def test_a_concept_learned_through_the_api_reaches_the_fidelity_floor(
             "num_outputs": SAMPLES,
         }
     )
-    generated = client.wait(generation["id"], timeout=600)
-    assert generated["status"] == "succeeded", generated["error"]
-    outputs = generated["output"]["images"]
+    generated = client.wait(generation.id, timeout=600)
+    assert generated.status == "succeeded", generated.error
+    outputs = generated.generation_output.images
     assert len(outputs) == SAMPLES
     hits = [
-        shows_concept(np.asarray(Image.open(io.BytesIO(client.download(o["url"]))).convert("RGB")), concept)
+        shows_concept(np.asarray(Image.open(io.BytesIO(client.download(o.url))).convert("RGB")), concept)
         for o in outputs
     ]
     assert sum(hits) / SAMPLES >= floor, f"the scorer found <{name}> in {sum(hits)} of {SAMPLES} images"

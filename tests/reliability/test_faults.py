@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import redis
+from tessera_client import TesseraClient
 
 from core.stores.jobs import JobStore
-from services.client import TesseraClient
 from services.demo import sample_images
 from services.embedded import Stack
 from services.processes import start_redis, wait_for
@@ -63,27 +63,32 @@ def _gpu_workers(stack: Stack) -> list[str]:
 
 def _generation(client: TesseraClient, steps: int, seed: int = 1) -> str:
     body = {"prompt": "a red star on the left", "num_inference_steps": steps, "seed": seed, "num_outputs": 2}
-    return str(client.create_generation(body)["id"])
+    return client.create_generation(body).id
 
 
 def _training(client: TesseraClient, name: str, steps: int) -> str:
-    files = [client.upload_file(d)["id"] for d in sample_images("star", 64, 3)]
+    files = [client.upload_file(d).id for d in sample_images("star", 64, 3)]
     body = {
         "concept": {"name": name, "class_word": "star"},
         "images": files,
         "options": {"max_train_steps": steps, "batch_size": 1, "seed": 1},
     }
-    return str(client.create_training(body)["id"])
+    return client.create_training(body).id
 
 
 def _wait_for_step(client: TesseraClient, job_id: str, stage: str, step: int = 1, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get_job(job_id)
-        progress = job["progress"] or {}
-        if job["status"] == "running" and progress.get("stage") == stage and progress.get("step", 0) >= step:
+        progress = job.progress
+        if (
+            job.status == "running"
+            and progress is not None
+            and progress.stage == stage
+            and (progress.step or 0) >= step
+        ):
             return
-        assert job["status"] in ("queued", "running"), job
+        assert job.status in ("queued", "running"), job
         time.sleep(0.05)
     raise TimeoutError(f"job {job_id} never reached {stage} step {step}")
 
@@ -95,7 +100,8 @@ def _accounted(stack: Stack, client: TesseraClient, job_ids: list[str], timeout:
     lost = 0
     for job_id in job_ids:
         try:
-            finals[job_id] = client.wait(job_id, timeout=timeout)
+            # The ledger reads a final job as the JSON record it is on the wire.
+            finals[job_id] = client.wait(job_id, timeout=timeout).model_dump(mode="json")
         except TimeoutError:
             lost += 1
             continue
@@ -160,7 +166,7 @@ def test_sigkill_mid_upload_leaves_no_output_behind(stack: Stack, client: Tesser
     body = {"prompt": "a red star", "width": 512, "height": 512, "num_outputs": 4, "num_inference_steps": 1}
     caught, created = None, []
     for attempt in range(5):  # the upload stage is short: catch it while it runs
-        job_id = str(client.create_generation({**body, "seed": 100 + attempt})["id"])
+        job_id = client.create_generation({**body, "seed": 100 + attempt}).id
         created.append(job_id)
         while store.get(job_id).status in ("queued", "running"):
             progress = store.get_progress(job_id)
@@ -201,7 +207,7 @@ def test_sigterm_mid_training_hands_the_job_back_to_another_worker(stack: Stack,
     stack.start_worker()
     result = _accounted(stack, client, [job_id])
     final = result["finals"].get(job_id, {})
-    ok = final.get("status") == "succeeded" and client.get_concept("handed-back")["status"] == "ready"
+    ok = final.get("status") == "succeeded" and client.get_concept("handed-back").status == "ready"
     _record("sigterm-mid-training", result, ok and result["lost"] == 0)
     assert ok, final
     assert stopped_in < 60
@@ -288,7 +294,7 @@ def test_redis_killed_and_restarted_loses_no_recorded_job(stack: Stack, client: 
     _record("redis-restart", result, ok and result["lost"] == 0 and result["doubled"] == 0)
     assert ok, {k: (v["status"], v["error"]) for k, v in finals.items()}
     assert result["lost"] == 0 and result["doubled"] == 0, result["outputs"]
-    assert client.get_concept("through-restart")["status"] == "ready"
+    assert client.get_concept("through-restart").status == "ready"
 
 
 def test_out_of_memory_fails_with_what_to_lower_and_the_worker_stays_healthy(
@@ -296,7 +302,7 @@ def test_out_of_memory_fails_with_what_to_lower_and_the_worker_stays_healthy(
 ) -> None:
     _clean(stack)
     warm_id = _generation(client, steps=2, seed=12)
-    assert client.wait(warm_id, timeout=120)["status"] == "succeeded"
+    assert client.wait(warm_id, timeout=120).status == "succeeded"
     # Simulated on the CPU: the warm worker may grow its data segment (heap and anonymous mappings) by 200 MB more,
     # so the first big allocation fails the way a full GPU's does and the process lives on. 8 images of 1024x1024
     # in one batch need far more.
@@ -311,7 +317,7 @@ def test_out_of_memory_fails_with_what_to_lower_and_the_worker_stays_healthy(
     resource.prlimit(pid, resource.RLIMIT_DATA, (limit, limit))
     big = client.create_generation(
         {"prompt": "a red star", "width": 1024, "height": 1024, "num_outputs": 8, "num_inference_steps": 1}
-    )["id"]
+    ).id
     after = _generation(client, steps=2, seed=13)
     result = _accounted(stack, client, [warm_id, big, after], timeout=300)
     failed, fine = result["finals"].get(big, {}), result["finals"].get(after, {})
@@ -370,7 +376,7 @@ def test_no_secret_reaches_the_logs(stack: Stack, client: TesseraClient) -> None
     secret = client.webhook_secret()
     job_id = _generation(client, steps=2, seed=14)
     final = client.wait(job_id, timeout=120)
-    url = final["output"]["images"][0]["url"]
+    url = str(final.generation_output.images[0].url)
     assert client.download(url).startswith(b"\x89PNG")
     signature = url.split("signature=", 1)[1].split("&", 1)[0]
     logs = sorted((stack.data_dir / "logs").glob("*.log"))

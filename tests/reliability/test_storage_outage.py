@@ -13,11 +13,11 @@ from pathlib import Path
 import boto3
 import httpx
 import pytest
+from tessera_client import TesseraClient
 
 from core.errors import ObjectNotFoundError, ObjectStoreError
 from core.stores.retrying import RetryingObjectStore, open_retrying
 from core.stores.s3 import S3ObjectStore
-from services.client import TesseraClient
 from services.demo import sample_images
 from services.embedded import Stack
 from services.processes import Child, free_port, wait_for
@@ -164,19 +164,19 @@ def test_a_generation_rides_out_an_object_store_outage_through_the_whole_service
         body = {"prompt": "a ring", "num_inference_steps": 150, "num_outputs": outputs, "seed": 3}
         job = client.create_generation(body)
         deadline = time.monotonic() + 120
-        while (job := client.get_job(job["id"]))["status"] != "running":
-            assert job["status"] == "queued" and time.monotonic() < deadline, job
+        while (job := client.get_job(job.id)).status != "running":
+            assert job.status == "queued" and time.monotonic() < deadline, job
             time.sleep(0.05)
         moto.stop()
         time.sleep(2.0)
-        assert client.get_job(job["id"])["status"] == "running"  # the outage overlaps the job's work
+        assert client.get_job(job.id).status == "running"  # the outage overlaps the job's work
         moto.start()
         _s3(moto.url).ensure_bucket()
-        final = client.wait(job["id"], timeout=300)
-        assert final["status"] == "succeeded", final["error"]
-        images = final["output"]["images"]
-        assert len(images) == outputs and len({i["file_id"] for i in images}) == outputs
-        assert all(client.download(i["url"]).startswith(b"\x89PNG") for i in images)
+        final = client.wait(job.id, timeout=300)
+        assert final.status == "succeeded", final.error
+        images = final.generation_output.images
+        assert len(images) == outputs and len({i.file_id for i in images}) == outputs
+        assert all(client.download(i.url).startswith(b"\x89PNG") for i in images)
         s3 = boto3.client(
             "s3", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
         )
@@ -206,10 +206,10 @@ def test_a_training_rides_out_an_object_store_outage_during_its_input_download(m
             Stack(data_dir=tmp_path / "stack", preset="tiny", extra_env=env) as stack,
             TesseraClient(stack.url, stack.api_key) as client,
         ):
-            files = [client.upload_file(d)["id"] for d in sample_images("ring", 64, 2)]
+            files = [client.upload_file(d).id for d in sample_images("ring", 64, 2)]
             # A worker that is still starting builds its store then, and would meet the outage there instead.
             warm = client.create_generation({"prompt": "a ring", "num_inference_steps": 1})
-            assert client.wait(warm["id"], timeout=300)["status"] == "succeeded"
+            assert client.wait(warm.id, timeout=300).status == "succeeded"
             outage.down()
             before = outage.connections
             job = client.create_training(
@@ -220,16 +220,16 @@ def test_a_training_rides_out_an_object_store_outage_during_its_input_download(m
                 }
             )
             deadline = time.monotonic() + 120
-            while (job := client.get_job(job["id"]))["status"] != "running":
-                assert job["status"] == "queued" and time.monotonic() < deadline, job
+            while (job := client.get_job(job.id)).status != "running":
+                assert job.status == "queued" and time.monotonic() < deadline, job
                 time.sleep(0.25)
             time.sleep(2.0)
-            assert client.get_job(job["id"])["status"] == "running"  # waiting on its inputs, not failed
+            assert client.get_job(job.id).status == "running"  # waiting on its inputs, not failed
             outage.up()
-            final = client.wait(job["id"], timeout=300)
-            assert final["status"] == "succeeded", final["error"]
+            final = client.wait(job.id, timeout=300)
+            assert final.status == "succeeded", final.error
             assert outage.connections > before  # the inputs came through the restored endpoint
-            assert client.get_concept("ring")["status"] == "ready"
+            assert client.get_concept("ring").status == "ready"
     finally:
         outage.down()
     ledger.record("fault", "object-store-outage-at-input-download", ok=True, jobs=1)

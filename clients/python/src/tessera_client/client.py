@@ -195,6 +195,12 @@ def _idempotent(call: _Call[Any], request: httpx.Request) -> bool:
     return call.idempotent if call.idempotent is not None else is_idempotent(request)
 
 
+def _signed_url(url: str | None) -> str:
+    if not url:
+        raise ValueError("no URL to download: the file was deleted, or the answer carried no signed URL")
+    return url
+
+
 def _retrying_kwargs(policy: RetryPolicy, request_idempotent: bool) -> dict[str, Any]:
     return {
         "stop": stop_after_attempt(max(1, policy.attempts)),
@@ -417,9 +423,16 @@ class TesseraClient:
 
     # ---- outputs
 
-    def download(self, url: str) -> bytes:
-        """The bytes of a signed URL (an output image, a mask); no API key is sent."""
-        request = httpx.Request("GET", url, headers={"User-Agent": f"tessera-client/{__version__}"})
+    def download(self, url: str | None) -> bytes:
+        """The bytes of a signed URL (an output image, a mask); no API key is sent.
+
+        ``url`` may be an output's ``url`` as it is: None (a file deleted since) raises ``ValueError``.
+        """
+        url = _signed_url(url)
+        # Signed URLs are absolute; a relative one is taken as relative to the API.
+        request = httpx.Request(
+            "GET", self._http.base_url.join(url), headers={"User-Agent": f"tessera-client/{__version__}"}
+        )
         response = self._send_request(request, True)
         if response.status_code >= 400:
             raise error_for(response)
@@ -637,9 +650,16 @@ class AsyncTesseraClient:
 
     # ---- outputs
 
-    async def download(self, url: str) -> bytes:
-        """The bytes of a signed URL (an output image, a mask); no API key is sent."""
-        request = httpx.Request("GET", url, headers={"User-Agent": f"tessera-client/{__version__}"})
+    async def download(self, url: str | None) -> bytes:
+        """The bytes of a signed URL (an output image, a mask); no API key is sent.
+
+        ``url`` may be an output's ``url`` as it is: None (a file deleted since) raises ``ValueError``.
+        """
+        url = _signed_url(url)
+        # Signed URLs are absolute; a relative one is taken as relative to the API.
+        request = httpx.Request(
+            "GET", self._http.base_url.join(url), headers={"User-Agent": f"tessera-client/{__version__}"}
+        )
         response = await self._send_request(request, True)
         if response.status_code >= 400:
             raise error_for(response)
