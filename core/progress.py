@@ -150,7 +150,9 @@ def generation_plan(*, styling: bool) -> StagePlan:
 ETA_MIN_FRACTION = 0.01
 """No ETA before this share of the job is done: the extrapolation from almost nothing is noise."""
 ETA_TIME_CONSTANT_S = 3.0
-"""Smoothing of the ETA: a new estimate pulls the shown value by ``1 - exp(-dt / this)`` of the difference."""
+"""Smoothing of the ETA: a new estimate pulls the shown value by ``1 - exp(-dt / tau)`` of the difference, with
+``tau`` this many seconds, or a quarter of the time the job has run while that is shorter (a job of a few seconds
+would otherwise end before its ETA caught up)."""
 ETA_MAX_RISE_S = 1.0
 ETA_MAX_RISE_SHARE = 0.1
 """One report may raise the ETA by at most ``max(ETA_MAX_RISE_S, ETA_MAX_RISE_SHARE x the previous ETA)`` seconds."""
@@ -219,7 +221,7 @@ class ProgressTracker:
 
         The raw estimate assumes the rest of the job runs at the pace of what is done: ``elapsed x (1 - f) / f``.
         The shown value counts down with the clock between reports and moves toward the raw estimate with a time
-        constant of ``ETA_TIME_CONSTANT_S``; a rise is capped per report, so a slow stage lifts it gradually
+        constant of at most ``ETA_TIME_CONSTANT_S``; a rise is capped per report, so a slow stage lifts it gradually
         instead of making it jump back.
         """
         elapsed = now - self._started
@@ -235,7 +237,8 @@ class ProgressTracker:
             return raw
         dt = max(0.0, now - self._eta_at)
         counted_down = max(0.0, self._eta - dt)
-        pull = 1.0 - math.exp(-dt / ETA_TIME_CONSTANT_S) if dt > 0 else 0.0
+        tau = max(0.05, min(ETA_TIME_CONSTANT_S, elapsed / 4))
+        pull = 1.0 - math.exp(-dt / tau) if dt > 0 else 0.0
         value = counted_down + pull * (raw - counted_down)
         cap = self._eta + max(ETA_MAX_RISE_S, ETA_MAX_RISE_SHARE * self._eta)
         self._eta_at = now

@@ -143,8 +143,8 @@ def _train(http: httpx.Client, hook: Receiver, name: str, steps: int) -> str:
 
 def test_short_training_then_generation_progress_agrees_everywhere(http: httpx.Client) -> None:
     with receiver() as hook:
-        # The case: a six-step training, polled (here a little faster than 250 ms).
-        watch = Watch(http, _train(http, hook, "progressed", steps=6), hook)
+        # A six-step training polled every 250 ms used to show only 0.0 until it ended.
+        watch = Watch(http, _train(http, hook, "progressed", steps=6), hook, poll=0.25)
         assert _check(watch, watch.until_done(), "succeeded") == DONE
         stages = [j["progress"]["stage"] for j in watch.streamed if j["status"] == "running" and j["progress"]]
         assert {"downloading", "training", "uploading"} <= set(stages)
@@ -163,9 +163,7 @@ def test_short_training_then_generation_progress_agrees_everywhere(http: httpx.C
         job_id = http.post("/v1/generations", json=body).raise_for_status().json()["id"]
         watch = Watch(http, job_id, hook)
         assert _check(watch, watch.until_done(), "succeeded") == DONE
-        sampling = [
-            j["progress"] for j in watch.streamed if j["progress"] and j["progress"]["stage"] == "sampling"
-        ]
+        sampling = [j["progress"] for j in watch.streamed if j["progress"] and j["progress"]["stage"] == "sampling"]
         assert [p["step"] for p in sampling if p["step"]][:1] == [1]  # the first step is always written
         assert sampling[-1]["stage_fraction"] == 1.0
 
