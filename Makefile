@@ -59,7 +59,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 ## test: lint, then the whole suite (unit + integration, real Redis / S3 / Celery processes) on two workers
-test: lint deploy-tools client-test npm-tools
+test: lint deploy-tools client-test npm-tools browser-tools
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2
 
 ## test-fast: the suite without the slow integration tests
@@ -90,3 +90,12 @@ npm-tools:
 	elif [ -x $(NPM_TOOLS)/node_modules/.bin/openapi-typescript ] && [ -x $(NPM_TOOLS)/node_modules/.bin/tsc ]; then :; \
 	else npm install --prefix $(NPM_TOOLS) --no-audit --no-fund --loglevel=error --save-exact \
 		openapi-typescript@7.13.0 typescript@5.9.3; fi
+
+.PHONY: browser-tools
+## browser-tools: what tests/console needs beyond the venv (Selenium comes with the dev extra): Debian's chromium and
+## chromium-driver (apt, only as root). Without them the browser test skips with a reason.
+browser-tools:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+	else echo "browser-tools: chromium or chromedriver missing and not root; the console's browser test will skip"; fi

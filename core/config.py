@@ -235,6 +235,11 @@ class Settings(BaseSettings):
         15.0, gt=0, le=300, description="Interval of keep-alive comments on job event streams (SSE)."
     )
     job_ttl_seconds: int = Field(30 * 24 * 3600, ge=60, description="How long finished job records are kept.")
+    console_enabled: bool = Field(
+        True,
+        description="Serve the browser console at /console (static pages that call the public API with the user's "
+        "key); false answers 404 there.",
+    )
 
     @field_validator("api_keys")
     @classmethod

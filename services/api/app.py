@@ -23,6 +23,7 @@ from core.stores.webhooks import WebhookStore
 from core.submissions import Enqueue, Policy
 from services import logs
 from services.api import errors, metrics, openapi, routes
+from services.api.routes import console as console_routes
 from services.api.state import ApiState
 from services.queue import CeleryTaskQueue, delivery_sender, make_producer
 
@@ -138,6 +139,8 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         routes.docs,
     ):
         app.include_router(module.router)
+    # The browser console (static pages on the public API); outside the OpenAPI document.
+    app.include_router(console_routes.router)
     openapi.install(app)
 
     metrics.install(app, client, jobs)
