@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 
 from services.demo import sample_images
 from services.embedded import Stack
+from tests.fixtures.receiver import Receiver, receiver
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +61,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = Stack(
         data_dir=tmp_path_factory.mktemp("console-stack"),
         preset="tiny",
-        extra_env={"OMP_NUM_THREADS": "1", "TESSERA_QUOTAS__REQUESTS_PER_MINUTE": "100000"},
+        extra_env={
+            "OMP_NUM_THREADS": "1",
+            "TESSERA_QUOTAS__REQUESTS_PER_MINUTE": "100000",
+            # The test's webhook receiver listens on loopback over plain http; a failed delivery is retried at once.
+            "TESSERA_WEBHOOKS__ALLOW_PRIVATE": "true",
+            "TESSERA_WEBHOOKS__ALLOW_HTTP": "true",
+            "TESSERA_WEBHOOKS__RETRY_DELAYS_SECONDS": "[0.5, 0.5]",
+        },
     )
     with s:
         yield s
@@ -149,7 +157,7 @@ def style_png() -> bytes:
     return buf.getvalue()
 
 
-def train_by_api(api: httpx.Client, name: str, kind: str, steps: int) -> dict[str, Any]:
+def train_by_api(api: httpx.Client, name: str, kind: str, steps: int, webhook: str | None = None) -> dict[str, Any]:
     files = [
         api.post("/v1/files", files={"file": ("i.png", d, "image/png")}).json()["id"]
         for d in sample_images(kind, 64, 3)
@@ -159,6 +167,8 @@ def train_by_api(api: httpx.Client, name: str, kind: str, steps: int) -> dict[st
         "images": files,
         "options": {"max_train_steps": steps, "batch_size": 1},
     }
+    if webhook is not None:
+        body["webhook"] = webhook
     response = api.post("/v1/trainings", json=body)
     assert response.status_code == 202, response.text
     return response.json()  # type: ignore[no-any-return]
@@ -174,11 +184,21 @@ def wait_job(api: httpx.Client, job_id: str, statuses: tuple[str, ...], timeout:
     raise AssertionError(f"job {job_id} never reached {statuses}: {job}")
 
 
-def test_console_end_to_end(stack: Stack, browser: webdriver.Chrome, api: httpx.Client, tmp_path: Path) -> None:
+@pytest.fixture
+def stack_receiver() -> Iterator[Receiver]:
+    with receiver(script=[500]) as hook:
+        yield hook
+
+
+def test_console_end_to_end(
+    stack: Stack, browser: webdriver.Chrome, api: httpx.Client, stack_receiver: Receiver, tmp_path: Path
+) -> None:
     driver = browser
     timings: dict[str, float] = {}
-    # A second concept for the two-concept generation, trained through the API while the browser works.
-    ring = train_by_api(api, "api-ring", "ring", steps=5)
+    # A second concept for the two-concept generation, trained through the API while the browser works; its
+    # webhook's first delivery fails (500) and the retry succeeds, for the job page's deliveries.
+    hook = stack_receiver
+    ring = train_by_api(api, "api-ring", "ring", steps=5, webhook=hook.url)
 
     # ---- a wrong key: a clear message, not a blank page ------------------------------------------------------
     driver.get(f"{stack.url}/console")
@@ -388,6 +408,16 @@ def test_console_end_to_end(stack: Stack, browser: webdriver.Chrome, api: httpx.
     assert json.loads(find(driver, "#view pre").text)["seed"] == 7
     wait(driver, "the webhook deliveries", lambda d: "No webhook deliveries" in find(d, "#job-deliveries").text)
     shot(driver, "job")
+    deadline = time.monotonic() + 30
+    while len(api.get(f"/v1/jobs/{ring['id']}/webhook_deliveries").json()["data"]) < 2:
+        assert time.monotonic() < deadline, "the webhook was not retried"
+        time.sleep(0.2)
+    open_page(driver, stack, f"/jobs/{ring['id']}")
+    rows = wait(driver, "the delivery rows", lambda d: finds(d, "#job-deliveries tbody tr"))
+    assert [r.find_elements(By.CSS_SELECTOR, "td")[2].text for r in rows] == ["500", "200"]
+    assert "job.completed" in rows[0].text
+    driver.execute_script("document.getElementById('job-deliveries').scrollIntoView()")
+    shot(driver, "job-deliveries")
 
     # ---- cancel a queued job: a long training keeps the only worker busy, a generation waits behind it -------
     blocker = train_by_api(api, "blocker", "star", steps=5000)
