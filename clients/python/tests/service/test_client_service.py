@@ -194,6 +194,7 @@ def test_a_dropped_event_stream_resumes_with_last_event_id(client: TesseraClient
                     threading.Timer(0.5, proxy.up).start()
     finally:
         proxy.down()
+        client.cancel(job.id)  # on failure too: the worker is needed by the tests after this one
     assert cut_at is not None and len(resumed) >= 2, trace
     assert events[-1].job.terminal and events[-1].job.status == "canceled"
     # Resumed after the last event it had: the same ids, once each, as a full replay of the finished job's stream.
