@@ -88,11 +88,12 @@ def test_upload_train_generate_end_to_end(client: TesseraClient) -> None:
     final = client.wait(jobs["star-a"].id, poll=0.1, timeout=300)
     assert final.status == "succeeded", final.error
     # Every recorded state, replayed from the event stream (polling can miss the throttled reports):
-    # progress is per stage (masking, then training, ...); within training it rises and never goes back.
+    # each stage has its own stage_fraction (masking, then training, ...); within training it rises and never goes
+    # back (the overall fraction is checked in tests/integration/test_progress.py).
     training_fractions = [
-        j.progress.fraction
+        j.progress.stage_fraction
         for j in (event.job for event in client.events(jobs["star-a"].id))
-        if j.progress and j.progress.stage == "training" and j.progress.fraction > 0
+        if j.progress and j.progress.stage == "training" and j.progress.stage_fraction > 0
     ]
     assert training_fractions == sorted(training_fractions) and len(set(training_fractions)) > 1, training_fractions
     assert training_fractions[-1] == 1.0  # the last step is always reported
