@@ -50,10 +50,10 @@ from bench.sd15 import random_edlora, sd15_components
 from core.ml.components import SDComponents, load_components
 from core.ml.edlora.adapter import load_adapter, save_adapter
 from core.ml.edlora.attention import cross_attention_layer_names
-from core.ml.edlora.config import EDLoRAConfig
 from core.ml.edlora.lora import fresh_lora_layers, lora_scope
 from core.ml.fusion.paths import attach_concepts
 from core.ml.fusion.request import ConceptPlacement
+from core.training_options import EDLoRAConfig
 from services.demo import sample_images
 from services.embedded import Stack
 from services.processes import wait_for

@@ -62,13 +62,13 @@ from bench.rows import Row, format_table, write_rows
 from bench.sd15 import random_edlora, sd15_components, sd15_styling_weights
 from bench.training_throughput import TrainingTimes, measure_training
 from core.ml.components import SDComponents, load_components
-from core.ml.edlora.config import EDLoRAConfig
 from core.ml.fusion.conductor import generate_conductor
 from core.ml.fusion.request import ConceptPlacement
 from core.ml.fusion.sampler import denoise
 from core.ml.styling.pipeline import style_images
 from core.ml.styling.weights import StylingWeights, load_styling_weights
 from core.progress import no_progress
+from core.training_options import EDLoRAConfig
 
 STEPS = (30, 50)
 SMOKE_STEPS = (2, 3)  # the CPU rehearsal's stand-ins for 30 and 50

@@ -36,9 +36,9 @@ from tessera_client import TesseraClient
 
 from bench.rows import Row, add_rows_argument, write_rows
 from core.ml.components import load_components
-from core.ml.edlora.config import EDLoRAConfig
 from core.ml.edlora.trainer import train_edlora
 from core.ml.fusion.regional import ConceptPlacement, generate_regional
+from core.training_options import EDLoRAConfig
 from services.demo import sample_images
 from services.embedded import Stack
 

@@ -28,10 +28,10 @@ import torch
 from bench.rows import Row, add_rows_argument, write_rows
 from bench.separation_ablation import scenes
 from core.ml.components import SDComponents, load_components
-from core.ml.edlora.config import EDLoRAConfig
 from core.ml.edlora.trainer import train_edlora
 from core.ml.masks.segmenter import ColourSegmenter, ConceptMasks, compute_masks
 from core.progress import Progress
+from core.training_options import EDLoRAConfig
 from tessera_shapes import world
 
 WARMUP_STEPS = 5

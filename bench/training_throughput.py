@@ -52,12 +52,12 @@ from core.ml.components import SDComponents, load_components
 from core.ml.edlora.attention import layerwise_cross_attention
 from core.ml.edlora.augmentation import centre_view
 from core.ml.edlora.captions import caption_templates
-from core.ml.edlora.config import EDLoRAConfig
 from core.ml.edlora.embeddings import encode_layerwise, init_concept_embeddings
 from core.ml.edlora.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora, lora_parameters
 from core.ml.edlora.trainer import ADAMW_WEIGHT_DECAY, TRAIN_ADAPTER, train_edlora
 from core.ml.prompts import bind_caption
 from core.progress import Progress, StepCallback, no_progress
+from core.training_options import EDLoRAConfig
 
 CONCEPT, CLASS_WORD = "star", "star"
 WARMUP_STEPS = 3

@@ -64,8 +64,9 @@ CLASS_WORD_RE = re.compile(r"[a-z]{2,30}")
 
 
 def is_concept_name(value: str) -> bool:
-    """Whether ``value`` follows the concept-name rule (``CONCEPT_NAME_RE``)."""
-    return CONCEPT_NAME_RE.match(value) is not None
+    """Whether ``value`` follows the concept-name rule (``CONCEPT_NAME_RE``), the whole of it."""
+    # fullmatch: the pattern's ``$`` also matches before a final newline, which no name may end with.
+    return CONCEPT_NAME_RE.fullmatch(value) is not None
 
 
 def is_concept_ref(value: str) -> bool:

@@ -9,11 +9,26 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.config import GenerationDefaults, TrainingDefaults
-from core.ml.edlora.config import EDLoRAConfig
-
-CONCEPT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
-# A concept is referred to in prompts as <name> or <cpt_id>.
-CONCEPT_REF_RE = re.compile(r"<([A-Za-z0-9_-]{1,64})>")
+from core.rules import (
+    CLASS_WORD_RE,
+    CONCEPT_NAME_RE,
+    MAX_CONCEPTS,
+    MAX_GUIDANCE,
+    MAX_OUTPUTS,
+    MAX_PROMPT_CHARS,
+    MAX_REQUEST_SEED,
+    MAX_SIDE,
+    MAX_STEPS,
+    MAX_TRAINING_EXAMPLES,
+    MAX_TRAINING_IMAGES,
+    MAX_WEIGHT,
+    MIN_SIDE,
+    SIDE_MULTIPLE,
+    concept_refs,
+    is_concept_name,
+    is_concept_ref,
+)
+from core.training_options import EDLoRAConfig
 
 JobKind = Literal["training", "generation"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
@@ -105,14 +120,14 @@ class ConceptSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not CONCEPT_NAME_RE.match(v):
+        if not is_concept_name(v):
             raise ValueError(f"must match {CONCEPT_NAME_RE.pattern}, got {v!r}")
         return v
 
     @field_validator("class_word")
     @classmethod
     def _class_word(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z]{2,30}", v):
+        if not CLASS_WORD_RE.fullmatch(v):
             raise ValueError(f"must be one lowercase word of 2..30 letters, got {v!r}")
         return v
 
@@ -147,10 +162,8 @@ class MaskPrompt(_Strict):
         return self
 
 
-MAX_NEIGHBOURS = 4
+MAX_NEIGHBOURS = MAX_CONCEPTS
 """Other concepts a training may paste beside its concept (as many as a generation may combine)."""
-MAX_TRAINING_EXAMPLES = 200
-"""Training examples (the images plus composites) one training may encode."""
 
 
 class CompositesSpec(_Strict):
@@ -198,7 +211,7 @@ class CompositesSpec(_Strict):
     @classmethod
     def _distinct_refs(cls, v: list[str]) -> list[str]:
         for ref in v:
-            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", ref):
+            if not is_concept_ref(ref):
                 raise ValueError(f"each neighbour is a concept name or id, got {ref!r}")
         repeated = sorted({ref for ref in v if v.count(ref) > 1})
         if repeated:
@@ -212,7 +225,9 @@ class CompositesSpec(_Strict):
 
 class TrainingRequest(_Strict):
     concept: ConceptSpec
-    images: list[str] = Field(min_length=1, max_length=50, description="1..50 file ids of this tenant.")
+    images: list[str] = Field(
+        min_length=1, max_length=MAX_TRAINING_IMAGES, description=f"1..{MAX_TRAINING_IMAGES} file ids of this tenant."
+    )
     masks: list[str] | None = Field(None, description="Optional mask file per image (white = the concept).")
     mask_prompts: list[MaskPrompt | None] | None = Field(
         None,
@@ -273,7 +288,7 @@ class ConceptUse(_Strict):
         None, description="Where the concept goes: a box or a mask file; absent = automatic layout."
     )
     weight: float | None = Field(
-        None, ge=0.0, le=2.0, description="Adapter scale (LoRA strength). Default: the preset's (sd15 0.7)."
+        None, ge=0.0, le=MAX_WEIGHT, description="Adapter scale (LoRA strength). Default: the preset's (sd15 0.7)."
     )
 
 
@@ -284,7 +299,7 @@ class LayoutSpec(_Strict):
 
 class StyleSpec(_Strict):
     image: str = Field(description="File id of the style image.")
-    scale: float = Field(1.0, ge=0.0, le=2.0)
+    scale: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
     mode: Literal["style", "style_and_layout"] = Field(
         "style", description="style: style-carrying attention blocks only; style_and_layout: the layout blocks too."
     )
@@ -294,19 +309,19 @@ class ControlSpec(_Strict):
     type: Literal["canny", "softedge", "depth"] = Field(
         "canny", description="What the ControlNet is conditioned on, computed from the stage-1 image."
     )
-    scale: float = Field(0.6, ge=0.0, le=2.0)
+    scale: float = Field(0.6, ge=0.0, le=MAX_WEIGHT)
 
 
 def _multiple_of_8(v: int) -> int:
-    if v % 8:
-        raise ValueError(f"must be a multiple of 8, got {v}")
+    if v % SIDE_MULTIPLE:
+        raise ValueError(f"must be a multiple of {SIDE_MULTIPLE}, got {v}")
     return v
 
 
 class GenerationRequest(_Strict):
-    prompt: Text = Field(min_length=1, max_length=1000)
-    negative_prompt: Text = Field("", max_length=1000)
-    concepts: list[ConceptUse] | None = Field(None, max_length=4)
+    prompt: Text = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: Text = Field("", max_length=MAX_PROMPT_CHARS)
+    concepts: list[ConceptUse] | None = Field(None, max_length=MAX_CONCEPTS)
     layout: LayoutSpec | None = Field(
         None, description="Optional reference image (and masks) whose layout the result follows."
     )
@@ -317,12 +332,18 @@ class GenerationRequest(_Strict):
     control: ControlSpec | None = Field(None, description="ControlNet of the styling stage (needs style).")
     # Left out, these take the preset's defaults (``core.config.PRESET_GENERATION_DEFAULTS``: its native size and
     # the sampling it was measured with); the accepted job records the values it ran with.
-    width: Annotated[int | None, Field(ge=64, le=1024, description="Default: the preset's native width.")] = None
-    height: Annotated[int | None, Field(ge=64, le=1024, description="Default: the preset's native height.")] = None
-    num_inference_steps: int | None = Field(None, ge=1, le=150, description="Default: the preset's (sd15 50).")
-    guidance_scale: float | None = Field(None, ge=0.0, le=30.0, description="Default: the preset's (sd15 7.5).")
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    num_outputs: int = Field(1, ge=1, le=8)
+    width: Annotated[
+        int | None, Field(ge=MIN_SIDE, le=MAX_SIDE, description="Default: the preset's native width.")
+    ] = None
+    height: Annotated[
+        int | None, Field(ge=MIN_SIDE, le=MAX_SIDE, description="Default: the preset's native height.")
+    ] = None
+    num_inference_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Default: the preset's (sd15 50).")
+    guidance_scale: float | None = Field(
+        None, ge=0.0, le=MAX_GUIDANCE, description="Default: the preset's (sd15 7.5)."
+    )
+    seed: int | None = Field(None, ge=0, le=MAX_REQUEST_SEED)
+    num_outputs: int = Field(1, ge=1, le=MAX_OUTPUTS)
     webhook: str | None = Field(None, description="https URL to POST this job's events to (see Webhooks).")
     webhook_events_filter: list[WebhookEvent] | None = Field(
         None, description="Which events to send: start, progress, completed (default: completed)."
@@ -355,10 +376,7 @@ class GenerationRequest(_Strict):
 
     def concept_refs(self) -> list[str]:
         """Names or ids of concepts the prompt refers to, in prompt order, without repeats."""
-        seen: dict[str, None] = {}
-        for ref in CONCEPT_REF_RE.findall(self.prompt):
-            seen.setdefault(ref, None)
-        return list(seen)
+        return concept_refs(self.prompt)
 
 
 # ---- jobs --------------------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from core.errors import (
     UnknownConceptError,
 )
 from core.jobs import JobRecord, new_id
-from core.schemas import CONCEPT_REF_RE, CompositesSpec, ControlSpec, GenerationRequest, JobError, TrainingRequest
+from core.rules import CONCEPT_REF_RE
+from core.schemas import CompositesSpec, ControlSpec, GenerationRequest, JobError, TrainingRequest
 from core.stores.catalog import Catalog, ConceptRecord
 from core.stores.jobs import JobStore, QueueMessage
 from core.tasks import QUEUE_FOR_KIND

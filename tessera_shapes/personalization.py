@@ -28,7 +28,6 @@ from core.config import PRESET_GENERATION_DEFAULTS
 from core.ml.components import SDComponents
 from core.ml.edlora.adapter import EDLoRAWeights
 from core.ml.edlora.composites import Cutout, TrainingExample, compose_examples
-from core.ml.edlora.config import EDLoRAConfig
 from core.ml.edlora.diagnostics import measure_attention_in_mask
 from core.ml.edlora.trainer import train_edlora
 from core.ml.fusion.conductor import generate_conductor
@@ -36,6 +35,7 @@ from core.ml.fusion.regional import ConceptPlacement, GenerationResult, generate
 from core.ml.fusion.request import MAX_OUTPUTS
 from core.ml.fusion.stacked import generate_stacked
 from core.ml.prompts import CAPTION_PLACEHOLDER
+from core.training_options import EDLoRAConfig
 from tessera_shapes import world
 from tessera_shapes.evaluation import _wilson
 from tessera_shapes.scorer import detect_objects, score_image

@@ -39,7 +39,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import Stabl
 
 from core.config import PRESET_TRAINING_DEFAULTS
 from core.ml.components import SDComponents, load_components
-from core.ml.edlora.config import EDLoRAConfig
+from core.training_options import EDLoRAConfig
 from tessera_shapes import world
 from tessera_shapes.calibration import scorer_calibration
 from tessera_shapes.evaluation import SetScore, decoder_ceiling, evaluate_base_model

@@ -19,13 +19,56 @@ def _loaded_after(statement: str, modules: list[str]) -> list[str]:
     return [m for m in out.strip().split(",") if m]
 
 
+def _loaded_packages_after(statement: str, package: str) -> list[str]:
+    """Every module of ``package`` (the package itself included) that ``statement`` loads in a fresh process."""
+    probe = (
+        f"import sys; {statement}; "
+        f"print(','.join(sorted(m for m in sys.modules if m == {package!r} or m.startswith({package + '.'!r}))))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return [m for m in out.strip().split(",") if m]
+
+
 def test_api_imports_no_torch() -> None:
     assert _loaded_after("import services.api.app", ["torch", "diffusers", "transformers", "peft"]) == []
+
+
+@pytest.mark.parametrize("module", ["services.api.app", "core.schemas", "core.submissions"])
+def test_the_api_side_loads_no_ml_module(module: str) -> None:
+    # The limits, the concept rules and the training options the API validates with live outside core.ml
+    # (core.rules, core.training_options), so nothing on the request path can pull the ML code in by accident.
+    assert _loaded_packages_after(f"import {module}", "core.ml") == []
+
+
+@pytest.mark.parametrize("module", ["core.rules", "core.training_options"])
+def test_the_shared_rules_load_nothing_of_the_ml_side(module: str) -> None:
+    heavy = ["torch", "diffusers", "transformers", "peft", "numpy", "PIL"]
+    assert _loaded_after(f"import {module}", heavy) == []
+    assert _loaded_packages_after(f"import {module}", "core.ml") == []
+
+
+def test_the_rules_module_imports_the_standard_library_alone() -> None:
+    # core.rules is read by every side; a project import there would make it a place where layers meet.
+    tree = ast.parse((REPO / "core" / "rules.py").read_text(encoding="utf-8"))
+    imported = {
+        name.split(".")[0]
+        for node in ast.walk(tree)
+        for name in (
+            [alias.name for alias in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+            if isinstance(node, ast.ImportFrom)
+            else []
+        )
+    }
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
 
 
 @pytest.mark.parametrize(
     "module",
     [
+        "core.rules",
+        "core.training_options",
         "core.schemas",
         "core.jobs",
         "core.submissions",

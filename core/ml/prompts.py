@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from core.errors import InvalidRequestError, UnknownConceptError
-
-CONCEPT_REF = re.compile(r"<([a-z0-9][a-z0-9_-]{0,39})>")
-"""``<name>`` in a prompt; names follow the API's concept name rule ``^[a-z0-9][a-z0-9_-]{0,39}$``."""
+from core.rules import CONCEPT_REF_RE, concept_refs
 
 CAPTION_PLACEHOLDER = "<concept>"
 """Stands for the concept's learned words in training captions."""
@@ -59,11 +57,6 @@ _CLAUSE_BREAK = re.compile(r"\s*[,;]\s*|\s+and\s+", re.IGNORECASE)
 """Where ``single_concept_prompt`` cuts a prompt: commas, semicolons and the word "and"."""
 
 
-def concept_refs(prompt: str) -> list[str]:
-    """Names referenced as ``<name>`` in a prompt, each once, in order of first appearance."""
-    return list(dict.fromkeys(CONCEPT_REF.findall(prompt)))
-
-
 def bind_prompt(
     prompt: str,
     *,
@@ -87,7 +80,7 @@ def bind_prompt(
     """
     parts: list[PromptPart] = []
     position = 0
-    for match in CONCEPT_REF.finditer(prompt):
+    for match in CONCEPT_REF_RE.finditer(prompt):
         name = match.group(1)
         text = prompt[position : match.start()]
         position = match.end()
@@ -154,7 +147,7 @@ def single_concept_prompt(prompt: str, name: str) -> str:
 def every_slot_prompt(prompt: str, name: str) -> str:
     """``prompt`` with every concept reference replaced by ``<name>`` (Concept Conductor's shipped custom prompts:
     "A <dog> and a <dog> on the beach" for the dog's path)."""
-    return CONCEPT_REF.sub(f"<{name}>", prompt)
+    return CONCEPT_REF_RE.sub(f"<{name}>", prompt)
 
 
 PathPrompt = Literal["full", "own_clause", "every_slot"]

@@ -7,8 +7,8 @@ put the concept after "in the style of".
 
 from __future__ import annotations
 
-from core.ml.edlora.config import ConceptType
 from core.ml.prompts import CAPTION_TEMPLATES
+from core.training_options import ConceptType
 
 HUMAN_TEMPLATES = (
     "a photo of a <concept>",

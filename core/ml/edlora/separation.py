@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from core.ml.edlora.config import EDLoRAConfig
+from core.training_options import EDLoRAConfig
 
 _EPS = 1e-8
 

@@ -38,13 +38,14 @@ from core.ml.edlora.attention import layerwise_cross_attention
 from core.ml.edlora.augmentation import TrainingView, centre_view, random_view
 from core.ml.edlora.captions import caption_templates
 from core.ml.edlora.capture import ConceptAttentionStore, capture_concept_attention, concept_columns
-from core.ml.edlora.config import EDLoRAConfig
 from core.ml.edlora.embeddings import encode_layerwise, init_concept_embeddings
 from core.ml.edlora.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora, lora_parameters, lora_state_dict
 from core.ml.edlora.separation import SeparationMasks, separation_loss, timestep_weight
 from core.ml.masks.cleanup import dilate_mask, enclosed_region
-from core.ml.prompts import CONCEPT_REF, PromptPart, bind_caption
+from core.ml.prompts import PromptPart, bind_caption
 from core.progress import Progress, StepCallback, no_progress
+from core.rules import CONCEPT_NAME_RE, is_concept_name
+from core.training_options import EDLoRAConfig
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +84,9 @@ def _check_inputs(
 ) -> None:
     if not images:
         raise InvalidRequestError("images must hold at least 1 image, got 0", field="images")
-    if not CONCEPT_REF.fullmatch(f"<{concept_name}>"):
+    if not is_concept_name(concept_name):
         raise InvalidRequestError(
-            f"concept.name must match ^[a-z0-9][a-z0-9_-]{{0,39}}$, got {concept_name!r}", field="concept.name"
+            f"concept.name must match {CONCEPT_NAME_RE.pattern}, got {concept_name!r}", field="concept.name"
         )
     if not class_word.strip() or len(class_word.split()) != 1:
         raise InvalidRequestError(

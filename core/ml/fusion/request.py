@@ -14,8 +14,8 @@ import PIL.Image
 from core.errors import InvalidRequestError, ModelLoadError
 from core.ml.components import SDComponents
 from core.ml.edlora.adapter import EDLoRAWeights
-from core.ml.prompts import concept_refs
 from core.ml.regions import Region
+from core.rules import concept_refs
 
 MAX_CONCEPTS = 4
 MIN_SIDE, MAX_SIDE = 64, 1024

@@ -21,7 +21,7 @@ import torch
 from core.errors import InvalidRequestError, UnknownConceptError
 from core.ml.metrics.encoders import CLIPEncoder, model_device_dtype
 from core.ml.metrics.similarity import clipscore, mean_pairwise_cosine
-from core.ml.prompts import CONCEPT_REF
+from core.rules import CONCEPT_REF_RE
 
 CLIPSCORE_PREFIX = "A photo depicts "
 """Mix-of-Show's (and the CLIPScore paper's) text prefix for CLIP-T."""
@@ -47,7 +47,7 @@ def class_word_prompt(prompt: str, class_words: Mapping[str, str]) -> str:
             )
         return class_words[name]
 
-    return _SPACES.sub(" ", CONCEPT_REF.sub(replace, prompt)).strip()
+    return _SPACES.sub(" ", CONCEPT_REF_RE.sub(replace, prompt)).strip()
 
 
 def _check_images(field: str, images: Sequence[PIL.Image.Image]) -> None:

@@ -23,7 +23,7 @@ from core.ml.metrics.clip_score import (
 from core.ml.metrics.dino import dino_embeddings
 from core.ml.metrics.encoders import EvalEncoders, load_eval_encoders
 from core.ml.metrics.similarity import mean_pairwise_cosine
-from core.ml.prompts import concept_refs
+from core.rules import concept_refs
 
 logger = logging.getLogger(__name__)
 

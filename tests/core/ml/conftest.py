@@ -17,8 +17,8 @@ import torch
 
 from core.ml.components import SDComponents, load_components
 from core.ml.edlora.adapter import EDLoRAWeights
-from core.ml.edlora.config import EDLoRAConfig
 from core.ml.edlora.trainer import train_edlora
+from core.training_options import EDLoRAConfig
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,8 @@ from core.ml.edlora.composites import (
     composite_count,
     fill_from_surroundings,
 )
-from core.ml.edlora.config import EDLoRAConfig
 from core.ml.edlora.trainer import train_edlora
+from core.training_options import EDLoRAConfig
 
 GREEN, RED, BLUE, WHITE = (40, 160, 60), (210, 30, 30), (30, 40, 220), (250, 250, 250)
 

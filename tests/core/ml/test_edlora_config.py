@@ -8,7 +8,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from core.ml.edlora.config import EDLoRAConfig
+from core.training_options import EDLoRAConfig
 
 
 def test_defaults_follow_mix_of_show() -> None:
@@ -49,6 +49,6 @@ def test_config_is_frozen() -> None:
 
 
 def test_config_modules_import_no_torch() -> None:
-    code = "import sys, core.ml, core.ml.edlora, core.ml.edlora.config; print('torch' in sys.modules)"
+    code = "import sys, core.ml, core.ml.edlora, core.training_options; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

@@ -14,11 +14,11 @@ from core.ml.prompts import (
     bind_caption,
     bind_concepts,
     bind_prompt,
-    concept_refs,
     every_slot_prompt,
     parts_text,
     single_concept_prompt,
 )
+from core.rules import concept_refs
 
 
 def test_bind_prompt_learned_and_class_words() -> None:

@@ -15,7 +15,6 @@ from core.ml.components import SDComponents
 from core.ml.edlora.adapter import EDLoRAWeights
 from core.ml.edlora.attention import layerwise_cross_attention
 from core.ml.edlora.capture import ConceptAttentionStore, capture_concept_attention, concept_columns
-from core.ml.edlora.config import EDLoRAConfig
 from core.ml.edlora.diagnostics import measure_attention_in_mask
 from core.ml.edlora.embeddings import encode_layerwise, init_concept_embeddings
 from core.ml.edlora.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora
@@ -28,6 +27,7 @@ from core.ml.edlora.separation import (
 )
 from core.ml.edlora.trainer import _prepare_data, train_edlora
 from core.ml.prompts import bind_caption
+from core.training_options import EDLoRAConfig
 
 
 def _left_half(side: int) -> torch.Tensor:

@@ -12,10 +12,10 @@ import torch
 from core.errors import InvalidRequestError, JobCanceledError
 from core.ml.components import SDComponents
 from core.ml.edlora.adapter import EDLoRAWeights, adapter_to_bytes
-from core.ml.edlora.config import EDLoRAConfig
 from core.ml.edlora.embeddings import init_concept_embeddings
 from core.ml.edlora.trainer import train_edlora
 from core.progress import Progress
+from core.training_options import EDLoRAConfig
 
 
 def test_training_reports_every_step_and_learns_only_adapter_weights(

@@ -14,8 +14,8 @@ from pydantic import ValidationError
 import core.ml.edlora.trainer as trainer
 from core.ml.components import SDComponents
 from core.ml.edlora.adapter import EDLoRAWeights
-from core.ml.edlora.config import EDLoRAConfig
 from core.ml.edlora.trainer import _prefer_sdpa, autocast_dtype, train_edlora
+from core.training_options import EDLoRAConfig
 from tests.core.ml.conftest import square_mask
 
 

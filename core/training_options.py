@@ -1,6 +1,7 @@
 """Training options of an ED-LoRA concept; also the public ``options`` schema of ``POST /v1/trainings``.
 
-This module imports no torch: the API validates requests with it. Defaults are Mix-of-Show's shipped ED-LoRA
+This module imports no torch and nothing of ``core.ml``: the API validates requests with it, and the trainer
+(``core.ml.edlora.trainer``) runs with it. Defaults are Mix-of-Show's shipped ED-LoRA
 configs (embedding/text-encoder/UNet learning rates 1e-3/1e-5/1e-4, rank 4, alpha 1.0, noise offset 0.01, batch 4,
 embedding-norm freeze at 0.55). The attention separation loss (``core.ml.edlora.separation``) defaults to the
 configuration the ablation in ``bench/separation_ablation.py`` found best; its terms are::
@@ -24,6 +25,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.rules import MAX_SEED, MAX_SIDE, MAX_TRAINING_STEPS, MIN_SIDE, SIDE_MULTIPLE
+
 ConceptType = Literal["object", "human", "style"]
 TimestepWeighting = Literal["uniform", "linear"]
 DownsampleFactor = Literal[1, 2, 4, 8, 16]
@@ -38,7 +41,7 @@ class EDLoRAConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_train_steps: int = Field(500, ge=1, le=5000, description="Optimizer steps to train for.")
+    max_train_steps: int = Field(500, ge=1, le=MAX_TRAINING_STEPS, description="Optimizer steps to train for.")
     rank: int = Field(4, ge=1, le=128, description="LoRA rank r of every adapted linear layer.")
     alpha: float = Field(
         1.0,
@@ -59,7 +62,7 @@ class EDLoRAConfig(BaseModel):
         ),
     )
     seed: int = Field(
-        0, ge=0, le=2**63 - 1, description="Seed of every random draw in training (same seed, same adapter)."
+        0, ge=0, le=MAX_SEED, description="Seed of every random draw in training (same seed, same adapter)."
     )
     batch_size: int = Field(4, ge=1, le=16, description="Images per optimizer step (Mix-of-Show trains at 4).")
     lr_embedding: float = Field(
@@ -69,9 +72,9 @@ class EDLoRAConfig(BaseModel):
     lr_unet: float = Field(1e-4, ge=0.0, le=1.0, description="AdamW learning rate of the UNet LoRA.")
     resolution: int | None = Field(
         None,
-        ge=64,
-        le=1024,
-        multiple_of=8,
+        ge=MIN_SIDE,
+        le=MAX_SIDE,
+        multiple_of=SIDE_MULTIPLE,
         description="Training image side in pixels (multiple of 8); null = the model's native size (512 for SD 1.5).",
     )
     noise_offset: float = Field(
