@@ -15,6 +15,7 @@ import redis
 from core.config import StorageSettings
 from core.jobs import JobRecord, utcnow
 from core.presenter import Presenter
+from core.stores import job_keys
 from core.stores.catalog import Catalog
 from core.stores.jobs import JobStore
 from core.stores.objects import ObjectStore
@@ -44,7 +45,7 @@ class WebhookNotifier:
             return
         if event == "progress":
             # At most one progress event per second per job, across every worker process.
-            if not self._r.set(f"tessera:job:{job_id}:progress-hook", "1", nx=True, px=PROGRESS_INTERVAL_MS):
+            if not self._r.set(job_keys.progress_hook(job_id), "1", nx=True, px=PROGRESS_INTERVAL_MS):
                 return
             record = self._jobs.get(job_id)
         if record is None:

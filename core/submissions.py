@@ -25,8 +25,8 @@ from core.jobs import JobRecord, new_id
 from core.rules import CONCEPT_REF_RE
 from core.schemas import CompositesSpec, ControlSpec, GenerationRequest, JobError, TrainingRequest
 from core.stores.catalog import Catalog, ConceptRecord
-from core.stores.jobs import JobStore, QueueMessage
-from core.tasks import QUEUE_FOR_KIND
+from core.stores.jobs import JobStore
+from core.tasks import QUEUE_FOR_KIND, QueueMessage
 from core.webhooks import Resolver, system_resolver, vet_url
 
 Enqueue = Callable[[JobRecord], None]

@@ -5,6 +5,7 @@ Names are explicit and stable so that moving a module can never orphan queued me
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 TRAIN_QUEUE: Final = "train"
@@ -20,3 +21,16 @@ WEBHOOK_TASK: Final = "tessera.webhook.deliver"
 
 TASK_FOR_KIND: Final = {"training": TRAIN_TASK, "generation": GENERATE_TASK}
 QUEUE_FOR_KIND: Final = {"training": TRAIN_QUEUE, "generation": GENERATE_QUEUE}
+
+
+@dataclass(frozen=True)
+class QueueMessage:
+    """A broker message that ``JobStore.create`` pushes (LPUSH) with the record, in the same atomic step.
+
+    Args:
+        key: the Redis list the broker's consumers pop from (the job's queue).
+        payload: the message exactly as the broker stores it; the store does not read it.
+    """
+
+    key: str
+    payload: str

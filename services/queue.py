@@ -21,8 +21,7 @@ from kombu.transport.redis import Channel
 
 from core.config import Settings
 from core.jobs import JobRecord
-from core.stores.jobs import QueueMessage
-from core.tasks import GPU_QUEUES, QUEUES, TASK_FOR_KIND, WEBHOOK_QUEUE, WEBHOOK_TASK
+from core.tasks import GPU_QUEUES, QUEUES, TASK_FOR_KIND, WEBHOOK_QUEUE, WEBHOOK_TASK, QueueMessage
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -1,16 +1,7 @@
 """The job store: job records in Redis, the single source of truth for job status.
 
-Keys (prefix ``tessera:``):
-- ``job:{id}``             JSON ``JobRecord``
-- ``job:{id}:progress``    JSON ``JobProgress`` of the job (written often while it runs, kept apart from the record;
-                           final once the job ends, and then kept as long as the record)
-- ``job:{id}:cancel``      set when a client asked to cancel
-- ``job:{id}:lease``       owner of a running job; expires unless the owner renews it (worker liveness)
-- ``tenant:{t}:jobs``      time index for listing
-- ``queue:{q}``            time index of queued jobs, for queue positions
-- ``running``              set of running job ids, scanned for expired leases
-- ``job:{id}:events``      stream of job snapshots, one entry per change (SSE replay)
-- ``tenant:{t}:active``    queued and running jobs of a tenant (quota)
+Its keys are listed (and built) in ``core.stores.job_keys``; every change also appends a ``JobEvent`` to the job's
+event stream (``core.stores.job_events``), which ``read_events`` and ``aread_events`` read back typed.
 
 ``create`` can also push the job's queue message (``QueueMessage``, built by the transport) in the same atomic
 script, when the broker is this Redis: one round trip stores and enqueues a job, and a job is never recorded
@@ -21,24 +12,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
 from core.errors import ConflictError, InvalidTransitionError, NotFoundError, QuotaExceededError
 from core.jobs import TERMINAL, JobRecord, check_transition, utcnow
 from core.progress import terminal_progress
 from core.schemas import JobKind, JobProgress, JobStatus
-from core.stores import stats
+from core.stores import job_keys, stats
 from core.stores.index import TimeIndex, index_member
+from core.stores.job_events import EVENTS_MAXLEN, FIRST, JobEvent, decode_events, event_fields
+from core.tasks import QueueMessage
 
 logger = logging.getLogger(__name__)
-
-PREFIX = "tessera:"
-# Events kept per job for replay; a job has a few status changes and throttled progress reports.
-EVENTS_MAXLEN = 5000
 
 # What a change is, for listeners (webhooks): "start", "progress", "completed" or "requeued".
 JobListener = Callable[[JobRecord | None, str, str], None]
@@ -66,25 +55,9 @@ return redis.call('ZRANK', KEYS[4], ARGV[3]) + 1
 """
 
 
-@dataclass(frozen=True)
-class QueueMessage:
-    """A broker message that ``JobStore.create`` pushes (LPUSH) with the record, in the same atomic step.
-
-    Args:
-        key: the Redis list the broker's consumers pop from (the job's queue).
-        payload: the message exactly as the broker stores it; the store does not read it.
-    """
-
-    key: str
-    payload: str
-
-
 def event_for(new: JobStatus) -> str:
-    if new == "running":
-        return "start"
-    if new in TERMINAL:
-        return "completed"
-    return "requeued"
+    """What a change to ``new`` is, for listeners."""
+    return "start" if new == "running" else "completed" if new in TERMINAL else "requeued"
 
 
 class JobStore:
@@ -94,10 +67,19 @@ class JobStore:
         client: a redis-py client.
         ttl_seconds: how long a finished job's record is kept.
         lease_seconds: how long a running job stays owned without a renewal before it counts as orphaned.
+        async_client: an asyncio client of the same server, for ``aread_events`` (the API's event streams).
     """
 
-    def __init__(self, client: redis.Redis, *, ttl_seconds: int = 30 * 24 * 3600, lease_seconds: float = 20.0) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        ttl_seconds: int = 30 * 24 * 3600,
+        lease_seconds: float = 20.0,
+        async_client: AsyncRedis | None = None,
+    ) -> None:
         self._r = client
+        self._ar = async_client
         self.ttl_seconds = ttl_seconds
         self.lease_seconds = lease_seconds
         # Called after each committed change with (record or None for progress, job id, event).
@@ -109,28 +91,38 @@ class JobStore:
         self._create = client.register_script(_CREATE_SCRIPT)
 
     # ---- keys
-    @staticmethod
-    def _key(job_id: str, suffix: str = "") -> str:
-        return f"{PREFIX}job:{job_id}{suffix}"
-
     def _tenant_index(self, tenant: str) -> TimeIndex:
-        return TimeIndex(self._r, f"{PREFIX}tenant:{tenant}:jobs")
+        return TimeIndex(self._r, job_keys.tenant_jobs(tenant))
 
     def _queue_index(self, queue: str) -> TimeIndex:
-        return TimeIndex(self._r, f"{PREFIX}queue:{queue}")
+        return TimeIndex(self._r, job_keys.queue(queue))
+
+    # ---- events
+    def _append_event(self, pipe: redis.client.Pipeline, record: JobRecord, progress: JobProgress | None) -> None:
+        fields = event_fields(record, progress)
+        pipe.xadd(job_keys.events(record.id), fields, maxlen=EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
+        pipe.expire(job_keys.events(record.id), self.ttl_seconds)
+
+    def read_events(
+        self, job_id: str, *, after: str = FIRST, block_ms: int | None = None, count: int = 100
+    ) -> list[JobEvent]:
+        """Up to ``count`` of the job's events after the one with id ``after``, oldest first.
+
+        With ``block_ms``, wait up to that long for one when there is none yet (an empty list when none came).
+        """
+        reply = self._r.xread({job_keys.events(job_id): after}, count=count, block=block_ms)
+        return decode_events(cast(list[Any], reply))
+
+    async def aread_events(
+        self, job_id: str, *, after: str = FIRST, block_ms: int | None = None, count: int = 100
+    ) -> list[JobEvent]:
+        """``read_events`` on the asyncio client, for a server that must not block its event loop."""
+        if self._ar is None:
+            raise RuntimeError("this JobStore has no async_client; make it with one to read events from asyncio")
+        reply = await self._ar.xread({job_keys.events(job_id): after}, count=count, block=block_ms)
+        return decode_events(cast(list[Any], reply))
 
     # ---- records
-    def _active_key(self, tenant: str) -> str:
-        return f"{PREFIX}tenant:{tenant}:active"
-
-    def events_key(self, job_id: str) -> str:
-        return self._key(job_id, ":events")
-
-    def _append_event(self, pipe: redis.client.Pipeline, record: JobRecord, progress: JobProgress | None) -> None:
-        # The same fields as the first event that _CREATE_SCRIPT writes.
-        fields = {"record": record.model_dump_json(), "progress": progress.model_dump_json() if progress else ""}
-        pipe.xadd(self.events_key(record.id), fields, maxlen=EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
-        pipe.expire(self.events_key(record.id), self.ttl_seconds)
 
     def create(self, record: JobRecord, *, max_active: int | None = None, message: QueueMessage | None = None) -> int:
         """Store a new queued job (and index it); returns its 1-based place in its queue.
@@ -143,16 +135,15 @@ class JobStore:
         enqueued in one round trip, and a refused create (quota, ``ConflictError`` for a taken id) pushes nothing.
         The list must live on this Redis (the broker is the job store's server).
         """
-        events = self.events_key(record.id)
         member = index_member(record.created_at, record.id)
         raw = record.model_dump_json()
         keys = [
-            self._key(record.id),
-            self._active_key(record.tenant),
-            self._tenant_index(record.tenant).key,
-            self._queue_index(record.queue).key,
+            job_keys.job(record.id),
+            job_keys.tenant_active(record.tenant),
+            job_keys.tenant_jobs(record.tenant),
+            job_keys.queue(record.queue),
             stats.KEY,
-            events,
+            job_keys.events(record.id),
         ]
         args: list[str | int] = [
             raw,
@@ -179,7 +170,7 @@ class JobStore:
 
     def get(self, job_id: str) -> JobRecord:
         """The record of ``job_id``; ``NotFoundError`` when there is none."""
-        raw = self._r.get(self._key(job_id))
+        raw = self._r.get(job_keys.job(job_id))
         if raw is None:
             raise NotFoundError(f"no job {job_id}")
         return JobRecord.model_validate_json(raw)
@@ -227,8 +218,7 @@ class JobStore:
         ``InvalidTransitionError`` when the job is not in an expected state (someone else moved it).
         """
         allowed = {expected} if isinstance(expected, str) else set(expected)
-        key = self._key(job_id)
-        progress_key = self._key(job_id, ":progress")
+        key, progress_key = job_keys.job(job_id), job_keys.progress(job_id)
 
         def apply(pipe: redis.client.Pipeline) -> JobRecord:
             raw = pipe.get(key)
@@ -261,9 +251,9 @@ class JobStore:
             if new == "queued":
                 queue_index.add(record.created_at, record.id, pipe)
             if new == "running":
-                pipe.sadd(f"{PREFIX}running", job_id)
+                pipe.sadd(job_keys.RUNNING, job_id)
             else:
-                pipe.srem(f"{PREFIX}running", job_id)
+                pipe.srem(job_keys.RUNNING, job_id)
             if new == "queued":
                 # A job handed back runs again from its first stage: the last run's progress is not its progress.
                 pipe.delete(progress_key)
@@ -272,9 +262,9 @@ class JobStore:
                     pipe.delete(progress_key)
                 else:
                     pipe.set(progress_key, final.model_dump_json(), ex=self.ttl_seconds)
-                for suffix in (":cancel", ":lease"):
-                    pipe.expire(self._key(job_id, suffix), 3600)
-                pipe.srem(self._active_key(record.tenant), job_id)
+                for other in (job_keys.cancel(job_id), job_keys.lease(job_id)):
+                    pipe.expire(other, 3600)
+                pipe.srem(job_keys.tenant_active(record.tenant), job_id)
                 stats.count_finished(pipe, record.kind, new)
                 if record.started_at is not None and record.completed_at is not None:
                     run = (record.completed_at - record.started_at).total_seconds()
@@ -314,7 +304,7 @@ class JobStore:
         Only a running job takes progress: once the job ended (its final progress is written by ``transition``) or
         went back to the queue, a late report is dropped instead of overwriting that.
         """
-        key, progress_key = self._key(job_id), self._key(job_id, ":progress")
+        key, progress_key = job_keys.job(job_id), job_keys.progress(job_id)
         with self._r.pipeline() as pipe:
             while True:
                 try:
@@ -337,15 +327,17 @@ class JobStore:
 
     def get_progress(self, job_id: str) -> JobProgress | None:
         """The job's progress: the latest report while it runs, the final one once it ended, None before it ran."""
-        raw = self._r.get(self._key(job_id, ":progress"))
+        raw = self._r.get(job_keys.progress(job_id))
         return None if raw is None else JobProgress.model_validate_json(raw)
 
     # ---- cancellation
     def request_cancel(self, job_id: str) -> None:
-        self._r.set(self._key(job_id, ":cancel"), "1", ex=self.ttl_seconds)
+        """Flag the job canceled: a worker running it stops at its next step (``cancel_requested``)."""
+        self._r.set(job_keys.cancel(job_id), "1", ex=self.ttl_seconds)
 
     def cancel_requested(self, job_id: str) -> bool:
-        return bool(self._r.exists(self._key(job_id, ":cancel")))
+        """Whether a client asked to cancel the job."""
+        return bool(self._r.exists(job_keys.cancel(job_id)))
 
     # ---- queue positions
     def queue_position(self, record: JobRecord) -> int | None:
@@ -368,16 +360,16 @@ class JobStore:
     # ---- leases: who runs a job, and whether they are still alive
     def acquire_lease(self, job_id: str, owner: str) -> bool:
         """Take the lease of ``job_id`` unless someone holds it."""
-        return bool(self._r.set(self._key(job_id, ":lease"), owner, px=int(self.lease_seconds * 1000), nx=True))
+        return bool(self._r.set(job_keys.lease(job_id), owner, px=int(self.lease_seconds * 1000), nx=True))
 
     def release_lease(self, job_id: str, owner: str) -> None:
         """Drop the lease if ``owner`` holds it."""
-        key = self._key(job_id, ":lease")
+        key = job_keys.lease(job_id)
         self._release(keys=[key], args=[owner])
 
     def renew_lease(self, job_id: str, owner: str) -> bool:
         """Extend the lease if ``owner`` still holds it."""
-        key = self._key(job_id, ":lease")
+        key = job_keys.lease(job_id)
         with self._r.pipeline() as pipe:
             try:
                 pipe.watch(key)  # type: ignore[no-untyped-call]
@@ -391,9 +383,9 @@ class JobStore:
                 return False
 
     def lease_alive(self, job_id: str) -> bool:
-        return bool(self._r.exists(self._key(job_id, ":lease")))
+        return bool(self._r.exists(job_keys.lease(job_id)))
 
     def orphaned_jobs(self) -> list[str]:
         """Running jobs whose lease expired: their worker died without finishing them."""
-        ids = [raw.decode() for raw in cast(set[bytes], self._r.smembers(f"{PREFIX}running"))]
+        ids = [raw.decode() for raw in cast(set[bytes], self._r.smembers(job_keys.RUNNING))]
         return [job_id for job_id in ids if not self.lease_alive(job_id)]

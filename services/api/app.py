@@ -98,7 +98,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         docs_url=None,
         redoc_url=None,
     )
-    jobs = JobStore(client, ttl_seconds=settings.job_ttl_seconds)
+    jobs = JobStore(client, ttl_seconds=settings.job_ttl_seconds, async_client=aclient)
     catalog = Catalog(client)
     objects = make_object_store(settings.storage)
     producer = make_producer(settings)
@@ -107,7 +107,6 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     app.state.tessera = ApiState(
         settings=settings,
         redis=client,
-        aredis=aclient,
         jobs=jobs,
         catalog=catalog,
         objects=objects,

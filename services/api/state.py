@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import redis
-from redis.asyncio import Redis as AsyncRedis
 
 from core.config import Settings
 from core.presenter import Presenter
@@ -24,7 +23,6 @@ from core.submissions import Enqueue, Policy
 class ApiState:
     settings: Settings
     redis: redis.Redis
-    aredis: AsyncRedis
     jobs: JobStore
     catalog: Catalog
     objects: ObjectStore

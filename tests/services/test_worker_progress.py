@@ -41,14 +41,7 @@ def ctx(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> WorkerCont
 
 
 def _events(jobs: JobStore, job_id: str) -> list[tuple[str, JobProgress | None]]:
-    entries = jobs._r.xrange(jobs.events_key(job_id))
-    return [
-        (
-            JobRecord.model_validate_json(fields[b"record"]).status,
-            JobProgress.model_validate_json(fields[b"progress"]) if fields[b"progress"] else None,
-        )
-        for _, fields in entries
-    ]
+    return [(event.record.status, event.progress) for event in jobs.read_events(job_id, count=10_000)]
 
 
 def _submit(ctx: WorkerContext) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any, cast
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -13,8 +13,9 @@ from pydantic import BaseModel, Field
 
 from core.errors import InvalidRequestError, InvalidTransitionError
 from core.jobs import JobRecord
-from core.schemas import GenerationRequest, Job, JobKind, JobList, JobProgress, JobStatus, TrainingRequest
+from core.schemas import GenerationRequest, Job, JobKind, JobList, JobStatus, TrainingRequest
 from core.stores.idempotency import fingerprint
+from core.stores.job_events import FIRST
 from core.stores.webhooks import DeliveryAttempt
 from core.submissions import Submission, submit_generation, submit_training
 from services.api.deps import Presenting, State, Tenant
@@ -195,17 +196,13 @@ def _wait_seconds(prefer: str | None) -> float:
 def _wait_for_terminal(state: ApiState, record: JobRecord, seconds: float) -> JobRecord:
     """Block on the job's event stream until it is terminal or ``seconds`` passed."""
     deadline = time.monotonic() + seconds
-    last = "0-0"
-    key = state.jobs.events_key(record.id)
+    last = FIRST
     while not record.terminal:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        entries = cast(list[Any], state.redis.xread({key: last}, block=max(1, int(remaining * 1000)), count=100))
-        for _, items in entries:
-            for entry_id, fields in items:
-                last = entry_id
-                record = JobRecord.model_validate_json(fields[b"record"])
+        for event in state.jobs.read_events(record.id, after=last, block_ms=max(1, int(remaining * 1000))):
+            last, record = event.id, event.record
     return record
 
 
@@ -372,29 +369,25 @@ async def job_events(
     keepalive_ms = int(state.settings.events_keepalive_seconds * 1000)
 
     async def stream() -> AsyncIterator[str]:
-        last = last_event_id or "0-0"
-        key = state.jobs.events_key(job_id)
+        last = last_event_id or FIRST
         idle_since = time.monotonic()
         while not await request.is_disconnected():
             # Block in short reads: one longer than the Redis client's socket timeout (5 s by default) would end
             # the stream with a timeout while a job is quiet (a worker loading models).
             block = min(keepalive_ms, _EVENTS_BLOCK_MS)
-            entries = cast(list[Any], await state.aredis.xread({key: last}, block=block, count=100))
-            if not entries:
+            events = await state.jobs.aread_events(job_id, after=last, block_ms=block)
+            if not events:
                 if time.monotonic() - idle_since >= keepalive_ms / 1000:
                     idle_since = time.monotonic()
                     yield ": keep-alive\n\n"
                 continue
             idle_since = time.monotonic()
-            for _, items in entries:
-                for entry_id, fields in items:
-                    last = entry_id.decode()
-                    record = JobRecord.model_validate_json(fields[b"record"])
-                    progress = JobProgress.model_validate_json(fields[b"progress"]) if fields[b"progress"] else None
-                    job = presenter.job(record, progress=progress, live=False)
-                    yield f"id: {last}\nevent: job\ndata: {job.model_dump_json()}\n\n"
-                    if record.terminal:
-                        return
+            for event in events:
+                last = event.id
+                job = presenter.job(event.record, progress=event.progress, live=False)
+                yield f"id: {last}\nevent: job\ndata: {job.model_dump_json()}\n\n"
+                if event.record.terminal:
+                    return
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
 import pytest
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
 from core.errors import ConflictError, InvalidTransitionError, NotFoundError, QuotaExceededError
 from core.jobs import JobRecord, new_id
 from core.progress import DONE
 from core.schemas import JobProgress
-from core.stores.jobs import JobStore, QueueMessage
+from core.stores import job_keys
+from core.stores.job_events import JobEvent
+from core.stores.jobs import JobStore
+from core.tasks import QueueMessage
 
 
 def _job(tenant: str = "t1", kind: str = "training", queue: str = "train") -> JobRecord:
@@ -41,8 +46,7 @@ def test_create_returns_the_queue_position_and_refuses_a_taken_id(store: JobStor
     time.sleep(0.001)
     assert store.create(second) == 2
     # The first event is the stored record, for replay by the event stream.
-    events = store._r.xrange(store.events_key(first.id))
-    assert [fields[b"record"].decode() for _, fields in events] == [store.get(first.id).model_dump_json()]
+    assert [event.record for event in store.read_events(first.id)] == [store.get(first.id)]
     with pytest.raises(ConflictError):
         store.create(first.model_copy(update={"input": {"other": True}}))
     assert store.get(first.id).input == {}
@@ -161,14 +165,7 @@ def test_progress_and_cancel_flag(store: JobStore) -> None:
 
 
 def _events(store: JobStore, job_id: str) -> list[tuple[str, JobProgress | None]]:
-    entries = store._r.xrange(store.events_key(job_id))
-    return [
-        (
-            JobRecord.model_validate_json(fields[b"record"]).status,
-            JobProgress.model_validate_json(fields[b"progress"]) if fields[b"progress"] else None,
-        )
-        for _, fields in entries
-    ]
+    return [(event.record.status, event.progress) for event in store.read_events(job_id, count=10_000)]
 
 
 def test_terminal_progress_is_final_in_the_store_and_the_event(store: JobStore) -> None:
@@ -187,7 +184,7 @@ def test_terminal_progress_is_final_in_the_store_and_the_event(store: JobStore) 
         assert not store.report_progress(job.id, reached.model_copy(update={"fraction": 0.5}))
         assert store.get_progress(job.id) == ended[status]
         # Kept as long as the record, not an hour.
-        assert store._r.ttl(store._key(job.id, ":progress")) > 3600
+        assert store._r.ttl(job_keys.progress(job.id)) > 3600
     assert ended["succeeded"] == DONE
     assert ended["failed"] == ended["canceled"] == reached.model_copy(update={"eta_seconds": None})
 
@@ -237,3 +234,46 @@ def test_list_newest_first_with_filters_and_cursor(store: JobStore) -> None:
     assert [r.id for r in page3] == created[:1] and cursor3 is None
     trainings, _ = store.list_jobs("t1", kind="training", status=None, limit=10, cursor=None)
     assert [r.id for r in trainings] == [created[3], created[1]]
+
+
+def test_events_read_back_typed_and_resume_after_an_id(store: JobStore) -> None:
+    job = _job()
+    store.create(job)
+    store.transition(job.id, "queued", "running")
+    progress = JobProgress(fraction=0.5, stage="training", stage_fraction=0.5, step=1, total_steps=2)
+    store.report_progress(job.id, progress)
+    events = store.read_events(job.id)
+    assert [(e.record.status, e.progress) for e in events] == [
+        ("queued", None),
+        ("running", None),
+        ("running", progress),
+    ]
+    assert all(e.record.id == job.id for e in events) and len({e.id for e in events}) == 3
+    # Resuming after an event gives only the later ones; after the last, a bounded wait gives none.
+    assert [e.id for e in store.read_events(job.id, after=events[0].id)] == [e.id for e in events[1:]]
+    started = time.monotonic()
+    assert store.read_events(job.id, after=events[-1].id, block_ms=200) == []
+    assert time.monotonic() - started >= 0.15
+
+
+def test_async_event_reads_match_the_sync_ones(redis_url: str, redis_client: redis.Redis) -> None:
+    store = JobStore(redis_client)
+    job = _job()
+    store.create(job)
+    store.transition(job.id, "queued", "canceled")
+    expected = store.read_events(job.id)
+
+    async def read() -> tuple[list[JobEvent], list[JobEvent]]:
+        aclient = AsyncRedis.from_url(redis_url)
+        try:
+            astore = JobStore(redis_client, async_client=aclient)
+            return (
+                await astore.aread_events(job.id),
+                await astore.aread_events(job.id, after=expected[-1].id, block_ms=100),
+            )
+        finally:
+            await aclient.aclose()
+
+    assert asyncio.run(read()) == (expected, [])
+    with pytest.raises(RuntimeError, match="async_client"):
+        asyncio.run(store.aread_events(job.id))
