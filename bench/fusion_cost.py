@@ -66,7 +66,7 @@ from core.ml.edlora.lora import UNET_TARGETS, activate_lora, add_lora, lora_scop
 from core.ml.fusion.conductor import generate_conductor
 from core.ml.fusion.multipath import MultipathState, multipath_attention, path_adapter_names
 from core.ml.fusion.regional_attention import RegionalState, regional_attention
-from core.ml.fusion.request import DEFAULT_LORA_WEIGHT, ConceptPlacement
+from core.ml.fusion.request import DEFAULT_LORA_WEIGHT, ConceptPlacement, SamplingRequest
 from core.ml.styling.scales import ip_adapter_scales
 from core.ml.styling.weights import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHTS, load_styling_weights
 
@@ -455,10 +455,8 @@ def image_seconds(components: SDComponents, steps: int) -> float:
     ]
 
     def image(count: int) -> None:
-        generate_conductor(
-            components,
+        request = SamplingRequest.create(
             prompt="a <bench-dog> and a <bench-cat> on the beach",
-            negative_prompt="",
             placements=placements,
             width=side,
             height=side,
@@ -466,6 +464,7 @@ def image_seconds(components: SDComponents, steps: int) -> float:
             guidance_scale=7.5,
             seed=0,
         )
+        generate_conductor(components, request)
 
     image(2)  # warm-up
     _sync(components.device)

@@ -63,7 +63,7 @@ from bench.sd15 import random_edlora, sd15_components, sd15_styling_weights
 from bench.training_throughput import TrainingTimes, measure_training
 from core.ml.components import SDComponents, load_components
 from core.ml.fusion.conductor import generate_conductor
-from core.ml.fusion.request import ConceptPlacement
+from core.ml.fusion.request import ConceptPlacement, SamplingRequest
 from core.ml.fusion.sampler import denoise
 from core.ml.styling.pipeline import style_images
 from core.ml.styling.weights import StylingWeights, load_styling_weights
@@ -234,10 +234,8 @@ def generation_arms(setup: Setup) -> dict[str, Callable[[int], object]]:
     style_image = PIL.Image.fromarray(rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8))
 
     def conductor(steps: int) -> list[PIL.Image.Image]:
-        result = generate_conductor(
-            components,
+        request = SamplingRequest.create(
             prompt=PROMPT,
-            negative_prompt="",
             placements=placements,
             width=side,
             height=side,
@@ -245,7 +243,7 @@ def generation_arms(setup: Setup) -> dict[str, Callable[[int], object]]:
             guidance_scale=GUIDANCE_SCALE,
             seed=0,
         )
-        return result.images
+        return generate_conductor(components, request).images
 
     def styled(steps: int) -> list[PIL.Image.Image]:
         return style_images(

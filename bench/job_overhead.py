@@ -37,7 +37,7 @@ from tessera_client import TesseraClient
 from bench.rows import Row, add_rows_argument, write_rows
 from core.ml.components import load_components
 from core.ml.edlora.trainer import train_edlora
-from core.ml.fusion.regional import ConceptPlacement, generate_regional
+from core.ml.fusion.regional import ConceptPlacement, SamplingRequest, generate_regional
 from core.training_options import EDLoRAConfig
 from services.demo import sample_images
 from services.embedded import Stack
@@ -130,10 +130,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             }
 
             def direct_generate() -> None:
-                generate_regional(
-                    components,
+                request = SamplingRequest.create(
                     prompt=generation["prompt"],
-                    negative_prompt="",
                     placements=placements,
                     width=64,
                     height=64,
@@ -141,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     guidance_scale=4.0,
                     seed=1,
                 )
+                generate_regional(components, request)
 
             def service_generate() -> None:
                 t0 = time.perf_counter()

@@ -15,9 +15,10 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from core.errors import InvalidTransitionError
+from core.plans import JobPlan, upgrade_plan
 from core.schemas import Job, JobError, JobKind, JobMetrics, JobProgress, JobStatus, JobUrls
 
 TERMINAL: frozenset[JobStatus] = frozenset({"succeeded", "failed", "canceled"})
@@ -65,8 +66,17 @@ class JobRecord(BaseModel):
     metadata: dict[str, Any] | None = None
     # Times the job was handed back to the queue because its worker died.
     redeliveries: int = 0
-    # Resolved inputs the worker needs (object keys, concept ids); never shown to clients.
-    plan: dict[str, Any] = Field(default_factory=dict)
+    # What the worker runs (object keys, concept ids, sampling values); never shown to clients. None only for a
+    # record made without submission (tests, tools).
+    plan: JobPlan | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_plan(cls, data: Any) -> Any:
+        # A record stored before plans were typed holds a dict without a kind: read it as the typed plan.
+        if isinstance(data, dict) and isinstance(data.get("plan"), dict) and "kind" not in data["plan"]:
+            data = {**data, "plan": upgrade_plan(data.get("kind", ""), data["plan"], data.get("input") or {})}
+        return data
 
     @property
     def terminal(self) -> bool:

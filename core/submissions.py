@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 from core.config import NO_TRAINING_DEFAULTS, PRESET_GENERATION_DEFAULTS, GenerationDefaults, TrainingDefaults
 from core.errors import (
@@ -22,6 +22,16 @@ from core.errors import (
     UnknownConceptError,
 )
 from core.jobs import JobRecord, new_id
+from core.plans import (
+    BoxRegion,
+    ConceptPlan,
+    GenerationPlan,
+    LayoutPlan,
+    MaskRegion,
+    NeighbourPlan,
+    StylePlan,
+    TrainingPlan,
+)
 from core.rules import CONCEPT_REF_RE
 from core.schemas import CompositesSpec, ControlSpec, GenerationRequest, JobError, TrainingRequest
 from core.stores.catalog import Catalog, ConceptRecord
@@ -136,7 +146,7 @@ def _optional_key(catalog: Catalog, tenant: str, file_id: object) -> str | None:
 
 def _neighbour_plan(
     tenant: str, request: TrainingRequest, composites: CompositesSpec, *, catalog: Catalog, jobs: JobStore
-) -> list[dict[str, Any]]:
+) -> list[NeighbourPlan]:
     """Where each neighbour concept's cut-outs come from: its training images and the masks that training used.
 
     Per image the mask is the uploaded one, else the one the training computed (its output), else None: the worker
@@ -149,7 +159,7 @@ def _neighbour_plan(
             field="composites",
         )
     found = catalog.find_concepts(tenant, composites.neighbours)
-    plan: list[dict[str, Any]] = []
+    plan: list[NeighbourPlan] = []
     seen: dict[str, str] = {}
     for i, ref in enumerate(composites.neighbours):
         field = f"composites.neighbours[{i}]"
@@ -188,14 +198,14 @@ def _neighbour_plan(
         ]
         prompts = list(job.input.get("mask_prompts") or [None] * len(image_ids))[: len(image_ids)]
         plan.append(
-            {
-                "concept_id": concept.id,
-                "name": concept.name,
-                "class_word": concept.class_word,
-                "image_keys": image_keys,
-                "mask_keys": mask_keys,
-                "mask_prompts": prompts,
-            }
+            NeighbourPlan(
+                concept_id=concept.id,
+                name=concept.name,
+                class_word=concept.class_word,
+                image_keys=cast(list[str], image_keys),
+                mask_keys=mask_keys,
+                mask_prompts=prompts,
+            )
         )
     return plan
 
@@ -252,7 +262,17 @@ def submit_training(
         queue=QUEUE_FOR_KIND["training"],
         input=request.model_dump(mode="json"),
         metadata=request.metadata,
-        plan={"concept_id": concept.id, "image_keys": image_keys, "mask_keys": mask_keys, "neighbours": neighbours},
+        plan=TrainingPlan(
+            concept_id=concept.id,
+            concept=request.concept,
+            image_keys=image_keys,
+            mask_keys=mask_keys,
+            mask_prompts=request.mask_prompts,
+            captions=request.captions,
+            options=request.options,
+            composites=request.composites,
+            neighbours=neighbours,
+        ),
     )
     message = _message_for(enqueue, record)
     catalog.reserve_concept(concept)
@@ -265,8 +285,7 @@ def submit_training(
         try:
             _enqueue_or_fail(jobs, record, enqueue)
         except ServiceError:
-            concept.status = "failed"
-            catalog.save_concept(concept)
+            catalog.fail_concept(concept.tenant, concept.id)
             raise
     return Submission(record, position)
 
@@ -282,9 +301,11 @@ def _ready_concepts(catalog: Catalog, tenant: str, refs: dict[str, str]) -> dict
     return cast(dict[str, ConceptRecord], found)
 
 
-def _stage_plan(catalog: Catalog, tenant: str, request: GenerationRequest, concepts: int) -> dict[str, Any]:
+def _stage_plan(
+    catalog: Catalog, tenant: str, request: GenerationRequest, concepts: int
+) -> tuple[LayoutPlan | None, StylePlan | None]:
     """The layout reference and styling inputs of a generation as object keys, checked against the tenant's files."""
-    plan: dict[str, Any] = {"layout": None, "style": None}
+    layout, style = None, None
     if request.layout is not None:
         if request.fusion != "conductor":
             raise InvalidRequestError(
@@ -296,23 +317,22 @@ def _stage_plan(catalog: Catalog, tenant: str, request: GenerationRequest, conce
                 f"layout.masks: one mask per concept in the prompt ({concepts}), got {len(masks)}",
                 field="layout.masks",
             )
-        plan["layout"] = {
-            "image_key": _file_key(catalog, tenant, request.layout.image, "layout.image"),
-            "mask_keys": None
+        layout = LayoutPlan(
+            image_key=_file_key(catalog, tenant, request.layout.image, "layout.image"),
+            mask_keys=None
             if masks is None
             else [_file_key(catalog, tenant, fid, f"layout.masks[{i}]") for i, fid in enumerate(masks)],
-        }
+        )
     if request.control is not None and request.style is None:
         raise InvalidRequestError("control: ControlNet belongs to the styling stage; give style too", field="control")
     if request.style is not None:
-        control = request.control or ControlSpec()
-        plan["style"] = {
-            "image_key": _file_key(catalog, tenant, request.style.image, "style.image"),
-            "scale": request.style.scale,
-            "mode": request.style.mode,
-            "control": control.model_dump(mode="json"),
-        }
-    return plan
+        style = StylePlan(
+            image_key=_file_key(catalog, tenant, request.style.image, "style.image"),
+            scale=request.style.scale,
+            mode=request.style.mode,
+            control=request.control or ControlSpec(),
+        )
+    return layout, style
 
 
 def submit_generation(
@@ -338,36 +358,39 @@ def submit_generation(
     # Defaults once: the job records them, and the plan reads each concept's weight from the same copy.
     seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
     accepted = request.with_defaults(policy.defaults).model_copy(update={"seed": seed})
-    uses: dict[str, dict[str, Any]] = {}
+    uses: dict[str, tuple[BoxRegion | MaskRegion | None, float]] = {}
     for i, use in enumerate(accepted.concepts or []):
         concept = found[use.concept]
         if concept.id not in {c.id for c in by_ref.values()}:
             raise InvalidRequestError(
                 f"concepts[{i}].concept: <{use.concept}> is not named in the prompt", field=f"concepts[{i}].concept"
             )
-        region: dict[str, Any] | None = None
+        region: BoxRegion | MaskRegion | None = None
         if use.region is not None and use.region.box is not None:
-            region = {"box": list(use.region.box)}
+            region = BoxRegion(box=use.region.box)
         elif use.region is not None and use.region.mask is not None:
-            region = {"mask_key": _file_key(catalog, tenant, use.region.mask, f"concepts[{i}].region.mask")}
-        uses[concept.id] = {"region": region, "weight": use.weight}
+            region = MaskRegion(mask_key=_file_key(catalog, tenant, use.region.mask, f"concepts[{i}].region.mask"))
+        # with_defaults gave every use its weight.
+        uses[concept.id] = (region, use.weight if use.weight is not None else policy.defaults.lora_weight)
     # Concepts in prompt order, each once; those the request does not place get the automatic layout.
-    plan_concepts: list[dict[str, Any]] = []
+    plan_concepts: list[ConceptPlan] = []
     for concept in {c.id: c for c in by_ref.values()}.values():
-        use_plan = uses.get(concept.id, {"region": None, "weight": policy.defaults.lora_weight})
+        region, weight = uses.get(concept.id, (None, policy.defaults.lora_weight))
         plan_concepts.append(
-            {
-                "concept_id": concept.id,
-                "name": concept.name,
-                "class_word": concept.class_word,
-                "adapter_key": concept.adapter_key,
-                "adapter_sha256": concept.adapter_sha256,
-                **use_plan,
-            }
+            ConceptPlan(
+                concept_id=concept.id,
+                name=concept.name,
+                class_word=concept.class_word,
+                adapter_key=concept.adapter_key,
+                adapter_sha256=concept.adapter_sha256,
+                region=region,
+                weight=weight,
+            )
         )
-    stages = _stage_plan(catalog, tenant, request, len(plan_concepts))
+    layout, style = _stage_plan(catalog, tenant, request, len(plan_concepts))
     # The ML pipeline names concepts <name>; ids in the prompt are rewritten to names.
     prompt = CONCEPT_REF_RE.sub(lambda m: f"<{by_ref[m.group(1)].name}>", request.prompt)
+    width, height, steps, guidance = accepted.sampling()
     record = JobRecord(
         id=new_id("job"),
         tenant=tenant,
@@ -375,7 +398,20 @@ def submit_generation(
         queue=QUEUE_FOR_KIND["generation"],
         input=accepted.model_dump(mode="json"),
         metadata=request.metadata,
-        plan={"prompt": prompt, "concepts": plan_concepts, **stages},
+        plan=GenerationPlan(
+            fusion=accepted.fusion,
+            prompt=prompt,
+            negative_prompt=accepted.negative_prompt,
+            concepts=plan_concepts,
+            width=width,
+            height=height,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            seed=seed,
+            num_outputs=accepted.num_outputs,
+            layout=layout,
+            style=style,
+        ),
     )
     message = _message_for(enqueue, record)
     position = jobs.create(record, max_active=policy.max_active_jobs, message=message)

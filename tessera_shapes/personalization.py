@@ -31,10 +31,10 @@ from core.ml.edlora.composites import Cutout, TrainingExample, compose_examples
 from core.ml.edlora.diagnostics import measure_attention_in_mask
 from core.ml.edlora.trainer import train_edlora
 from core.ml.fusion.conductor import generate_conductor
-from core.ml.fusion.regional import ConceptPlacement, GenerationResult, generate_regional
-from core.ml.fusion.request import MAX_OUTPUTS
+from core.ml.fusion.regional import ConceptPlacement, GenerationResult, SamplingRequest, generate_regional
 from core.ml.fusion.stacked import generate_stacked
 from core.ml.prompts import CAPTION_PLACEHOLDER
+from core.rules import MAX_OUTPUTS
 from core.training_options import EDLoRAConfig
 from tessera_shapes import world
 from tessera_shapes.evaluation import _wilson
@@ -308,7 +308,7 @@ def sample_with_masks(
     """
     side = components.default_resolution
     out = Sampled()
-    generators: dict[FusionMethod, Callable[..., GenerationResult]] = {
+    generators: dict[FusionMethod, Callable[[SDComponents, SamplingRequest], GenerationResult]] = {
         "stacked": generate_stacked,
         "regional": generate_regional,
         "conductor": generate_conductor,
@@ -319,8 +319,7 @@ def sample_with_masks(
     for start in range(0, count, MAX_OUTPUTS):
         placements = [ConceptPlacement(w, r, recipe.lora_weight) for w, r in zip(adapters, regions, strict=True)]
         batch = min(MAX_OUTPUTS, count - start)
-        result = generate(
-            components,
+        request = SamplingRequest.create(
             prompt=prompt,
             negative_prompt=recipe.negative_prompt,
             placements=placements,
@@ -331,6 +330,7 @@ def sample_with_masks(
             seed=seed + start,
             num_outputs=batch,
         )
+        result = generate(components, request)
         out.images.extend(np.asarray(image.convert("RGB")) for image in result.images)
         k = len(adapters)
         for i in range(batch):

@@ -30,8 +30,9 @@ from core.ml.edlora.composites import Cutout, TrainingExample, compose_examples,
 from core.ml.edlora.diagnostics import measure_attention_in_mask
 from core.ml.edlora.trainer import train_edlora
 from core.ml.masks.segmenter import ConceptMasks, compute_masks
+from core.plans import NeighbourPlan, TrainingPlan
 from core.progress import Progress, training_plan
-from core.schemas import MaskPrompt, TrainingRequest
+from core.schemas import MaskPrompt
 from services.worker.context import WorkerContext
 from services.worker.outputs import store_png
 from services.worker.run import JobRun
@@ -83,17 +84,17 @@ def class_phrase(class_word: str) -> str:
 class _Download:
     """A neighbour's plan entry, its images and the masks still stored (None where gone)."""
 
-    spec: dict[str, Any]
+    spec: NeighbourPlan
     images: list[PIL.Image.Image]
     masks: list[PIL.Image.Image | None]
 
 
-def _download_neighbours(run: JobRun) -> list[_Download]:
+def _download_neighbours(run: JobRun, plan: TrainingPlan) -> list[_Download]:
     """Every neighbour's images and stored masks (call inside the downloading stage)."""
     downloads = []
-    for spec in run.record.plan.get("neighbours") or []:
-        images = [load_image(run.ctx.objects.get_bytes(key)) for key in spec["image_keys"]]
-        masks = [None if key is None else _load_mask(run, key) for key in spec["mask_keys"]]
+    for spec in plan.neighbours or []:
+        images = [load_image(run.ctx.objects.get_bytes(key)) for key in spec.image_keys]
+        masks = [None if key is None else _load_mask(run, key) for key in spec.mask_keys]
         downloads.append(_Download(spec, images, masks))
     return downloads
 
@@ -103,9 +104,8 @@ def _neighbours(run: JobRun, downloads: Sequence[_Download]) -> list[Neighbour]:
     result = []
     for download in downloads:
         spec = download.spec
-        prompts = [None if p is None else MaskPrompt.model_validate(p) for p in spec["mask_prompts"]]
-        masks = _masks(run, download.images, prompts, download.masks)
-        result.append(Neighbour(spec["name"], class_phrase(spec["class_word"]), download.images, masks))
+        masks = _masks(run, download.images, spec.mask_prompts, download.masks)
+        result.append(Neighbour(spec.name, class_phrase(spec.class_word), download.images, masks))
     return result
 
 
@@ -131,21 +131,21 @@ def neighbour_cutouts(neighbours: Sequence[Neighbour]) -> list[Cutout]:
     return cutouts
 
 
-def makes_composites(request: TrainingRequest) -> bool:
-    """Whether the request's composites share leaves any composite (share · count rounds to at least 1)."""
-    spec = request.composites
-    return spec is not None and composite_count(spec.example_count(len(request.images)), spec.share) > 0
+def makes_composites(plan: TrainingPlan) -> bool:
+    """Whether the plan's composites share leaves any composite (share · count rounds to at least 1)."""
+    spec = plan.composites
+    return spec is not None and composite_count(spec.example_count(len(plan.image_keys)), spec.share) > 0
 
 
 def training_examples(
-    request: TrainingRequest,
+    plan: TrainingPlan,
     images: Sequence[PIL.Image.Image],
     masks: Sequence[ConceptMasks],
     captions: Sequence[str | None] | None,
     neighbours: Sequence[Neighbour],
     resolution: int,
 ) -> list[TrainingExample]:
-    """The training set: the images with their masks and captions, plus composites when the request asks.
+    """The training set: the images with their masks and captions, plus composites when the plan asks.
 
     Without ``composites`` (or with no composite in the share) this is the images as they are.
     """
@@ -153,8 +153,8 @@ def training_examples(
         TrainingExample(image, mask.concept_image(), mask.others_image(), captions[i] if captions else None)
         for i, (image, mask) in enumerate(zip(images, masks, strict=True))
     ]
-    spec = request.composites
-    if spec is None or not makes_composites(request):
+    spec = plan.composites
+    if spec is None or not makes_composites(plan):
         return own
     if not any(m.concept.any() and not m.concept.all() for m in masks):
         raise InvalidRequestError(
@@ -166,7 +166,7 @@ def training_examples(
         own,
         neighbour_cutouts(neighbours),
         count=spec.example_count(len(images)),
-        seed=request.options.seed,
+        seed=plan.options.seed,
         resolution=resolution,
         share=spec.share,
         background=spec.background,
@@ -174,7 +174,7 @@ def training_examples(
 
 
 def _training_diagnostics(
-    request: TrainingRequest,
+    plan: TrainingPlan,
     examples: Sequence[TrainingExample],
     neighbours: Sequence[Neighbour],
     options: Mapping[str, Any],
@@ -183,7 +183,7 @@ def _training_diagnostics(
     composites = sum(e.composite for e in examples)
     diagnostics: dict[str, object] = {
         "composites": None
-        if request.composites is None
+        if plan.composites is None
         else {
             "count": composites,
             "examples": len(examples),
@@ -205,39 +205,39 @@ def _training_diagnostics(
 
 def run_training(run: JobRun) -> dict[str, object]:
     """Train the concept of ``run.record`` and publish its adapter and the masks it was trained with."""
-    ctx, record = run.ctx, run.record
-    request = TrainingRequest.model_validate(record.input)
-    plan = record.plan
-    composing = makes_composites(request)
+    ctx, record, plan = run.ctx, run.record, run.record.plan
+    if not isinstance(plan, TrainingPlan):
+        raise TypeError(f"job {record.id} has no training plan")
+    composing = makes_composites(plan)
     # Segment Anything runs unless every image came with a mask (_masks).
-    run.plan(training_plan(masking=not plan.get("mask_keys"), compositing=composing))
+    run.plan(training_plan(masking=not plan.mask_keys, compositing=composing))
     with run.stage("downloading"):
-        images = [load_image(ctx.objects.get_bytes(key)) for key in plan["image_keys"]]
+        images = [load_image(ctx.objects.get_bytes(key)) for key in plan.image_keys]
         user: list[PIL.Image.Image | None] = [None] * len(images)
-        if plan.get("mask_keys"):
-            user = [_load_mask(run, key) for key in plan["mask_keys"]]
-        downloads = _download_neighbours(run) if composing else []
+        if plan.mask_keys:
+            user = [_load_mask(run, key) for key in plan.mask_keys]
+        downloads = _download_neighbours(run, plan) if composing else []
     run.check_cancel()
     with run.stage("loading"):
         components = ctx.models.components()
-    masks = _masks(run, images, request.mask_prompts, user)
+    masks = _masks(run, images, plan.mask_prompts, user)
     neighbours = _neighbours(run, downloads)
     run.check_cancel()
     concept_masks = [m.concept_image() for m in masks]
     captions = None
-    if request.captions is not None:
-        captions = [c if c is not None else f"a <{request.concept.name}>" for c in request.captions]
-    resolution = request.options.resolution or components.default_resolution
+    if plan.captions is not None:
+        captions = [c if c is not None else f"a <{plan.concept.name}>" for c in plan.captions]
+    resolution = plan.options.resolution or components.default_resolution
     with run.stage("compositing") if composing else contextlib.nullcontext():
-        examples = training_examples(request, images, masks, captions, neighbours, resolution)
+        examples = training_examples(plan, images, masks, captions, neighbours, resolution)
     run.check_cancel()
     with run.stage("training"):
         weights = train_edlora(
             components,
             [e.image for e in examples],
-            concept_name=request.concept.name,
-            class_word=request.concept.class_word,
-            config=request.options,
+            concept_name=plan.concept.name,
+            class_word=plan.concept.class_word,
+            config=plan.options,
             masks=[e.mask for e in examples],
             other_masks=[e.others for e in examples],
             captions=[e.caption for e in examples],
@@ -250,21 +250,21 @@ def run_training(run: JobRun) -> dict[str, object]:
             weights,
             images[:DIAGNOSTIC_MAX_IMAGES],
             concept_masks[:DIAGNOSTIC_MAX_IMAGES],
-            seed=request.options.seed,
+            seed=plan.options.seed,
             caption=captions[0] if captions else None,
         )
     diagnostics: dict[str, object] = {
         **report.as_dict(),
         "mask_sources": [m.source for m in masks],
         "attention_in_mask_during_training": weights.training_options.get("attention_in_mask_during_training", {}),
-        **_training_diagnostics(request, examples, neighbours, weights.training_options),
+        **_training_diagnostics(plan, examples, neighbours, weights.training_options),
     }
-    if request.composites is not None:
+    if plan.composites is not None:
         # The adapter's metadata records how it was trained; the trainer saw only images, not where they came from.
         weights.training_options["composites"] = diagnostics["composites"]
     with run.stage("uploading"):
         data = adapter_to_bytes(weights)
-        concept = ctx.catalog.get_concept(record.tenant, plan["concept_id"])
+        concept = ctx.catalog.get_concept(record.tenant, plan.concept_id)
         ctx.objects.put_bytes(concept.adapter_key, data, "application/octet-stream")
         stored_masks = [store_png(run, mask, None, name=f"masks/{i}") for i, mask in enumerate(concept_masks)]
         concept.status = "ready"
@@ -277,7 +277,7 @@ def run_training(run: JobRun) -> dict[str, object]:
 
 def abort_training(ctx: WorkerContext, record: JobRecord) -> None:
     """A failed or canceled training leaves its concept ``failed`` and no adapter behind."""
-    concept = ctx.catalog.get_concept(record.tenant, record.plan["concept_id"])
-    concept.status = "failed"
-    ctx.catalog.save_concept(concept)
+    if not isinstance(record.plan, TrainingPlan):
+        return
+    concept = ctx.catalog.fail_concept(record.tenant, record.plan.concept_id)
     ctx.objects.delete(concept.adapter_key)

@@ -18,10 +18,10 @@ from PIL import Image
 from core.config import Settings
 from core.errors import InvalidRequestError
 from core.ml.masks.segmenter import ConceptMasks, MaskSource
-from core.schemas import TrainingRequest
+from core.plans import TrainingPlan
 from core.stores.catalog import Catalog
 from core.stores.jobs import JobStore
-from core.stores.objects import make_object_store
+from core.stores.object_factory import make_object_store
 from services.api.app import create_app
 from services.worker.context import WorkerContext
 from services.worker.models import AdapterCache, ModelCache
@@ -155,10 +155,12 @@ def test_the_plan_names_each_neighbours_images_and_masks(client: TestClient, set
         "background": "concept",
     }
     record = JobStore(redis.Redis.from_url(settings.redis.url)).get(job["id"])
-    (neighbour,) = record.plan["neighbours"]
+    assert isinstance(record.plan, TrainingPlan)
+    (neighbour,) = record.plan.neighbours or []
     tabby_plan = JobStore(redis.Redis.from_url(settings.redis.url)).get(tabby["id"]).plan
-    assert neighbour["name"] == "tabby" and neighbour["class_word"] == "dog"
-    assert neighbour["image_keys"] == tabby_plan["image_keys"] and neighbour["mask_keys"] == tabby_plan["mask_keys"]
+    assert isinstance(tabby_plan, TrainingPlan)
+    assert neighbour.name == "tabby" and neighbour.class_word == "dog"
+    assert neighbour.image_keys == tabby_plan.image_keys and neighbour.mask_keys == tabby_plan.mask_keys
     assert "composites" in client.get("/openapi.json").json()["components"]["schemas"]["TrainingRequest"]["properties"]
 
 
@@ -231,8 +233,14 @@ def test_unusable_masks_are_left_out_of_composites_with_clear_errors() -> None:
         neighbour_cutouts([fallback])
     assert error.value.field == "composites.neighbours" and "<owl>" in error.value.message
 
-    request = TrainingRequest.model_validate(
-        {"concept": {"name": "rex", "class_word": "dog"}, "images": ["f1", "f2"], "composites": {"neighbours": ["x"]}}
+    request = TrainingPlan.model_validate(
+        {
+            "concept_id": "cpt_rex",
+            "concept": {"name": "rex", "class_word": "dog"},
+            "image_keys": ["k1", "k2"],
+            "options": {},
+            "composites": {"neighbours": ["x"]},
+        }
     )
     examples = training_examples(request, images, _masks(square, whole), None, [good], 64)
     assert sum(e.composite for e in examples) == 2 and len(examples) == 4

@@ -20,6 +20,7 @@ from diffusers import DDPMScheduler
 from core.errors import InvalidRequestError
 from core.ml.components import SDComponents
 from core.ml.edlora.adapter import EDLoRAWeights
+from core.ml.edlora.attach import attach_concept
 from core.ml.edlora.attention import layerwise_cross_attention
 from core.ml.edlora.augmentation import centre_view
 from core.ml.edlora.captions import caption_templates
@@ -27,7 +28,6 @@ from core.ml.edlora.capture import ConceptAttentionStore, capture_concept_attent
 from core.ml.edlora.embeddings import encode_layerwise
 from core.ml.edlora.lora import activate_lora, lora_scope
 from core.ml.edlora.separation import mass_inside, resize_mask
-from core.ml.fusion.sampler import attach_concept
 from core.ml.prompts import bind_caption
 
 DIAGNOSTIC_TIMESTEPS = (200, 400, 600)

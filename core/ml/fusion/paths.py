@@ -4,7 +4,7 @@ Shared by the fusion methods that give concepts their own prompts (``conductor``
 
 - Concept ``i``'s LoRA is attached as peft adapter ``tessera_concept_<i>`` to the text encoder and the UNet, both
   scaled by its multiplier ``weight · alpha`` (``attach_concepts``).
-- A text is written for one adapter (or none) with ``core.ml.prompts.bind_concepts``: the adapted concept is its
+- A text is written for one adapter (or none) with ``core.ml.prompts.Prompt.bind_concepts``: the adapted concept is its
   learned words, every other concept its *stand-in*, the preset's choice ``components.options
   .base_path_concept_words`` (class word by default, or its learned embeddings without LoRA, which keeps each
   slot two tokens long).
@@ -25,11 +25,11 @@ import torch
 from peft.tuners.lora import LoraLayer
 
 from core.ml.components import SDComponents
+from core.ml.edlora.attach import attach_concept
 from core.ml.edlora.embeddings import encode_layerwise
 from core.ml.edlora.lora import activate_lora
-from core.ml.fusion.request import ConceptPlacement
-from core.ml.fusion.sampler import attach_concept
-from core.ml.prompts import PathPrompt, PromptPart, bind_concepts, path_text
+from core.ml.fusion.request import ConceptPlacement, SamplingRequest
+from core.ml.prompts import PathPrompt, Prompt, PromptPart
 
 
 @dataclass
@@ -87,22 +87,12 @@ def attach_concepts(components: SDComponents, placements: Sequence[ConceptPlacem
     return names
 
 
-def class_words(placements: Sequence[ConceptPlacement]) -> dict[str, str]:
-    """Concept name → class word for every placement."""
-    return {p.weights.concept_name: p.weights.class_word for p in placements}
-
-
 def bind_for(
-    components: SDComponents,
-    text: str,
-    placements: Sequence[ConceptPlacement],
-    *,
-    adapted: Sequence[str] = (),
-    field: str = "prompt",
+    components: SDComponents, prompt: Prompt, *, adapted: Sequence[str] = (), field: str = "prompt"
 ) -> list[PromptPart]:
-    """``text`` bound for a path that adapts ``adapted`` (names): the others are the preset's stand-ins."""
+    """``prompt`` bound for a path that adapts ``adapted`` (names): the others are the preset's stand-ins."""
     stand_in = components.options.base_path_concept_words
-    return bind_concepts(text, adapted=adapted, class_words=class_words(placements), stand_in=stand_in, field=field)
+    return prompt.bind_concepts(adapted=adapted, stand_in=stand_in, field=field)
 
 
 def encode(
@@ -118,10 +108,8 @@ def encode(
 
 def encode_paths(
     components: SDComponents,
+    request: SamplingRequest,
     *,
-    prompt: str,
-    negative_prompt: str,
-    placements: Sequence[ConceptPlacement],
     num_layers: int,
     concept_prompt: PathPrompt = "full",
 ) -> tuple[SamplingPath, list[SamplingPath]]:
@@ -140,23 +128,23 @@ def encode_paths(
     Raises:
         ModelLoadError: an adapter does not fit the loaded model.
     """
+    placements = request.placements
     adapters = attach_concepts(components, placements, num_layers)
     text_encoder = components.text_encoder
-    negative_parts = bind_for(components, negative_prompt, placements, field="negative_prompt")
+    negative_parts = bind_for(components, request.negative_prompt, field="negative_prompt")
     concepts: list[SamplingPath] = []
     for adapter, placement in zip(adapters, placements, strict=True):
         name, scale = placement.weights.concept_name, multiplier(placement)
         activate_lora(text_encoder, adapter, scale)
-        parts = bind_for(components, path_text(prompt, name, concept_prompt), placements, adapted=[name])
+        parts = bind_for(components, request.prompt.for_path(name, concept_prompt), adapted=[name])
         positive = encode(components, parts, placements, num_layers)
         negative = encode(components, negative_parts, placements, num_layers)
         concepts.append(SamplingPath(adapter, scale, positive, negative))
     activate_lora(text_encoder, None)
-    base_parts = bind_for(components, prompt, placements)
     base = SamplingPath(
         None,
         0.0,
-        encode(components, base_parts, placements, num_layers),
+        encode(components, bind_for(components, request.prompt), placements, num_layers),
         encode(components, negative_parts, placements, num_layers),
     )
     return base, concepts

@@ -31,7 +31,6 @@ run concurrently on one set of components (the worker runs one job at a time per
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,14 +40,19 @@ from core.ml.edlora.attention import cross_attention_layer_names
 from core.ml.edlora.lora import activate_lora, lora_scope
 from core.ml.fusion.paths import attach_concepts, bind_for, encode, multiplier
 from core.ml.fusion.regional_attention import RegionalState, regional_attention
-from core.ml.fusion.request import ConceptPlacement, GenerationResult, check_request
-from core.ml.fusion.sampler import denoise, guided_noise
-from core.ml.prompts import path_text
+from core.ml.fusion.request import ConceptPlacement, GenerationResult, SamplingRequest
+from core.ml.fusion.sampler import guided_predictor, sample
 from core.ml.regions import region_masks
-from core.progress import StepCallback, no_progress
 
-# Placements and results are defined with the checks every fusion method shares; callers import them from here.
-__all__ = ["ConceptPlacement", "GenerationResult", "RegionalPrompts", "encode_regional_prompts", "generate_regional"]
+# Placements, requests and results are defined with the checks every fusion method shares; callers import them here.
+__all__ = [
+    "ConceptPlacement",
+    "GenerationResult",
+    "RegionalPrompts",
+    "SamplingRequest",
+    "encode_regional_prompts",
+    "generate_regional",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +78,7 @@ class RegionalPrompts:
     negative_regions: torch.Tensor | None
 
 
-def encode_regional_prompts(
-    components: SDComponents,
-    *,
-    prompt: str,
-    negative_prompt: str,
-    placements: Sequence[ConceptPlacement],
-    num_layers: int,
-) -> RegionalPrompts:
+def encode_regional_prompts(components: SDComponents, request: SamplingRequest, *, num_layers: int) -> RegionalPrompts:
     """Attach every concept's LoRA and encode the global, negative and region prompts (see the module docstring).
 
     Call under ``torch.no_grad()`` inside ``lora_scope(text_encoder, unet)``. The UNet adapters are left attached
@@ -90,19 +87,20 @@ def encode_regional_prompts(
     Raises:
         ModelLoadError: an adapter does not fit the loaded model.
     """
+    placements, prompt, negative_prompt = request.placements, request.prompt, request.negative_prompt
     adapters = attach_concepts(components, placements, num_layers)
     activate_lora(components.unet, None)
-    positive = encode(components, bind_for(components, prompt, placements), placements, num_layers)
-    negative_parts = bind_for(components, negative_prompt, placements, field="negative_prompt")
+    positive = encode(components, bind_for(components, prompt), placements, num_layers)
+    negative_parts = bind_for(components, negative_prompt, field="negative_prompt")
     negative = encode(components, negative_parts, placements, num_layers)
     regions, negatives = [], []
     for adapter, placement in zip(adapters, placements, strict=True):
         name = placement.weights.concept_name
         activate_lora(components.text_encoder, adapter, multiplier(placement))
-        region_text = path_text(prompt, name, components.options.regional_region_prompt)
-        parts = bind_for(components, region_text, placements, adapted=[name])
+        region_prompt = prompt.for_path(name, components.options.regional_region_prompt)
+        parts = bind_for(components, region_prompt, adapted=[name])
         regions.append(encode(components, parts, placements, num_layers))
-        negative_parts = bind_for(components, negative_prompt, placements, field="negative_prompt", adapted=[name])
+        negative_parts = bind_for(components, negative_prompt, field="negative_prompt", adapted=[name])
         negatives.append(encode(components, negative_parts, placements, num_layers))
     activate_lora(components.text_encoder, None)
     if not regions:
@@ -110,89 +108,50 @@ def encode_regional_prompts(
     return RegionalPrompts(adapters, positive, negative, torch.cat(regions), torch.cat(negatives))
 
 
-def generate_regional(
-    components: SDComponents,
-    *,
-    prompt: str,
-    negative_prompt: str,
-    placements: Sequence[ConceptPlacement],
-    width: int,
-    height: int,
-    num_inference_steps: int,
-    guidance_scale: float,
-    seed: int,
-    num_outputs: int = 1,
-    on_step: StepCallback = no_progress,
-) -> GenerationResult:
+def generate_regional(components: SDComponents, request: SamplingRequest) -> GenerationResult:
     """Generate images with several ED-LoRA concepts, each composed inside its region.
 
-    With no placements this is plain text-to-image with the base model. The same arguments give the same pixels.
-
-    Args:
-        prompt: text with ``<name>`` for each concept (``name`` = ``weights.concept_name``); every placement's
-            concept must appear, and no other ``<name>`` may.
-        negative_prompt: classifier-free guidance's negative text, used everywhere in the image (concept
-            references become the preset's stand-ins).
-        placements: up to 4 concepts with their regions and weights (``weight · alpha`` scales both LoRAs).
-        width, height: output size in pixels, multiples of 8 within 64..1024.
-        num_inference_steps: DPM-Solver++ steps (1..150); ``on_step`` gets ``Progress("sampling", i, total)``
-            after each.
-        guidance_scale: CFG scale (0..30); at 1 or below, no unconditional pass is made.
-        seed: seed of the first image; image ``i`` uses ``seed + i``.
-        num_outputs: images to make (1..8).
+    With no placements this is plain text-to-image with the base model. The same request gives the same pixels.
+    Every reference in ``request.prompt`` is a placement's concept; the negative prompt is used everywhere in the
+    image (concept references become the preset's stand-ins); ``request.on_step`` gets ``Progress("sampling", i,
+    total)`` after each DPM-Solver++ step.
 
     Returns:
         ``GenerationResult`` with the images, one mask per concept (its region), and the seeds.
 
     Raises:
-        InvalidRequestError: an argument breaks a rule (``field`` names it; ``UnknownConceptError`` for a prompt
-            reference without a placement).
+        InvalidRequestError: the request does not fit the loaded model, or a region breaks a rule (``field`` names
+            it).
         ModelLoadError: an adapter does not fit the loaded model.
         JobCanceledError: raised by ``on_step``; nothing is left on the components.
     """
-    # 1. Check inputs and lay out the regions.
-    check_request(
-        components, prompt, placements, width, height, num_inference_steps, guidance_scale, seed, num_outputs
-    )
+    # 1. Check the request against the model and lay out the regions.
+    request.check_fits(components)
+    placements = request.placements
     masks, mask_images = region_masks(
-        [p.region for p in placements], width=width, height=height, scale_factor=components.vae_scale_factor
+        [p.region for p in placements],
+        width=request.width,
+        height=request.height,
+        scale_factor=components.vae_scale_factor,
     )
-    seeds = [seed + i for i in range(num_outputs)]
     unet, device, dtype = components.unet, components.device, components.dtype
     num_layers = len(cross_attention_layer_names(unet))
-    state = RegionalState(adapters=[], masks=masks[:, 0].to(device), prompts=None, cfg=guidance_scale > 1.0)
+    state = RegionalState(adapters=[], masks=masks[:, 0].to(device), prompts=None, cfg=request.use_cfg)
 
     with torch.no_grad(), lora_scope(components.text_encoder, unet), regional_attention(unet, state):
         # 2. Attach each concept's LoRA and encode the global, negative and region prompts.
-        prompts = encode_regional_prompts(
-            components, prompt=prompt, negative_prompt=negative_prompt, placements=placements, num_layers=num_layers
-        )
+        prompts = encode_regional_prompts(components, request, num_layers=num_layers)
         state.adapters = prompts.adapters
         state.prompts = None if prompts.regions is None else prompts.regions.to(dtype)
         if state.cfg and prompts.negative_regions is not None:
             state.negatives = prompts.negative_regions.to(dtype)
 
         # 3. Denoise: one UNet pass per step; the attention processors compose the regions.
-        def predict(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return guided_noise(
-                unet,
-                model_input,
-                t,
-                positive=prompts.positive,
-                negative=prompts.negative,
-                guidance_scale=guidance_scale,
-            )
+        predict = guided_predictor(
+            unet, positive=prompts.positive, negative=prompts.negative, guidance_scale=request.guidance_scale
+        )
 
         # 4. Sample and decode.
-        images = denoise(
-            components,
-            predict,
-            seeds=seeds,
-            width=width,
-            height=height,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            on_step=on_step,
-        )
-    logger.info("generated %d image(s) %dx%d with %d concept(s)", num_outputs, width, height, len(placements))
-    return GenerationResult(images=images, masks=mask_images, seeds=seeds)
+        images = sample(components, predict, request)
+    logger.info("generated %s", request.summary)
+    return GenerationResult(images=images, masks=mask_images, seeds=request.seeds)

@@ -1,7 +1,7 @@
-"""What every fusion method is asked for and answers: concept placements, limits, checks, and the result.
+"""What every fusion method is asked for and answers: concept placements, the checked request, and the result.
 
 Shared by ``conductor`` and ``regional`` (the service's fusion modes) and ``stacked`` (the naive baseline they are
-measured against), so all accept and refuse exactly the same requests.
+measured against), so all accept and refuse exactly the same requests. The limits are the API's (``core.rules``).
 """
 
 from __future__ import annotations
@@ -14,16 +14,21 @@ import PIL.Image
 from core.errors import InvalidRequestError, ModelLoadError
 from core.ml.components import SDComponents
 from core.ml.edlora.adapter import EDLoRAWeights
+from core.ml.prompts import Prompt
 from core.ml.regions import Region
-from core.rules import concept_refs
+from core.progress import StepCallback, no_progress
+from core.rules import (
+    MAX_CONCEPTS,
+    MAX_GUIDANCE,
+    MAX_OUTPUTS,
+    MAX_SEED,
+    MAX_SIDE,
+    MAX_STEPS,
+    MAX_WEIGHT,
+    MIN_SIDE,
+    SIDE_MULTIPLE,
+)
 
-MAX_CONCEPTS = 4
-MIN_SIDE, MAX_SIDE = 64, 1024
-MAX_STEPS = 150
-MAX_GUIDANCE = 30.0
-MAX_OUTPUTS = 8
-MAX_WEIGHT = 2.0
-MAX_SEED = 2**63 - 1
 # Mix-of-Show samples single concepts at 0.7 (alpha = 1); on the shapes world full strength overshoots a learned
 # colour (purple_triangle drew magenta, 0/8 at guidance 4, against 8/8 at 0.7).
 DEFAULT_LORA_WEIGHT = 0.7
@@ -67,58 +72,141 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
         raise InvalidRequestError(f"{name} must be within {low}..{high}, got {value}", field=name)
 
 
-def check_request(
-    components: SDComponents,
-    prompt: str,
-    placements: Sequence[ConceptPlacement],
-    width: int,
-    height: int,
-    num_inference_steps: int,
-    guidance_scale: float,
-    seed: int,
-    num_outputs: int,
-) -> None:
-    """Refuse a generation request that breaks a limit or does not fit the loaded model.
+def _check_side(name: str, side: int, step: int) -> None:
+    if side % step or not MIN_SIDE <= side <= MAX_SIDE:
+        raise InvalidRequestError(
+            f"{name} must be a multiple of {step} within {MIN_SIDE}..{MAX_SIDE}, got {side}", field=name
+        )
+
+
+@dataclass(frozen=True)
+class SamplingRequest:
+    r"""One generation as every fusion method takes it: the prompts parsed once, the concepts and the sampling values.
+
+    Made with :meth:`create` (from text) or directly from parsed ``Prompt``\ s; either way it is checked once, when
+    made, against the limits of ``core.rules`` and its own concepts. What depends on the loaded model (the latent
+    grid, the base model, the embedding width) is checked by :meth:`check_fits`, which every fusion method calls.
+
+    Args:
+        prompt: the prompt; it references every placement's concept as ``<name>`` and no other concept.
+        negative_prompt: classifier-free guidance's negative text (concept references become stand-ins).
+        placements: up to ``MAX_CONCEPTS`` concepts with their regions and weights (``weight · alpha`` scales both
+            LoRAs), each concept once.
+        width, height: output size in pixels, multiples of the VAE's scale within ``MIN_SIDE..MAX_SIDE``.
+        num_inference_steps: DPM-Solver++ steps (1..``MAX_STEPS``).
+        guidance_scale: CFG scale (0..``MAX_GUIDANCE``); at 1 or below, no unconditional pass is made.
+        seed: seed of the first image; image ``i`` uses ``seed + i``.
+        num_outputs: images to make (1..``MAX_OUTPUTS``).
+        on_step: gets ``Progress("sampling", i, total)`` after each step; raising stops within that step.
 
     Raises:
-        InvalidRequestError: an argument breaks a rule (``field`` names it).
-        ModelLoadError: an adapter's embeddings do not fit the text encoder.
+        InvalidRequestError: a value breaks a rule (``field`` names it; ``UnknownConceptError`` for a reference to a
+            concept without a placement).
     """
-    step = components.vae_scale_factor
-    for name, side in (("width", width), ("height", height)):
-        if side % step or not MIN_SIDE <= side <= MAX_SIDE:
-            raise InvalidRequestError(
-                f"{name} must be a multiple of {step} within {MIN_SIDE}..{MAX_SIDE}, got {side}", field=name
-            )
-    _check_range("num_inference_steps", num_inference_steps, 1, MAX_STEPS)
-    _check_range("guidance_scale", guidance_scale, 0.0, MAX_GUIDANCE)
-    _check_range("num_outputs", num_outputs, 1, MAX_OUTPUTS)
-    _check_range("seed", seed, 0, MAX_SEED - num_outputs + 1)
-    if len(placements) > MAX_CONCEPTS:
-        raise InvalidRequestError(
-            f"concepts must hold at most {MAX_CONCEPTS}, got {len(placements)}", field="concepts"
+
+    prompt: Prompt
+    negative_prompt: Prompt
+    placements: tuple[ConceptPlacement, ...]
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    num_outputs: int = 1
+    on_step: StepCallback = no_progress
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        prompt: str,
+        negative_prompt: str = "",
+        placements: Sequence[ConceptPlacement],
+        width: int,
+        height: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        seed: int,
+        num_outputs: int = 1,
+        on_step: StepCallback = no_progress,
+    ) -> SamplingRequest:
+        """A request from text: both prompts parsed with the placements' class words (see the class)."""
+        words = {p.weights.concept_name: p.weights.class_word for p in placements}
+        return cls(
+            Prompt.parse(prompt, words),
+            Prompt.parse(negative_prompt, words),
+            tuple(placements),
+            width,
+            height,
+            num_inference_steps,
+            guidance_scale,
+            seed,
+            num_outputs,
+            on_step,
         )
-    names = [p.weights.concept_name for p in placements]
-    if len(set(names)) != len(names):
-        raise InvalidRequestError(f"concepts must name each concept once, got {names}", field="concepts")
-    referenced = set(concept_refs(prompt))
-    hidden = int(components.text_encoder.config.hidden_size)
-    for i, placement in enumerate(placements):
-        weights = placement.weights
-        _check_range(f"concepts[{i}].weight", placement.weight, 0.0, MAX_WEIGHT)
-        if weights.concept_name not in referenced:
+
+    def __post_init__(self) -> None:
+        _check_side("width", self.width, SIDE_MULTIPLE)
+        _check_side("height", self.height, SIDE_MULTIPLE)
+        _check_range("num_inference_steps", self.num_inference_steps, 1, MAX_STEPS)
+        _check_range("guidance_scale", self.guidance_scale, 0.0, MAX_GUIDANCE)
+        _check_range("num_outputs", self.num_outputs, 1, MAX_OUTPUTS)
+        _check_range("seed", self.seed, 0, MAX_SEED - self.num_outputs + 1)
+        if len(self.placements) > MAX_CONCEPTS:
             raise InvalidRequestError(
-                f"prompt must reference every concept given, <{weights.concept_name}> is missing: {prompt!r}",
-                field="prompt",
+                f"concepts must hold at most {MAX_CONCEPTS}, got {len(self.placements)}", field="concepts"
             )
-        if weights.base_model_id != components.base_model_id:
-            raise InvalidRequestError(
-                f"concepts[{i}] ({weights.concept_name}) was trained on {weights.base_model_id}, "
-                f"this worker runs {components.base_model_id}",
-                field=f"concepts[{i}]",
-            )
-        if weights.token_embeddings.shape[2] != hidden:
-            raise ModelLoadError(
-                f"adapter {weights.concept_name} has {weights.token_embeddings.shape[2]}-wide embeddings, "
-                f"the text encoder needs {hidden}"
-            )
+        names = [p.weights.concept_name for p in self.placements]
+        if len(set(names)) != len(names):
+            raise InvalidRequestError(f"concepts must name each concept once, got {names}", field="concepts")
+        referenced = set(self.prompt.names)
+        for i, placement in enumerate(self.placements):
+            _check_range(f"concepts[{i}].weight", placement.weight, 0.0, MAX_WEIGHT)
+            if placement.weights.concept_name not in referenced:
+                raise InvalidRequestError(
+                    f"prompt must reference every concept given, <{placement.weights.concept_name}> is missing: "
+                    f"{self.prompt.text!r}",
+                    field="prompt",
+                )
+        self.prompt.check(names, field="prompt")
+        self.negative_prompt.check(names, field="negative_prompt")
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seed of each image: ``seed, seed + 1, …``."""
+        return [self.seed + i for i in range(self.num_outputs)]
+
+    @property
+    def summary(self) -> str:
+        """``"2 image(s) 64x64 with 1 concept(s)"``, for logs."""
+        return f"{self.num_outputs} image(s) {self.width}x{self.height} with {len(self.placements)} concept(s)"
+
+    @property
+    def use_cfg(self) -> bool:
+        """Whether sampling makes an unconditional pass (classifier-free guidance above 1)."""
+        return self.guidance_scale > 1.0
+
+    def check_fits(self, components: SDComponents) -> None:
+        """Refuse a request the loaded model cannot run.
+
+        Raises:
+            InvalidRequestError: a side is not a multiple of the VAE's scale, or an adapter was trained on another
+                base model (``field`` names it).
+            ModelLoadError: an adapter's embeddings do not fit the text encoder.
+        """
+        _check_side("width", self.width, components.vae_scale_factor)
+        _check_side("height", self.height, components.vae_scale_factor)
+        hidden = int(components.text_encoder.config.hidden_size)
+        for i, placement in enumerate(self.placements):
+            weights = placement.weights
+            if weights.base_model_id != components.base_model_id:
+                raise InvalidRequestError(
+                    f"concepts[{i}] ({weights.concept_name}) was trained on {weights.base_model_id}, "
+                    f"this worker runs {components.base_model_id}",
+                    field=f"concepts[{i}]",
+                )
+            if weights.token_embeddings.shape[2] != hidden:
+                raise ModelLoadError(
+                    f"adapter {weights.concept_name} has {weights.token_embeddings.shape[2]}-wide embeddings, "
+                    f"the text encoder needs {hidden}"
+                )

@@ -1,8 +1,9 @@
-"""The sampling machinery every fusion method shares: concept adapters, guided noise, the denoising loop.
+"""The sampling machinery every fusion method shares: initial noise, guided noise, the denoising loop.
 
 A fusion method decides *which* adapters are active when the UNet predicts noise and how predictions are
-combined; everything around that (attaching adapters, initial noise, classifier-free guidance, DPM-Solver++ steps,
-decoding) lives here so the methods compared in evaluation differ only in that decision.
+combined; everything around that (initial noise, classifier-free guidance, DPM-Solver++ steps, decoding; adapters
+are attached by ``core.ml.edlora.attach``) lives here so the methods compared in evaluation differ only in that
+decision.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from collections.abc import Callable, Sequence
 import PIL.Image
 import torch
 
-from core.errors import ModelLoadError
 from core.ml.components import SDComponents
-from core.ml.edlora.adapter import EDLoRAWeights
-from core.ml.edlora.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora
+from core.ml.fusion.request import SamplingRequest
 from core.ml.images import tensor_to_images
 from core.progress import Progress, StepCallback
 
@@ -24,32 +23,6 @@ NoisePredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 LatentGuide = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 """``guide(latents, t, i)``: called before step ``i`` predicts; returns the latents ``[N, C, h, w]`` to step from."""
-
-
-def attach_concept(components: SDComponents, weights: EDLoRAWeights, adapter: str, num_layers: int) -> None:
-    """Add a concept's text-encoder and UNet LoRA to the shared models as the named peft ``adapter`` (scale 1).
-
-    Call inside ``lora_scope(text_encoder, unet)`` so the adapter is removed afterwards.
-
-    Raises:
-        ModelLoadError: the adapter's layer-wise embeddings or LoRA weights do not fit the loaded model.
-    """
-    if weights.num_layers != num_layers:
-        raise ModelLoadError(
-            f"adapter {weights.concept_name} has {weights.num_layers} layer-wise embeddings, "
-            f"the UNet has {num_layers} cross-attention layers"
-        )
-    add_lora(
-        components.text_encoder,
-        adapter,
-        rank=weights.rank,
-        targets=TEXT_ENCODER_TARGETS,
-        multiplier=1.0,
-        state_dict=weights.text_encoder_lora,
-    )
-    add_lora(
-        components.unet, adapter, rank=weights.rank, targets=UNET_TARGETS, multiplier=1.0, state_dict=weights.unet_lora
-    )
 
 
 def initial_latents(components: SDComponents, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
@@ -92,6 +65,18 @@ def guided_noise(
     return uncond + guidance_scale * (cond - uncond)
 
 
+def guided_predictor(
+    unet: torch.nn.Module, *, positive: torch.Tensor, negative: torch.Tensor, guidance_scale: float
+) -> NoisePredictor:
+    """A ``NoisePredictor`` of ``guided_noise`` with fixed ``[1, n_layers, seq, dim]`` encoder states (one UNet pass
+    per step with whatever adapters are active)."""
+
+    def predict(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return guided_noise(unet, model_input, t, positive=positive, negative=negative, guidance_scale=guidance_scale)
+
+    return predict
+
+
 def denoise(
     components: SDComponents,
     predict: NoisePredictor,
@@ -129,3 +114,21 @@ def denoise(
         on_step(Progress("sampling", i + 1, len(timesteps)))
     pixels = components.vae.decode(latents / components.vae.config.scaling_factor).sample
     return tensor_to_images(pixels)
+
+
+def sample(
+    components: SDComponents, predict: NoisePredictor, request: SamplingRequest, *, guide: LatentGuide | None = None
+) -> list[PIL.Image.Image]:
+    """``denoise`` with ``request``'s seeds, size, steps, guidance scale and step callback (every fusion method's
+    sampling loop); ``guide`` as there. Call under ``torch.no_grad()``."""
+    return denoise(
+        components,
+        predict,
+        seeds=request.seeds,
+        width=request.width,
+        height=request.height,
+        num_inference_steps=request.num_inference_steps,
+        guidance_scale=request.guidance_scale,
+        on_step=request.on_step,
+        guide=guide,
+    )

@@ -20,6 +20,7 @@ from diffusers import StableDiffusionControlNetPipeline
 
 from core.errors import InvalidRequestError
 from core.ml.components import SDComponents
+from core.ml.prompts import Prompt
 from core.ml.styling.control import ControlType, control_map
 from core.ml.styling.scales import StyleMode, ip_adapter_scales
 from core.ml.styling.weights import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHTS, StylingWeights
@@ -33,8 +34,8 @@ def style_images(
     weights: StylingWeights,
     images: Sequence[PIL.Image.Image],
     *,
-    prompt: str,
-    negative_prompt: str,
+    prompt: Prompt | str,
+    negative_prompt: Prompt | str,
     style_image: PIL.Image.Image,
     mode: StyleMode = "style",
     scale: float = 1.0,
@@ -49,7 +50,8 @@ def style_images(
 
     Args:
         images: the stage-1 images, all the same size (multiples of 8).
-        prompt, negative_prompt: plain text (concepts written as class words: the base UNet has no ED-LoRA).
+        prompt, negative_prompt: the stage-1 request's parsed prompts, each concept written as its class word (the
+            base UNet has no ED-LoRA); or plain text, used as is.
         style_image: the reference; its CLIP embedding is cached in ``weights``.
         mode, scale: IP-Adapter injection blocks and strength (``core.ml.styling.scales``).
         control_type, control_scale: the control map and ``controlnet_conditioning_scale``.
@@ -70,6 +72,10 @@ def style_images(
     width, height = images[0].size
     if any(i.size != (width, height) for i in images):
         raise InvalidRequestError("stage-1 images must all have the same size", field="images")
+    if isinstance(prompt, Prompt):
+        prompt = prompt.class_word_text()
+    if isinstance(negative_prompt, Prompt):
+        negative_prompt = negative_prompt.class_word_text(field="negative_prompt")
     unet = components.unet
     controlnet = weights.controlnet(control_type)
     pipe = StableDiffusionControlNetPipeline(

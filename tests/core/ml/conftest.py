@@ -18,6 +18,7 @@ import torch
 from core.ml.components import SDComponents, load_components
 from core.ml.edlora.adapter import EDLoRAWeights
 from core.ml.edlora.trainer import train_edlora
+from core.ml.fusion.request import ConceptPlacement, SamplingRequest
 from core.training_options import EDLoRAConfig
 
 
@@ -41,6 +42,16 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def components(models_root: Path, _one_torch_thread: None) -> SDComponents:
     return load_components("tiny", models_root)
+
+
+def sampling_request(
+    prompt: str, placements: list[ConceptPlacement], negative_prompt: str = "", **overrides: Any
+) -> SamplingRequest:
+    """A 64x64, 2-step request (for the prompt encoders, which read only its prompts and placements)."""
+    values: dict[str, Any] = {"width": 64, "height": 64, "num_inference_steps": 2, "guidance_scale": 7.5, "seed": 0}
+    return SamplingRequest.create(
+        prompt=prompt, negative_prompt=negative_prompt, placements=placements, **{**values, **overrides}
+    )
 
 
 def square_image(color: tuple[int, int, int], seed: int) -> PIL.Image.Image:

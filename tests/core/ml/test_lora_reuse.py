@@ -18,7 +18,7 @@ from core.ml.edlora.adapter import EDLoRAWeights
 from core.ml.edlora.lora import UNET_TARGETS, activate_lora, add_lora, fresh_lora_layers, lora_scope
 from core.ml.fusion.conductor import ConductorConfig, generate_conductor
 from core.ml.fusion.paths import attach_concepts
-from core.ml.fusion.regional import ConceptPlacement, generate_regional
+from core.ml.fusion.regional import ConceptPlacement, SamplingRequest, generate_regional
 from core.ml.fusion.stacked import generate_stacked
 
 PROMPT = "a photo of <corgi> and <tabby> on the beach"
@@ -142,13 +142,14 @@ def test_generations_are_pixel_identical_with_and_without_reuse(
             "guidance_scale": 7.5,
             "seed": 3,
         }
+        request = SamplingRequest.create(**arguments)
         if method == "regional":
-            result = generate_regional(components, **arguments)
+            result = generate_regional(components, request)
         elif method == "stacked":
-            result = generate_stacked(components, **arguments)
+            result = generate_stacked(components, request)
         else:
             config = ConductorConfig(kmeans_restarts=2, inversion_steps=2)
-            result = generate_conductor(components, config=config, **arguments)
+            result = generate_conductor(components, request, config=config)
         return [np.asarray(image) for image in result.images]
 
     both = [ConceptPlacement(corgi, (0, 0, 0.5, 1)), ConceptPlacement(tabby, (0.5, 0, 1, 1), 0.9)]

@@ -19,12 +19,19 @@ from core.ml.edlora.adapter import EDLoRAWeights, load_adapter, save_adapter
 from core.ml.edlora.attention import cross_attention_layer_names
 from core.ml.edlora.embeddings import encode_layerwise
 from core.ml.edlora.lora import activate_lora, lora_scope
-from core.ml.fusion.regional import ConceptPlacement, GenerationResult, encode_regional_prompts, generate_regional
+from core.ml.fusion.regional import (
+    ConceptPlacement,
+    GenerationResult,
+    SamplingRequest,
+    encode_regional_prompts,
+    generate_regional,
+)
 from core.ml.fusion.regional_attention import RegionalAttnProcessor, RegionalState
 from core.ml.fusion.stacked import generate_stacked
 from core.ml.prompts import ConceptSlot, PromptPart
 from core.ml.regions import masks_at, region_masks
 from core.progress import Progress
+from tests.core.ml.conftest import sampling_request
 
 PROMPT = "a photo of <corgi> and <tabby> on the beach"
 
@@ -41,7 +48,7 @@ def _generate(components: SDComponents, placements: list[ConceptPlacement], **ov
         "seed": 7,
         **overrides,
     }
-    return generate_regional(components, **arguments)
+    return generate_regional(components, SamplingRequest.create(**arguments))
 
 
 def _pixels(image: PIL.Image.Image) -> np.ndarray[Any, Any]:
@@ -189,12 +196,14 @@ def test_a_region_covering_the_image_is_plain_single_concept_edlora_sampling(
     regional = _generate(components, [ConceptPlacement(corgi, (0.0, 0.0, 1.0, 1.0), 0.9)], **arguments)
     stacked = generate_stacked(
         components,
-        negative_prompt="lowres, blurry",  # _generate's
-        placements=[ConceptPlacement(corgi, None, 0.9)],
-        width=64,
-        height=64,
-        num_inference_steps=2,
-        **arguments,
+        SamplingRequest.create(
+            negative_prompt="lowres, blurry",  # _generate's
+            placements=[ConceptPlacement(corgi, None, 0.9)],
+            width=64,
+            height=64,
+            num_inference_steps=2,
+            **arguments,
+        ),
     )
     plain = _generate(components, [], **{**arguments, "prompt": "a photo of dog on the beach"})
     assert np.array_equal(_pixels(regional.images[0]), _pixels(stacked.images[0]))
@@ -217,7 +226,7 @@ def test_cross_attention_composes_region_prompts_and_region_loras(
     plain = AttnProcessor2_0()
     with torch.no_grad(), lora_scope(components.text_encoder, unet):
         prompts = encode_regional_prompts(
-            components, prompt=PROMPT, negative_prompt="blurry", placements=placements, num_layers=len(names)
+            components, sampling_request(PROMPT, placements, "blurry"), num_layers=len(names)
         )
         assert prompts.regions is not None
         state = RegionalState(prompts.adapters, masks, prompts.regions, cfg=True, negatives=prompts.negative_regions)
@@ -271,12 +280,8 @@ def test_region_prompts_are_the_clauses_naming_each_concept_or_the_prompt_with_i
         return encode_layerwise(components.tokenizer, components.text_encoder, [parts], embeddings, layers)
 
     with torch.no_grad(), lora_scope(components.text_encoder, components.unet):
-        by_word = encode_regional_prompts(
-            components, prompt=PROMPT, negative_prompt="", placements=placements, num_layers=layers
-        )
-        by_embedding = encode_regional_prompts(
-            embedded, prompt=PROMPT, negative_prompt="", placements=placements, num_layers=layers
-        )
+        by_word = encode_regional_prompts(components, sampling_request(PROMPT, placements), num_layers=layers)
+        by_embedding = encode_regional_prompts(embedded, sampling_request(PROMPT, placements), num_layers=layers)
         global_words = encode(["a photo of dog and cat on the beach"])
         global_embeddings = encode(
             ["a photo of ", ConceptSlot("corgi"), " and ", ConceptSlot("tabby"), " on the beach"]
@@ -288,9 +293,7 @@ def test_region_prompts_are_the_clauses_naming_each_concept_or_the_prompt_with_i
         )
         activate_lora(components.text_encoder, None)
         every_slot = dataclasses.replace(components, options=PresetOptions(regional_region_prompt="every_slot"))
-        by_slot = encode_regional_prompts(
-            every_slot, prompt=PROMPT, negative_prompt="", placements=placements, num_layers=layers
-        )
+        by_slot = encode_regional_prompts(every_slot, sampling_request(PROMPT, placements), num_layers=layers)
     assert torch.equal(by_word.positive, global_words)
     assert torch.equal(by_embedding.positive, global_embeddings)
     assert by_word.regions is not None and torch.equal(by_word.regions[1], tabby_region[0])

@@ -27,7 +27,7 @@ from core.ml.fusion.multipath import (
     up_block_sides,
 )
 from core.ml.fusion.refinement import MaskTracks, refine_masks
-from core.ml.fusion.regional import ConceptPlacement, GenerationResult
+from core.ml.fusion.regional import ConceptPlacement, GenerationResult, SamplingRequest
 from core.progress import Progress
 from tests.core.ml.conftest import square_image, square_mask
 
@@ -45,10 +45,11 @@ def _generate(components: SDComponents, placements: list[ConceptPlacement], **ov
         "num_inference_steps": 3,
         "guidance_scale": 7.5,
         "seed": 5,
-        "config": FAST,
         **overrides,
     }
-    return generate_conductor(components, **arguments)
+    method = {name: arguments.pop(name) for name in ("layout", "inversions", "observe") if name in arguments}
+    config = arguments.pop("config", FAST)
+    return generate_conductor(components, SamplingRequest.create(**arguments), config=config, **method)
 
 
 def _grid(mask: PIL.Image.Image) -> torch.Tensor:

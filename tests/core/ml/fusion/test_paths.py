@@ -19,6 +19,7 @@ from core.ml.edlora.lora import activate_lora, lora_scope
 from core.ml.fusion.paths import PathPrompt, encode_paths
 from core.ml.fusion.regional import ConceptPlacement
 from core.ml.prompts import ConceptSlot, PromptPart
+from tests.core.ml.conftest import sampling_request
 
 PROMPT = "a <corgi> on the left and a <tabby> on the right"
 
@@ -77,12 +78,7 @@ def test_base_path_writes_concepts_as_the_presets_stand_in(
     layers = len(cross_attention_layer_names(components.unet))
     with torch.no_grad(), lora_scope(components.text_encoder, components.unet):
         base, concepts = encode_paths(
-            adapted,
-            prompt=PROMPT,
-            negative_prompt="blurry",
-            placements=placements,
-            num_layers=layers,
-            concept_prompt="full",
+            adapted, sampling_request(PROMPT, placements, "blurry"), num_layers=layers, concept_prompt="full"
         )
         activate_lora(components.text_encoder, "tessera_concept_0", 0.7 * corgi.alpha)
         if stand_in == "class_word":
@@ -119,12 +115,7 @@ def test_concept_paths_read_the_configured_text(
     layers = len(cross_attention_layer_names(components.unet))
     with torch.no_grad(), lora_scope(components.text_encoder, components.unet):
         _, concepts = encode_paths(
-            components,
-            prompt=PROMPT,
-            negative_prompt="",
-            placements=placements,
-            num_layers=layers,
-            concept_prompt=mode,
+            components, sampling_request(PROMPT, placements), num_layers=layers, concept_prompt=mode
         )
         activate_lora(components.text_encoder, "tessera_concept_1", 1.25 * tabby.alpha)
         reference = _encode(components, expected, corgi, tabby)

@@ -12,7 +12,7 @@ from peft.tuners.lora import LoraLayer
 from core.errors import InvalidRequestError
 from core.ml.components import SDComponents
 from core.ml.edlora.adapter import EDLoRAWeights
-from core.ml.fusion.regional import ConceptPlacement, GenerationResult
+from core.ml.fusion.regional import ConceptPlacement, GenerationResult, SamplingRequest
 from core.ml.fusion.stacked import generate_stacked
 from core.progress import Progress
 
@@ -31,7 +31,7 @@ def _generate(components: SDComponents, placements: list[ConceptPlacement], **ov
         "seed": 3,
         **overrides,
     }
-    return generate_stacked(components, **arguments)
+    return generate_stacked(components, SamplingRequest.create(**arguments))
 
 
 def _pixels(result: GenerationResult) -> np.ndarray[Any, Any]:
