@@ -46,14 +46,9 @@ def test_a_stored_generation_dict_plan_is_read_as_the_typed_plan_with_the_accept
     }
     plan = _record("generation", legacy, ACCEPTED_GENERATION).plan
     assert isinstance(plan, GenerationPlan)
-    assert (plan.prompt, plan.negative_prompt, plan.fusion, plan.seed) == ("<tabby> and <rex>", "blurry", "regional", 77)
-    assert (plan.width, plan.height, plan.num_inference_steps, plan.guidance_scale, plan.num_outputs) == (
-        64,
-        48,
-        20,
-        4.0,
-        2,
-    )
+    assert (plan.prompt, plan.negative_prompt, plan.fusion) == ("<tabby> and <rex>", "blurry", "regional")
+    sampling = (plan.width, plan.height, plan.num_inference_steps, plan.guidance_scale, plan.seed, plan.num_outputs)
+    assert sampling == (64, 48, 20, 4.0, 77, 2)
     assert plan.concepts[0].region == BoxRegion(box=(0.0, 0.0, 0.5, 1.0))
     assert plan.concepts[1].region == MaskRegion(mask_key="t/files/m")
     assert plan.style is not None and plan.style.control.type == "depth" and plan.layout is None

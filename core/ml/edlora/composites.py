@@ -46,9 +46,9 @@ from typing import Literal
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 
 from core.errors import InvalidRequestError
+from core.ml.edlora.planes import centre_square, fill_from_surroundings, resize_planes, to_image, to_tensor
 from core.ml.masks.cleanup import dilate_mask
 from core.ml.prompts import CAPTION_PLACEHOLDER
 
@@ -183,71 +183,6 @@ def _check(
         _check_phrase(neighbour.phrase, f"neighbours[{i}].phrase")
 
 
-def _to_tensor(array: np.ndarray) -> torch.Tensor:
-    """``(H, W, C)`` or ``(H, W)`` uint8 → ``[C, H, W]`` float32 in [0, 1]."""
-    tensor = torch.from_numpy(np.array(array, dtype=np.float32)) / 255.0  # a copy: PIL's arrays are read-only
-    return tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor[None]
-
-
-def _to_image(planes: torch.Tensor) -> PIL.Image.Image:
-    """``[3, H, W]`` (RGB) or ``[1, H, W]`` (L) in [0, 1] → uint8 PIL image."""
-    array = (planes.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return PIL.Image.fromarray(array[..., 0], "L") if array.shape[-1] == 1 else PIL.Image.fromarray(array, "RGB")
-
-
-def _resize(planes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``[C, H, W]`` → ``[C, h, w]`` (``size`` = ``(h, w)``): antialiased bilinear, one kernel for images and masks."""
-    if tuple(planes.shape[-2:]) == size:
-        return planes
-    resized = F.interpolate(planes[None], size=size, mode="bilinear", align_corners=False, antialias=True)
-    return resized[0].clamp(0.0, 1.0)
-
-
-def _centre_square(planes: torch.Tensor, side: int) -> torch.Tensor:
-    """Short side resized to ``side``, then the centre ``side x side`` crop: ``[C, H, W]`` → ``[C, side, side]``.
-
-    The trainer's view (``core.ml.images.image_to_tensor``) has the same geometry, so a background plate covers
-    what the concept's own example shows.
-    """
-    height, width = planes.shape[-2:]
-    factor = side / min(height, width)
-    size = (max(side, round(height * factor)), max(side, round(width * factor)))
-    resized = _resize(planes, size)
-    top, left = (size[0] - side) // 2, (size[1] - side) // 2
-    return resized[:, top : top + side, left : left + side]
-
-
-def fill_from_surroundings(pixels: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-    """Fill unknown pixels from the known ones around them (push-pull over an area-averaged pyramid).
-
-    Args:
-        pixels: ``[C, H, W]``.
-        known: ``[1, H, W]`` in [0, 1], 1 where ``pixels`` are kept; must have some weight somewhere.
-
-    Returns:
-        ``[C, H, W]``: ``known·pixels + (1 − known)·estimate``, where each pyramid level's estimate is its
-        known-weighted average blended over the upsampled coarser estimate by how much of the cell is known.
-    """
-    levels = [(pixels * known, known)]
-    while max(levels[-1][1].shape[-2:]) > 1:
-        colour, weight = levels[-1]
-        height, width = colour.shape[-2:]
-        size = ((height + 1) // 2, (width + 1) // 2)
-        # Area averages of colour·known and known: their ratio is the mean known colour of the cell.
-        levels.append(
-            (
-                F.interpolate(colour[None], size=size, mode="area")[0],
-                F.interpolate(weight[None], size=size, mode="area")[0],
-            )
-        )
-    colour, weight = levels[-1]
-    filled = colour / weight.clamp_min(1e-8)
-    for colour, weight in reversed(levels[:-1]):
-        coarser = F.interpolate(filled[None], size=colour.shape[-2:], mode="bilinear", align_corners=False)[0]
-        filled = colour + (1.0 - weight) * coarser
-    return filled
-
-
 @dataclass(frozen=True)
 class _Object:
     """A cut-out ready to paste, cropped to the object: ``premultiplied`` colour·alpha ``[3, h, w]``, ``alpha``
@@ -265,16 +200,16 @@ def _cut(image: PIL.Image.Image, mask: np.ndarray) -> _Object:
     top, bottom = max(0, int(ys.min()) - 2), min(height, int(ys.max()) + 3)
     left, right = max(0, int(xs.min()) - 2), min(width, int(xs.max()) + 3)
     rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)[top:bottom, left:right]
-    alpha = _to_tensor(mask[top:bottom, left:right])
-    return _Object(_to_tensor(rgb) * alpha, alpha)
+    alpha = to_tensor(mask[top:bottom, left:right])
+    return _Object(to_tensor(rgb) * alpha, alpha)
 
 
 def _background(
     example: TrainingExample, mask: np.ndarray, side: int, source: BackgroundSource
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The plate ``[3, side, side]`` and the other objects still on it ``[1, side, side]`` (zeros for none)."""
-    pixels = _centre_square(_to_tensor(np.asarray(example.image.convert("RGB"), dtype=np.uint8)), side)
-    concept = _centre_square(_to_tensor(mask), side)
+    pixels = centre_square(to_tensor(np.asarray(example.image.convert("RGB"), dtype=np.uint8)), side)
+    concept = centre_square(to_tensor(mask), side)
     known = 1.0 - dilate_mask(concept, max(1, round(FILL_DILATION * side)))
     if float(known.sum()) <= 0.0:
         # The dilated concept covers the whole crop: only a flat plate of the undilated outside is left.
@@ -288,7 +223,7 @@ def _background(
         gray = example.others.convert("L")
         if gray.size != example.image.size:
             gray = gray.resize(example.image.size, PIL.Image.Resampling.BILINEAR)
-        others = _centre_square(_to_tensor(np.asarray(gray, dtype=np.uint8)), side) * known
+        others = centre_square(to_tensor(np.asarray(gray, dtype=np.uint8)), side) * known
     return fill_from_surroundings(pixels, known), others
 
 
@@ -301,7 +236,7 @@ def _place(
     rows = band[1] - band[0]
     fit = factor * min(half / width, rows / height)
     size = (min(rows, max(1, round(height * fit))), min(half, max(1, round(width * fit))))
-    scaled = _Object(_resize(obj.premultiplied, size), _resize(obj.alpha, size))
+    scaled = _Object(resize_planes(obj.premultiplied, size), resize_planes(obj.alpha, size))
     top = band[0] + int(rng.integers(0, rows - size[0] + 1))
     left = int(rng.integers(0, half - size[1] + 1))
     return top, left, scaled
@@ -435,5 +370,5 @@ def compose_examples(
             else (neighbours[partner].phrase, concept_phrase)
         )
         caption = caption_template.replace("{left}", left).replace("{right}", right)
-        examples.append(TrainingExample(_to_image(image), _to_image(mask), _to_image(others), caption, composite=True))
+        examples.append(TrainingExample(to_image(image), to_image(mask), to_image(others), caption, composite=True))
     return examples

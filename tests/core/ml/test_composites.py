@@ -13,13 +13,8 @@ import torch
 
 from core.errors import InvalidRequestError
 from core.ml.components import SDComponents
-from core.ml.edlora.composites import (
-    Cutout,
-    TrainingExample,
-    compose_examples,
-    composite_count,
-    fill_from_surroundings,
-)
+from core.ml.edlora.composites import Cutout, TrainingExample, compose_examples, composite_count
+from core.ml.edlora.planes import fill_from_surroundings
 from core.ml.edlora.trainer import train_edlora
 from core.training_options import EDLoRAConfig
 

@@ -25,7 +25,8 @@ from core.ml.edlora.separation import (
     separation_loss,
     timestep_weight,
 )
-from core.ml.edlora.trainer import _prepare_data, train_edlora
+from core.ml.edlora.trainer import train_edlora
+from core.ml.edlora.training_data import prepare_data
 from core.ml.prompts import bind_caption
 from core.training_options import EDLoRAConfig
 
@@ -183,7 +184,7 @@ def test_the_separation_masks_are_the_enclosed_region_while_the_diffusion_loss_k
     radius = np.hypot(yy - 31.5, xx - 31.5)
     ring = PIL.Image.fromarray((((radius > 14) & (radius < 30)) * 255).astype(np.uint8))
     config = EDLoRAConfig(max_train_steps=1, separation_loss_weight=1.0)
-    data = _prepare_data(
+    data = prepare_data(
         components, images[:1], [ring], None, None, "corgi", 64, config, torch.Generator().manual_seed(0)
     )
     assert data.masks is not None and data.regions is not None and data.dilated is not None
