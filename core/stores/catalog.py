@@ -148,6 +148,13 @@ class Catalog:
     def save_concept(self, record: ConceptRecord) -> None:
         self._r.set(f"{PREFIX}concept:{record.id}", record.model_dump_json())
 
+    def fail_concept(self, tenant: str, concept_id: str) -> ConceptRecord:
+        """Mark a concept ``failed``: its training failed, was canceled, or could not be queued. Returns it."""
+        concept = self.get_concept(tenant, concept_id)
+        concept.status = "failed"
+        self.save_concept(concept)
+        return concept
+
     def get_concept(self, tenant: str, ref: str) -> ConceptRecord:
         """A concept by id (``cpt_…``) or by name."""
         record = self.find_concepts(tenant, [ref])[ref]

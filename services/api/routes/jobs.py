@@ -11,7 +11,8 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from core.errors import InvalidRequestError, InvalidTransitionError
+from core.cancellation import cancel_job as core_cancel_job
+from core.errors import InvalidRequestError
 from core.jobs import JobRecord
 from core.schemas import GenerationRequest, Job, JobKind, JobList, JobStatus, TrainingRequest
 from core.stores.idempotency import fingerprint
@@ -299,25 +300,7 @@ def get_job(job_id: str, state: State, tenant: Tenant, presenter: Presenting) ->
 )
 def cancel_job(job_id: str, state: State, tenant: Tenant, presenter: Presenting) -> Job:
     """Cancel a job: a queued one at once, a running one at its next step. Idempotent."""
-    record = state.jobs.get_for_tenant(tenant, job_id)
-    if not record.terminal:
-        state.jobs.request_cancel(job_id)
-        try:
-            record = state.jobs.transition(job_id, "queued", "canceled")
-            _release_concept(state, record.tenant, record.plan.get("concept_id"))
-        except InvalidTransitionError:
-            # Running (the worker sees the flag at its next step) or it finished meanwhile.
-            record = state.jobs.get(job_id)
-    return presenter.job(record)
-
-
-def _release_concept(state: ApiState, tenant: str, concept_id: str | None) -> None:
-    """A training canceled before it ran leaves a failed concept, as one canceled while running does."""
-    if concept_id is None:
-        return
-    concept = state.catalog.get_concept(tenant, concept_id)
-    concept.status = "failed"
-    state.catalog.save_concept(concept)
+    return presenter.job(core_cancel_job(tenant, job_id, jobs=state.jobs, catalog=state.catalog))
 
 
 class DeliveryList(BaseModel):
