@@ -1,5 +1,6 @@
 """Stores: where the service keeps bytes and records.
 
-``objects`` holds the ``ObjectStore`` seam and ``make_object_store``; ``local`` and ``s3`` hold its two
-backends. Nothing is imported here, so importing one store never drags in another's client library.
+``objects`` holds the ``ObjectStore`` seam, ``local`` and ``s3`` its two backends and ``object_factory``
+``make_object_store``, which picks one. Nothing is imported here, so importing one store never drags in another's
+client library.
 """

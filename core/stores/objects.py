@@ -1,10 +1,11 @@
-"""Object storage: the ``ObjectStore`` seam, the key rules both backends share, and the factory.
+"""Object storage: the ``ObjectStore`` seam and the key rules both backends share.
 
 Two real backends implement it: ``LocalObjectStore`` (a directory; the dev, embedded and test
 backend, in ``core.stores.local``) and ``S3ObjectStore`` (any S3 API: AWS, MinIO, moto; in
 ``core.stores.s3``, the only module that imports boto3). Keys are plain relative paths such as
 ``jobs/{job_id}/images/0.png``; they are validated here, once, so that a key that is fine on one
-backend is fine on the other.
+backend is fine on the other. The backends import this module and nothing imports them from here:
+``core.stores.object_factory.make_object_store`` picks one.
 """
 
 from __future__ import annotations
@@ -16,19 +17,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from core.errors import InvalidRequestError
-
-if TYPE_CHECKING:
-    from core.config import StorageSettings
 
 __all__ = [
     "MAX_KEY_LENGTH",
     "MAX_URL_EXPIRY_SECONDS",
     "ObjectStore",
     "SignedURL",
-    "make_object_store",
     "validate_content_type",
     "validate_expires_in",
     "validate_key",
@@ -210,42 +207,3 @@ def write_file_atomic(dest: Path, chunks: Iterable[bytes]) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-
-
-def make_object_store(settings: StorageSettings) -> ObjectStore:
-    """Build the backend that ``settings.backend`` names.
-
-    With ``backend="s3"`` and ``create_bucket=True`` this talks to S3 once (to create the bucket when
-    it is missing); otherwise nothing touches the network or the disk until the first call.
-
-    Args:
-        settings: the storage section of the service settings.
-
-    Returns:
-        A ``LocalObjectStore`` or an ``S3ObjectStore``.
-
-    Raises:
-        ObjectStoreError: when the bucket had to be created and could not be.
-    """
-    if settings.backend == "local":
-        from core.stores.local import LocalObjectStore
-
-        return LocalObjectStore(
-            settings.root,
-            url_secret=settings.url_secret.get_secret_value().encode(),
-            public_base_url=settings.public_base_url,
-        )
-    # Imported here so that processes using the local backend never pay for importing boto3.
-    from core.stores.s3 import S3ObjectStore
-
-    return S3ObjectStore(
-        bucket=settings.bucket,
-        endpoint_url=settings.endpoint_url,
-        public_endpoint_url=settings.public_endpoint_url,
-        region=settings.region,
-        access_key_id=settings.access_key_id,
-        secret_access_key=(
-            settings.secret_access_key.get_secret_value() if settings.secret_access_key is not None else None
-        ),
-        create_bucket=settings.create_bucket,
-    )

@@ -18,7 +18,7 @@ from core.stores.idempotency import IdempotencyStore
 from core.stores.jobs import JobStore
 from core.stores.keys import ApiKeyStore
 from core.stores.limits import RateLimiter, RateLimitState
-from core.stores.objects import make_object_store
+from core.stores.object_factory import make_object_store
 from core.stores.webhooks import WebhookStore
 from core.submissions import Enqueue, Policy
 from services import logs

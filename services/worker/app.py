@@ -17,7 +17,7 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from core.config import Settings, get_settings
 from core.stores.catalog import Catalog
 from core.stores.jobs import JobStore
-from core.stores.objects import make_object_store
+from core.stores.object_factory import make_object_store
 from core.stores.retrying import open_retrying
 from core.tasks import GPU_QUEUES, QUEUES, WEBHOOK_QUEUE
 from services.queue import CeleryTaskQueue, broker_task_ids, celery_config, delivery_sender

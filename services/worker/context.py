@@ -16,7 +16,8 @@ from core.jobs import JobRecord
 from core.notifier import attach_webhooks
 from core.stores.catalog import Catalog
 from core.stores.jobs import JobStore
-from core.stores.objects import ObjectStore, make_object_store
+from core.stores.object_factory import make_object_store
+from core.stores.objects import ObjectStore
 from core.stores.retrying import open_retrying
 from services.worker.models import AdapterCache, ModelCache
 

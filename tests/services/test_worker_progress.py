@@ -16,7 +16,7 @@ from core.progress import DONE, Progress, generation_plan
 from core.schemas import JobProgress
 from core.stores.catalog import Catalog
 from core.stores.jobs import JobStore
-from core.stores.objects import make_object_store
+from core.stores.object_factory import make_object_store
 from services.worker.context import WorkerContext
 from services.worker.models import AdapterCache, ModelCache
 from services.worker.run import JobRun, execute

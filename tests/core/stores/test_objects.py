@@ -16,7 +16,8 @@ from pydantic import SecretStr
 from core.config import StorageSettings
 from core.errors import InvalidRequestError, ObjectNotFoundError, ObjectStoreError
 from core.stores.local import LocalObjectStore
-from core.stores.objects import ObjectStore, make_object_store, validate_key
+from core.stores.object_factory import make_object_store
+from core.stores.objects import ObjectStore, validate_key
 from core.stores.s3 import S3ObjectStore
 from tests.core.stores.conftest import PUBLIC_BASE_URL, URL_SECRET, S3Factory, free_port
 
