@@ -103,21 +103,28 @@ class StylePlan(_Part):
     control: ControlSpec
 
 
-class GenerationPlan(_Part):
-    """A generation job: its prompts (concept references written as names), its concepts in prompt order (each
-    once), its sampling values (the preset's defaults applied, the seed drawn) and its optional stages."""
+class SamplingPlan(_Part):
+    """The sampling values of a generation: the request's, the preset's defaults where it gave none, the seed drawn
+    at submission where it gave none (the fields of ``core.ml.fusion.request.SamplingRequest`` of the same names)."""
 
-    kind: Literal["generation"] = "generation"
-    fusion: Literal["regional", "conductor"]
-    prompt: str
-    negative_prompt: str
-    concepts: list[ConceptPlan]
     width: int
     height: int
     num_inference_steps: int
     guidance_scale: float
     seed: int
     num_outputs: int
+
+
+class GenerationPlan(_Part):
+    """A generation job: its prompts (concept references written as names), its concepts in prompt order (each
+    once), its sampling values and its optional stages."""
+
+    kind: Literal["generation"] = "generation"
+    fusion: Literal["regional", "conductor"]
+    prompt: str
+    negative_prompt: str
+    concepts: list[ConceptPlan]
+    sampling: SamplingPlan
     layout: LayoutPlan | None = None
     style: StylePlan | None = None
 
@@ -146,11 +153,10 @@ def upgrade_plan(kind: str, plan: dict[str, Any], accepted: dict[str, Any]) -> d
             "options": accepted.get("options") or {},
             "composites": accepted.get("composites"),
         }
-    sampling = ("width", "height", "num_inference_steps", "guidance_scale", "seed", "num_outputs")
     return {
         "kind": "generation",
         **plan,
         "fusion": accepted.get("fusion", "conductor"),
         "negative_prompt": accepted.get("negative_prompt", ""),
-        **{name: accepted.get(name) for name in sampling},
+        "sampling": {name: accepted.get(name) for name in SamplingPlan.model_fields},
     }

@@ -29,11 +29,13 @@ from core.plans import (
     LayoutPlan,
     MaskRegion,
     NeighbourPlan,
+    SamplingPlan,
     StylePlan,
     TrainingPlan,
 )
+from core.resources import JobError
 from core.rules import CONCEPT_REF_RE
-from core.schemas import CompositesSpec, ControlSpec, GenerationRequest, JobError, TrainingRequest
+from core.schemas import CompositesSpec, ControlSpec, GenerationRequest, TrainingRequest
 from core.stores.catalog import Catalog, ConceptRecord
 from core.stores.jobs import JobStore
 from core.tasks import QUEUE_FOR_KIND, QueueMessage
@@ -210,6 +212,21 @@ def _neighbour_plan(
     return plan
 
 
+def _job_record(
+    job_id: str, tenant: str, accepted: TrainingRequest | GenerationRequest, plan: TrainingPlan | GenerationPlan
+) -> JobRecord:
+    """A new job of ``plan``'s kind: the request as accepted (its public ``input``) and the plan the worker runs."""
+    return JobRecord(
+        id=job_id,
+        tenant=tenant,
+        kind=plan.kind,
+        queue=QUEUE_FOR_KIND[plan.kind],
+        input=accepted.model_dump(mode="json"),
+        metadata=accepted.metadata,
+        plan=plan,
+    )
+
+
 @dataclass(frozen=True)
 class Submission:
     """A stored and queued job, and its 1-based place in its queue when it was stored."""
@@ -255,14 +272,11 @@ def submit_training(
         training_job_id=job_id,
         metadata=request.metadata,
     )
-    record = JobRecord(
-        id=job_id,
-        tenant=tenant,
-        kind="training",
-        queue=QUEUE_FOR_KIND["training"],
-        input=request.model_dump(mode="json"),
-        metadata=request.metadata,
-        plan=TrainingPlan(
+    record = _job_record(
+        job_id,
+        tenant,
+        request,
+        TrainingPlan(
             concept_id=concept.id,
             concept=request.concept,
             image_keys=image_keys,
@@ -390,29 +404,17 @@ def submit_generation(
     layout, style = _stage_plan(catalog, tenant, request, len(plan_concepts))
     # The ML pipeline names concepts <name>; ids in the prompt are rewritten to names.
     prompt = CONCEPT_REF_RE.sub(lambda m: f"<{by_ref[m.group(1)].name}>", request.prompt)
-    width, height, steps, guidance = accepted.sampling()
-    record = JobRecord(
-        id=new_id("job"),
-        tenant=tenant,
-        kind="generation",
-        queue=QUEUE_FOR_KIND["generation"],
-        input=accepted.model_dump(mode="json"),
-        metadata=request.metadata,
-        plan=GenerationPlan(
-            fusion=accepted.fusion,
-            prompt=prompt,
-            negative_prompt=accepted.negative_prompt,
-            concepts=plan_concepts,
-            width=width,
-            height=height,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            seed=seed,
-            num_outputs=accepted.num_outputs,
-            layout=layout,
-            style=style,
-        ),
+    plan = GenerationPlan(
+        fusion=accepted.fusion,
+        prompt=prompt,
+        negative_prompt=accepted.negative_prompt,
+        concepts=plan_concepts,
+        # with_defaults filled every sampling value the request left out, and the seed is drawn above.
+        sampling=SamplingPlan.model_validate(accepted.model_dump(include=set(SamplingPlan.model_fields))),
+        layout=layout,
+        style=style,
     )
+    record = _job_record(new_id("job"), tenant, accepted, plan)
     message = _message_for(enqueue, record)
     position = jobs.create(record, max_active=policy.max_active_jobs, message=message)
     if message is None:

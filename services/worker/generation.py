@@ -98,13 +98,8 @@ def run_generation(run: JobRun) -> dict[str, Any]:
             prompt=plan.prompt,
             negative_prompt=plan.negative_prompt,
             placements=placements,
-            width=plan.width,
-            height=plan.height,
-            num_inference_steps=plan.num_inference_steps,
-            guidance_scale=plan.guidance_scale,
-            seed=plan.seed,
-            num_outputs=plan.num_outputs,
             on_step=run.reporter("sampling"),
+            **plan.sampling.model_dump(),
         )
         result = _fuse(run, plan, request)
     run.check_cancel()

@@ -47,8 +47,10 @@ def test_a_stored_generation_dict_plan_is_read_as_the_typed_plan_with_the_accept
     plan = _record("generation", legacy, ACCEPTED_GENERATION).plan
     assert isinstance(plan, GenerationPlan)
     assert (plan.prompt, plan.negative_prompt, plan.fusion) == ("<tabby> and <rex>", "blurry", "regional")
-    sampling = (plan.width, plan.height, plan.num_inference_steps, plan.guidance_scale, plan.seed, plan.num_outputs)
-    assert sampling == (64, 48, 20, 4.0, 77, 2)
+    assert plan.sampling.model_dump() == {
+        name: ACCEPTED_GENERATION[name]
+        for name in ("width", "height", "num_inference_steps", "guidance_scale", "seed", "num_outputs")
+    }
     assert plan.concepts[0].region == BoxRegion(box=(0.0, 0.0, 0.5, 1.0))
     assert plan.concepts[1].region == MaskRegion(mask_key="t/files/m")
     assert plan.style is not None and plan.style.control.type == "depth" and plan.layout is None
@@ -72,7 +74,15 @@ def test_a_stored_training_dict_plan_is_read_as_the_typed_plan() -> None:
 
 
 def test_typed_plans_round_trip_by_their_kind_and_records_without_one_have_none() -> None:
-    typed = {"kind": "generation", **ACCEPTED_GENERATION, "concepts": [CONCEPT], "prompt": "<tabby>"}
+    sampling = {name: ACCEPTED_GENERATION[name] for name in ("width", "height", "num_inference_steps", "seed")}
+    typed = {
+        "kind": "generation",
+        "fusion": "conductor",
+        "prompt": "<tabby>",
+        "negative_prompt": "",
+        "concepts": [CONCEPT],
+        "sampling": {**sampling, "guidance_scale": 7.5, "num_outputs": 1},
+    }
     plan = _record("generation", typed, {}).plan
     assert isinstance(plan, GenerationPlan) and plan.concepts[0].region is None
     assert _record("generation", {}, {}).plan is None
