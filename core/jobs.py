@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from core.errors import InvalidTransitionError
 from core.plans import JobPlan, upgrade_plan
-from core.schemas import Job, JobError, JobKind, JobMetrics, JobProgress, JobStatus, JobUrls
+from core.resources import Job, JobError, JobKind, JobMetrics, JobProgress, JobStatus, JobUrls
 
 TERMINAL: frozenset[JobStatus] = frozenset({"succeeded", "failed", "canceled"})
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from core.errors import NotFoundError
 from core.jobs import JobRecord
-from core.schemas import AdapterInfo, Concept, FileObject, Job, JobProgress
+from core.resources import AdapterInfo, Concept, FileObject, Job, JobProgress
 from core.stores.catalog import Catalog, ConceptRecord, FileRecord
 from core.stores.jobs import JobStore
 from core.stores.objects import ObjectStore

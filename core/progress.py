@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from core.schemas import JobKind, JobProgress, JobStatus
+from core.resources import JobKind, JobProgress, JobStatus
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def test_api_imports_no_torch() -> None:
     assert _loaded_after("import services.api.app", ["torch", "diffusers", "transformers", "peft"]) == []
 
 
-@pytest.mark.parametrize("module", ["services.api.app", "core.schemas", "core.submissions"])
+@pytest.mark.parametrize("module", ["services.api.app", "core.schemas", "core.resources", "core.submissions"])
 def test_the_api_side_loads_no_ml_module(module: str) -> None:
     # The limits, the concept rules and the training options the API validates with live outside core.ml
     # (core.rules, core.training_options), so nothing on the request path can pull the ML code in by accident.
@@ -70,6 +70,7 @@ def test_the_rules_module_imports_the_standard_library_alone() -> None:
         "core.rules",
         "core.training_options",
         "core.schemas",
+        "core.resources",
         "core.jobs",
         "core.submissions",
         "core.stores.jobs",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.jobs import JobRecord
-from core.schemas import JobProgress
+from core.resources import JobProgress
 
 EVENTS_MAXLEN = 5000
 """Events kept per job for replay; a job has a few status changes and throttled progress reports."""

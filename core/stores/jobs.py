@@ -21,7 +21,7 @@ from redis.asyncio import Redis as AsyncRedis
 from core.errors import ConflictError, InvalidTransitionError, NotFoundError, QuotaExceededError
 from core.jobs import TERMINAL, JobRecord, check_transition, utcnow
 from core.progress import terminal_progress
-from core.schemas import JobKind, JobProgress, JobStatus
+from core.resources import JobKind, JobProgress, JobStatus
 from core.stores import job_keys, stats
 from core.stores.index import TimeIndex, index_member
 from core.stores.job_events import EVENTS_MAXLEN, FIRST, JobEvent, decode_events, event_fields

@@ -22,7 +22,7 @@ from datetime import timedelta
 
 from core.errors import InvalidTransitionError, NotFoundError
 from core.jobs import JobRecord, utcnow
-from core.schemas import JobError
+from core.resources import JobError
 from core.stores.jobs import JobStore
 from core.tasks import GPU_QUEUES
 

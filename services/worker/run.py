@@ -19,7 +19,7 @@ from typing import Any
 from core.errors import InvalidTransitionError, JobCanceledError, NotFoundError, ServiceError
 from core.jobs import JobRecord
 from core.progress import Progress, ProgressTracker, StagePlan, StepCallback, stage_plan
-from core.schemas import JobError, JobProgress
+from core.resources import JobError, JobProgress
 from services import logs
 from services.worker import metrics
 from services.worker.context import WorkerContext

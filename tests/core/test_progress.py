@@ -19,7 +19,7 @@ from core.progress import (
     terminal_progress,
     training_plan,
 )
-from core.schemas import JobProgress
+from core.resources import JobProgress
 
 
 class Clock:

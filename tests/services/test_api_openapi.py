@@ -23,7 +23,7 @@ from openapi_spec_validator import validate
 
 from core.config import Settings
 from core.jobs import JobRecord
-from core.schemas import GenerationOutput, Job, TrainingOutput
+from core.resources import GenerationOutput, Job, TrainingOutput
 from core.stores.jobs import JobStore
 from services.api.app import create_app
 from services.api.routes.docs import STATIC

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from core.config import Settings
 from core.jobs import JobRecord, new_id
-from core.schemas import JobKind
+from core.resources import JobKind
 from core.stores.jobs import JobStore
 from core.submissions import ScriptEnqueue
 from services.api.app import create_app

@@ -13,7 +13,7 @@ from core.config import Settings
 from core.errors import ServiceError
 from core.jobs import JobRecord, new_id
 from core.progress import DONE, Progress, generation_plan
-from core.schemas import JobProgress
+from core.resources import JobProgress
 from core.stores.catalog import Catalog
 from core.stores.jobs import JobStore
 from core.stores.object_factory import make_object_store

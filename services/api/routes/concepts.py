@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from core.schemas import Concept, ConceptList
+from core.resources import Concept, ConceptList
 from services.api.deps import Presenting, State, Tenant
 from services.api.errors import AUTHENTICATED, responses
 

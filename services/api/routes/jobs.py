@@ -14,7 +14,8 @@ from pydantic import BaseModel, Field
 from core.cancellation import cancel_job as core_cancel_job
 from core.errors import InvalidRequestError
 from core.jobs import JobRecord
-from core.schemas import GenerationRequest, Job, JobKind, JobList, JobStatus, TrainingRequest
+from core.resources import Job, JobKind, JobList, JobStatus
+from core.schemas import GenerationRequest, TrainingRequest
 from core.stores.idempotency import fingerprint
 from core.stores.job_events import FIRST
 from core.stores.webhooks import DeliveryAttempt

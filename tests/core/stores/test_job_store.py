@@ -13,7 +13,7 @@ from redis.asyncio import Redis as AsyncRedis
 from core.errors import ConflictError, InvalidTransitionError, NotFoundError, QuotaExceededError
 from core.jobs import JobRecord, new_id
 from core.progress import DONE
-from core.schemas import JobProgress
+from core.resources import JobProgress
 from core.stores import job_keys
 from core.stores.job_events import JobEvent
 from core.stores.jobs import JobStore
