@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import PIL.Image
 
 from core.errors import InvalidRequestError
 from core.images import load_image
-from core.jobs import JobRecord
-from core.ml.edlora.adapter import ADAPTER_FORMAT, adapter_to_bytes
+from core.job_record import JobRecord
+from core.ml.edlora.adapter import ADAPTER_FORMAT, TrainingReport, adapter_to_bytes
 from core.ml.edlora.composites import Cutout, TrainingExample, compose_examples, composite_count
 from core.ml.edlora.diagnostics import measure_attention_in_mask
 from core.ml.edlora.trainer import train_edlora
@@ -177,7 +176,7 @@ def _training_diagnostics(
     plan: TrainingPlan,
     examples: Sequence[TrainingExample],
     neighbours: Sequence[Neighbour],
-    options: Mapping[str, Any],
+    report: TrainingReport,
 ) -> dict[str, object]:
     """What the training saw: composites used, and whether the separation loss's other-object term had work."""
     composites = sum(e.composite for e in examples)
@@ -190,9 +189,9 @@ def _training_diagnostics(
             "share": round(composites / len(examples), 4),
             "neighbours": [n.name for n in neighbours],
         },
-        "examples_with_other_objects": options.get("examples_with_other_objects", 0),
-        "separation_other_term": options.get("separation_other_term", "off"),
-        "attention_on_other_objects_during_training": options.get("attention_on_other_objects_during_training", {}),
+        "examples_with_other_objects": report.examples_with_other_objects,
+        "separation_other_term": report.separation_other_term,
+        "attention_on_other_objects_during_training": report.attention_on_other_objects,
         "warnings": [],
     }
     if diagnostics["separation_other_term"] == "no_other_objects":
@@ -253,11 +252,14 @@ def run_training(run: JobRun) -> dict[str, object]:
             seed=plan.options.seed,
             caption=captions[0] if captions else None,
         )
+    if weights.report is None:
+        raise RuntimeError("train_edlora returned weights without a training report")
+    trained = weights.report
     diagnostics: dict[str, object] = {
         **report.as_dict(),
         "mask_sources": [m.source for m in masks],
-        "attention_in_mask_during_training": weights.training_options.get("attention_in_mask_during_training", {}),
-        **_training_diagnostics(plan, examples, neighbours, weights.training_options),
+        "attention_in_mask_during_training": trained.attention_in_mask,
+        **_training_diagnostics(plan, examples, neighbours, trained),
     }
     if plan.composites is not None:
         # The adapter's metadata records how it was trained; the trainer saw only images, not where they came from.

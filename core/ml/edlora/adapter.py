@@ -18,7 +18,7 @@ import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load as st_load
@@ -33,6 +33,29 @@ _EMBEDDINGS_KEY = "token_embeddings"
 _TEXT_ENCODER_PREFIX = "text_encoder."
 _UNET_PREFIX = "unet."
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+
+
+OtherTermState = Literal["active", "no_other_objects", "off"]
+"""The separation loss's other-objects term in a training: ``off`` (no separation loss, or no weight on the term),
+``no_other_objects`` (on, but no example had other objects, so the term was identically 0) or ``active``."""
+
+
+@dataclass(frozen=True)
+class TrainingReport:
+    """What one ED-LoRA training saw, as the job reports it.
+
+    Args:
+        attention_in_mask: mean share of the concept words' cross-attention inside the concept mask, per attention
+            grid side (as a string), over the steps that captured it (empty without the separation loss).
+        attention_on_other_objects: the same share on other objects' masks.
+        examples_with_other_objects: training images whose other-objects mask marks anything.
+        separation_other_term: the state of the separation loss's other-objects term.
+    """
+
+    attention_in_mask: dict[str, float]
+    attention_on_other_objects: dict[str, float]
+    examples_with_other_objects: int
+    separation_other_term: OtherTermState
 
 
 @dataclass
@@ -50,6 +73,8 @@ class EDLoRAWeights:
         alpha: LoRA multiplier used in training (direct, Mix-of-Show style: delta = alpha·B·A).
         base_model_id: ``SDComponents.base_model_id`` of the model it was trained on.
         training_options: the ``EDLoRAConfig`` (as JSON-able dict) and run facts, for provenance.
+        report: what the training that made these weights saw (``train_edlora`` sets it; None for weights read from
+            a file, whose ``training_options`` hold the same facts).
     """
 
     concept_name: str
@@ -61,6 +86,7 @@ class EDLoRAWeights:
     alpha: float
     base_model_id: str
     training_options: dict[str, Any] = field(default_factory=dict)
+    report: TrainingReport | None = None
 
     @property
     def num_layers(self) -> int:

@@ -30,7 +30,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from core.errors import InvalidRequestError, PipelineError
 from core.ml.components import SDComponents
-from core.ml.edlora.adapter import EDLoRAWeights
+from core.ml.edlora.adapter import EDLoRAWeights, TrainingReport
 from core.ml.edlora.attention import layerwise_cross_attention
 from core.ml.edlora.captions import caption_templates
 from core.ml.edlora.capture import ConceptAttentionStore, capture_concept_attention, concept_columns
@@ -281,7 +281,19 @@ def train_edlora(
             logger.debug("step %d/%d loss %.5f embedding norm %.3f", step, total, loss_value, norm)
             on_step(Progress("training", step, total))
 
-        # 5. Collect the learned weights (CPU, float32).
+        # 5. Collect the learned weights (CPU, float32) and what the training saw.
+        report = TrainingReport(
+            attention_in_mask={
+                str(side): round(in_mask_sums[side] / in_mask_counts[side], 4) for side in in_mask_sums
+            },
+            # Mean share of the concept words' attention on other objects: what the separation term pushes down;
+            # exactly 0 when no example has other objects (then that term had nothing to act on).
+            attention_on_other_objects={
+                str(side): round(on_others_sums[side] / in_mask_counts[side], 6) for side in on_others_sums
+            },
+            examples_with_other_objects=with_others,
+            separation_other_term=other_term,
+        )
         return EDLoRAWeights(
             concept_name=concept_name,
             class_word=class_word,
@@ -297,17 +309,13 @@ def train_edlora(
                 "num_images": len(images),
                 "masked_loss": masks is not None,
                 "separation_loss": separating,
-                "attention_in_mask_during_training": {
-                    str(side): round(in_mask_sums[side] / in_mask_counts[side], 4) for side in in_mask_sums
-                },
-                # Mean share of the concept words' attention on other objects: what the separation term pushes
-                # down; exactly 0 when no example has other objects (then that term had nothing to act on).
-                "attention_on_other_objects_during_training": {
-                    str(side): round(on_others_sums[side] / in_mask_counts[side], 6) for side in on_others_sums
-                },
-                "examples_with_other_objects": with_others,
-                "separation_other_term": other_term,
+                # The report's facts, kept with the adapter for provenance.
+                "attention_in_mask_during_training": report.attention_in_mask,
+                "attention_on_other_objects_during_training": report.attention_on_other_objects,
+                "examples_with_other_objects": report.examples_with_other_objects,
+                "separation_other_term": report.separation_other_term,
                 "num_layer_embeddings": num_layers,
                 "final_loss": loss_value,
             },
+            report=report,
         )

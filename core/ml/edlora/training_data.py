@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import PIL.Image
 import torch
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 
 from core.errors import InvalidRequestError
 from core.ml.components import SDComponents
+from core.ml.edlora.adapter import OtherTermState
 from core.ml.edlora.augmentation import TrainingView, centre_view, random_view
 from core.ml.masks.cleanup import dilate_mask, enclosed_region
 from core.ml.prompts import PromptPart, bind_caption
@@ -172,9 +172,6 @@ def batch_prompts(
         return [c for c in own if c is not None]
     picks = torch.randint(0, len(templates), (len(index),), generator=generator).tolist()
     return [c if c is not None else bind_caption(templates[p], concept_name) for c, p in zip(own, picks, strict=True)]
-
-
-OtherTermState = Literal["active", "no_other_objects", "off"]
 
 
 def examples_with_other_objects(data: TrainingData, augmentation_views: int) -> int:
