@@ -67,7 +67,6 @@ from core.ml.fusion.request import ConceptPlacement, SamplingRequest
 from core.ml.fusion.sampler import denoise
 from core.ml.styling.pipeline import style_images
 from core.ml.styling.weights import StylingWeights, load_styling_weights
-from core.progress import no_progress
 from core.training_options import EDLoRAConfig
 
 STEPS = (30, 50)
@@ -211,16 +210,16 @@ def plain_image(components: SDComponents, *, side: int, steps: int, prompt: str)
             guided: torch.Tensor = uncond + GUIDANCE_SCALE * (cond - uncond)
             return guided
 
-        return denoise(
-            components,
-            predict,
-            seeds=[0],
+        request = SamplingRequest.create(
+            prompt=prompt,
+            placements=[],
             width=side,
             height=side,
             num_inference_steps=steps,
             guidance_scale=GUIDANCE_SCALE,
-            on_step=no_progress,
+            seed=0,
         )
+        return denoise(components, predict, request)
 
 
 def generation_arms(setup: Setup) -> dict[str, Callable[[int], object]]:

@@ -57,7 +57,7 @@ from core.ml.fusion.multipath import (
 from core.ml.fusion.paths import SamplingPath, bind_for, encode, encode_paths
 from core.ml.fusion.refinement import MaskTracks, refine_masks
 from core.ml.fusion.request import GenerationResult, SamplingRequest
-from core.ml.fusion.sampler import sample
+from core.ml.fusion.sampler import denoise
 
 # The configuration and the layout reference are part of this method's call; callers import them from here.
 __all__ = ["ConductorConfig", "ConductorLoop", "LayoutReference", "generate_conductor"]
@@ -266,7 +266,7 @@ def generate_conductor(
             generator=torch.Generator().manual_seed(request.seed),
         )
         # 4. Sample and decode.
-        images = sample(components, loop.predict, request, guide=loop.guide)
+        images = denoise(components, loop.predict, request, guide=loop.guide)
     logger.info(
         "conductor: %s, %d guided and %d refinement step(s); guidance layer %s, mask layer %s",
         request.summary,

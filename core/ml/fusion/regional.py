@@ -41,7 +41,7 @@ from core.ml.edlora.lora import activate_lora, lora_scope
 from core.ml.fusion.paths import attach_concepts, bind_for, encode, multiplier
 from core.ml.fusion.regional_attention import RegionalState, regional_attention
 from core.ml.fusion.request import ConceptPlacement, GenerationResult, SamplingRequest
-from core.ml.fusion.sampler import guided_predictor, sample
+from core.ml.fusion.sampler import denoise, guided_predictor
 from core.ml.regions import region_masks
 
 # Placements, requests and results are defined with the checks every fusion method shares; callers import them here.
@@ -152,6 +152,6 @@ def generate_regional(components: SDComponents, request: SamplingRequest) -> Gen
         )
 
         # 4. Sample and decode.
-        images = sample(components, predict, request)
+        images = denoise(components, predict, request)
     logger.info("generated %s", request.summary)
     return GenerationResult(images=images, masks=mask_images, seeds=request.seeds)

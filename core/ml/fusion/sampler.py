@@ -16,7 +16,7 @@ import torch
 from core.ml.components import SDComponents
 from core.ml.fusion.request import SamplingRequest
 from core.ml.images import tensor_to_images
-from core.progress import Progress, StepCallback
+from core.progress import Progress
 
 NoisePredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``predict(model_input, t)``: scaled model input ``[2N or N, C, h, w]`` → guided noise ``[N, C, h, w]``."""
@@ -78,57 +78,29 @@ def guided_predictor(
 
 
 def denoise(
-    components: SDComponents,
-    predict: NoisePredictor,
-    *,
-    seeds: Sequence[int],
-    width: int,
-    height: int,
-    num_inference_steps: int,
-    guidance_scale: float,
-    on_step: StepCallback,
-    guide: LatentGuide | None = None,
+    components: SDComponents, predict: NoisePredictor, request: SamplingRequest, *, guide: LatentGuide | None = None
 ) -> list[PIL.Image.Image]:
-    """Run DPM-Solver++ from each seed's noise with ``predict`` as the model, then decode.
+    """Run DPM-Solver++ from each of ``request``'s seeds' noise with ``predict`` as the model, then decode.
 
     ``guide``, when given, sees (and may move) the latents before every step's prediction, e.g. for gradient-based
     layout guidance; it runs under whatever grad mode it enables itself.
 
-    A private scheduler instance is built from the components' config, so no step state is shared. ``on_step`` gets
-    ``Progress("sampling", i, total)`` after each step. Call under ``torch.no_grad()``.
+    A private scheduler instance is built from the components' config, so no step state is shared.
+    ``request.on_step`` gets ``Progress("sampling", i, total)`` after each step. Call under ``torch.no_grad()``.
 
     Returns:
-        one RGB image of ``width x height`` per seed.
+        one RGB image of ``request.width x request.height`` per seed.
     """
     scheduler = type(components.scheduler).from_config(components.scheduler.config)
-    scheduler.set_timesteps(num_inference_steps, device=components.device)
-    latents = initial_latents(components, seeds, height, width) * scheduler.init_noise_sigma
-    use_cfg = guidance_scale > 1.0
+    scheduler.set_timesteps(request.num_inference_steps, device=components.device)
+    latents = initial_latents(components, request.seeds, request.height, request.width) * scheduler.init_noise_sigma
     timesteps = scheduler.timesteps
     for i, t in enumerate(timesteps):
         if guide is not None:
             latents = guide(latents, t, i)
-        model_input = torch.cat([latents] * 2) if use_cfg else latents
+        model_input = torch.cat([latents] * 2) if request.use_cfg else latents
         model_input = scheduler.scale_model_input(model_input, t)
         latents = scheduler.step(predict(model_input, t), t, latents).prev_sample
-        on_step(Progress("sampling", i + 1, len(timesteps)))
+        request.on_step(Progress("sampling", i + 1, len(timesteps)))
     pixels = components.vae.decode(latents / components.vae.config.scaling_factor).sample
     return tensor_to_images(pixels)
-
-
-def sample(
-    components: SDComponents, predict: NoisePredictor, request: SamplingRequest, *, guide: LatentGuide | None = None
-) -> list[PIL.Image.Image]:
-    """``denoise`` with ``request``'s seeds, size, steps, guidance scale and step callback (every fusion method's
-    sampling loop); ``guide`` as there. Call under ``torch.no_grad()``."""
-    return denoise(
-        components,
-        predict,
-        seeds=request.seeds,
-        width=request.width,
-        height=request.height,
-        num_inference_steps=request.num_inference_steps,
-        guidance_scale=request.guidance_scale,
-        on_step=request.on_step,
-        guide=guide,
-    )

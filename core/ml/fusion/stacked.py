@@ -25,7 +25,7 @@ from core.ml.edlora.embeddings import encode_layerwise
 from core.ml.edlora.lora import lora_scope
 from core.ml.fusion.paths import adapter_name, bind_for, encode, multiplier
 from core.ml.fusion.request import GenerationResult, SamplingRequest
-from core.ml.fusion.sampler import guided_predictor, sample
+from core.ml.fusion.sampler import denoise, guided_predictor
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,6 @@ def generate_stacked(components: SDComponents, request: SamplingRequest) -> Gene
         negative = encode(components, negative_parts, placements, num_layers)
 
         predict = guided_predictor(unet, positive=positive, negative=negative, guidance_scale=request.guidance_scale)
-        images = sample(components, predict, request)
+        images = denoise(components, predict, request)
     logger.info("generated %s, stacked", request.summary)
     return GenerationResult(images=images, seeds=request.seeds)
