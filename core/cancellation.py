@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from core.errors import InvalidTransitionError
-from core.jobs import JobRecord
+from core.job_record import JobRecord
 from core.plans import TrainingPlan
 from core.stores.catalog import Catalog
-from core.stores.jobs import JobStore
+from core.stores.job_store import JobStore
 
 
 def cancel_job(tenant: str, job_id: str, *, jobs: JobStore, catalog: Catalog) -> JobRecord:

@@ -13,13 +13,13 @@ from collections.abc import Callable
 import redis
 
 from core.config import StorageSettings
-from core.jobs import JobRecord, utcnow
+from core.job_record import JobRecord, utcnow
 from core.presenter import Presenter
 from core.stores import job_keys
 from core.stores.catalog import Catalog
-from core.stores.jobs import JobStore
+from core.stores.job_store import JobStore
 from core.stores.objects import ObjectStore
-from core.stores.webhooks import Delivery, WebhookStore
+from core.stores.webhook_store import Delivery, WebhookStore
 
 EVENT_TYPES = {"start": "job.started", "progress": "job.progress", "completed": "job.completed"}
 DEFAULT_FILTER = ("completed",)

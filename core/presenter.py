@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import NotFoundError
-from core.jobs import JobRecord
+from core.job_record import JobRecord
 from core.resources import AdapterInfo, Concept, FileObject, Job, JobProgress
 from core.stores.catalog import Catalog, ConceptRecord, FileRecord
-from core.stores.jobs import JobStore
+from core.stores.job_store import JobStore
 from core.stores.objects import ObjectStore
 
 

@@ -21,7 +21,7 @@ from core.errors import (
     ServiceError,
     UnknownConceptError,
 )
-from core.jobs import JobRecord, new_id
+from core.job_record import JobRecord, new_id
 from core.plans import (
     BoxRegion,
     ConceptPlan,
@@ -37,9 +37,9 @@ from core.resources import JobError
 from core.rules import CONCEPT_REF_RE
 from core.schemas import CompositesSpec, ControlSpec, GenerationRequest, TrainingRequest
 from core.stores.catalog import Catalog, ConceptRecord
-from core.stores.jobs import JobStore
+from core.stores.job_store import JobStore
 from core.tasks import QUEUE_FOR_KIND, QueueMessage
-from core.webhooks import Resolver, system_resolver, vet_url
+from core.webhook_security import Resolver, system_resolver, vet_url
 
 Enqueue = Callable[[JobRecord], None]
 

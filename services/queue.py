@@ -20,7 +20,7 @@ from kombu import Queue
 from kombu.transport.redis import Channel
 
 from core.config import Settings
-from core.jobs import JobRecord
+from core.job_record import JobRecord
 from core.tasks import GPU_QUEUES, QUEUES, TASK_FOR_KIND, WEBHOOK_QUEUE, WEBHOOK_TASK, QueueMessage
 
 

@@ -17,7 +17,7 @@ import redis
 from pydantic import BaseModel, Field
 
 from core.errors import ConceptNameTakenError, NotFoundError
-from core.jobs import utcnow
+from core.job_record import utcnow
 from core.stores.index import TimeIndex
 
 PREFIX = "tessera:"

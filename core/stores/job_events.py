@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.jobs import JobRecord
+from core.job_record import JobRecord
 from core.resources import JobProgress
 
 EVENTS_MAXLEN = 5000

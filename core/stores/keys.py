@@ -11,7 +11,7 @@ import redis
 from pydantic import BaseModel, Field
 
 from core.errors import NotFoundError
-from core.jobs import new_id, utcnow
+from core.job_record import new_id, utcnow
 
 KEYS = "tessera:api-keys"  # hash: sha256(key) -> ApiKey JSON
 KEY_IDS = "tessera:api-key-ids"  # hash: key id -> sha256(key)

@@ -15,11 +15,11 @@ from core.config import Settings, get_settings
 from core.notifier import attach_webhooks
 from core.stores.catalog import Catalog
 from core.stores.idempotency import IdempotencyStore
-from core.stores.jobs import JobStore
+from core.stores.job_store import JobStore
 from core.stores.keys import ApiKeyStore
 from core.stores.limits import RateLimiter, RateLimitState
 from core.stores.object_factory import make_object_store
-from core.stores.webhooks import WebhookStore
+from core.stores.webhook_store import WebhookStore
 from core.submissions import Enqueue, Policy
 from services import logs
 from services.api import errors, metrics, openapi, routes

@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.stores import stats
-from core.stores.jobs import JobStore
+from core.stores.job_store import JobStore
 from core.tasks import QUEUES
 
 

@@ -10,12 +10,12 @@ from core.config import Settings
 from core.presenter import Presenter
 from core.stores.catalog import Catalog
 from core.stores.idempotency import IdempotencyStore
-from core.stores.jobs import JobStore
+from core.stores.job_store import JobStore
 from core.stores.keys import ApiKeyStore
 from core.stores.limits import RateLimiter
 from core.stores.local import LocalObjectStore
 from core.stores.objects import ObjectStore
-from core.stores.webhooks import WebhookStore
+from core.stores.webhook_store import WebhookStore
 from core.submissions import Enqueue, Policy
 
 

@@ -16,7 +16,7 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from core.config import Settings, get_settings
 from core.stores.catalog import Catalog
-from core.stores.jobs import JobStore
+from core.stores.job_store import JobStore
 from core.stores.object_factory import make_object_store
 from core.stores.retrying import open_retrying
 from core.tasks import GPU_QUEUES, QUEUES, WEBHOOK_QUEUE
@@ -83,7 +83,7 @@ def make_celery(settings: Settings | None = None, queues: Sequence[str] = QUEUES
         register_gpu_tasks(app, ctx, settings)
         app.tessera_context = ctx
     if WEBHOOK_QUEUE in queues:
-        from services.worker.webhooks import register_webhook_tasks
+        from services.worker.webhook_delivery import register_webhook_tasks
 
         background.threads.append(register_webhook_tasks(app, settings))
 

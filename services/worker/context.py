@@ -12,10 +12,10 @@ from functools import partial
 import redis
 
 from core.config import Settings
-from core.jobs import JobRecord
+from core.job_record import JobRecord
 from core.notifier import attach_webhooks
 from core.stores.catalog import Catalog
-from core.stores.jobs import JobStore
+from core.stores.job_store import JobStore
 from core.stores.object_factory import make_object_store
 from core.stores.objects import ObjectStore
 from core.stores.retrying import open_retrying

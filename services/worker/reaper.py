@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from core.errors import InvalidTransitionError, NotFoundError
-from core.jobs import JobRecord, utcnow
+from core.job_record import JobRecord, utcnow
 from core.resources import JobError
-from core.stores.jobs import JobStore
+from core.stores.job_store import JobStore
 from core.tasks import GPU_QUEUES
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from core.errors import InvalidTransitionError, JobCanceledError, NotFoundError, ServiceError
-from core.jobs import JobRecord
+from core.job_record import JobRecord
 from core.progress import Progress, ProgressTracker, StagePlan, StepCallback, stage_plan
 from core.resources import JobError, JobProgress
 from services import logs

@@ -7,11 +7,11 @@ import redis
 
 from core.cancellation import cancel_job
 from core.errors import NotFoundError
-from core.jobs import JobRecord, new_id
+from core.job_record import JobRecord, new_id
 from core.plans import TrainingPlan
 from core.schemas import ConceptSpec
 from core.stores.catalog import Catalog, ConceptRecord
-from core.stores.jobs import JobStore
+from core.stores.job_store import JobStore
 from core.training_options import EDLoRAConfig
 
 

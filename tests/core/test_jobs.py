@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from core.errors import InvalidTransitionError
-from core.jobs import TERMINAL, TRANSITIONS, check_transition
+from core.job_record import TERMINAL, TRANSITIONS, check_transition
 
 STATUSES = list(TRANSITIONS)
 
@@ -64,7 +64,7 @@ TestJobLife = JobLife.TestCase
 def test_queue_time_stops_when_a_queued_job_is_canceled() -> None:
     from datetime import timedelta
 
-    from core.jobs import JobRecord
+    from core.job_record import JobRecord
 
     created = datetime(2026, 1, 1, tzinfo=UTC)
     record = JobRecord(

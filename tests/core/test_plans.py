@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.jobs import JobRecord
+from core.job_record import JobRecord
 from core.plans import BoxRegion, GenerationPlan, MaskRegion, TrainingPlan
 
 ACCEPTED_GENERATION: dict[str, Any] = {

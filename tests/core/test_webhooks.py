@@ -8,7 +8,7 @@ import pytest
 import standardwebhooks
 
 from core.errors import InvalidRequestError
-from core.webhooks import SECRET_PREFIX, WebhookVerificationError, new_secret, signed_headers, verify, vet_url
+from core.webhook_security import SECRET_PREFIX, WebhookVerificationError, new_secret, signed_headers, verify, vet_url
 
 
 def test_signatures_verify_with_the_reference_library() -> None:

@@ -17,7 +17,7 @@ import standardwebhooks
 from PIL import Image
 from tessera_client import Job, TesseraClient
 
-from core.stores.jobs import JobStore
+from core.stores.job_store import JobStore
 from services.demo import sample_images
 from services.embedded import Stack
 from services.processes import wait_for

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from core.stores.jobs import JobStore
+from core.stores.job_store import JobStore
 from services.embedded import Stack
 from tests.reliability import ledger
 

@@ -18,7 +18,7 @@ import pytest
 import redis
 from tessera_client import TesseraClient
 
-from core.stores.jobs import JobStore
+from core.stores.job_store import JobStore
 from services.demo import sample_images
 from services.embedded import Stack
 from services.processes import start_redis, wait_for

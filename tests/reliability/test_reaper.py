@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from core.config import Settings
-from core.jobs import JobRecord, new_id
-from core.stores.jobs import JobStore
+from core.job_record import JobRecord, new_id
+from core.stores.job_store import JobStore
 from services.queue import CeleryTaskQueue, broker_task_ids, make_producer
 from services.worker.reaper import reap_orphans, resend_stranded
 

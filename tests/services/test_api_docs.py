@@ -200,7 +200,7 @@ def test_every_code_the_api_raises_is_documented() -> None:
     def subclasses(cls: type[errors.ServiceError]) -> list[type[errors.ServiceError]]:
         return [cls, *(sub for child in cls.__subclasses__() for sub in subclasses(child))]
 
-    from core.webhooks import WebhookVerificationError
+    from core.webhook_security import WebhookVerificationError
 
     # Bases raised only through a subclass (or with a code= of their own) never reach a client as themselves, and
     # WebhookVerificationError is for webhook receivers, not an API answer.

@@ -22,9 +22,9 @@ from fastapi.testclient import TestClient
 from openapi_spec_validator import validate
 
 from core.config import Settings
-from core.jobs import JobRecord
+from core.job_record import JobRecord
 from core.resources import GenerationOutput, Job, TrainingOutput
-from core.stores.jobs import JobStore
+from core.stores.job_store import JobStore
 from services.api.app import create_app
 from services.api.routes.docs import STATIC
 from tests.services.test_api import png

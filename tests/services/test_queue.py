@@ -18,9 +18,9 @@ from celery.contrib.testing.worker import start_worker
 from fastapi.testclient import TestClient
 
 from core.config import Settings
-from core.jobs import JobRecord, new_id
+from core.job_record import JobRecord, new_id
 from core.resources import JobKind
-from core.stores.jobs import JobStore
+from core.stores.job_store import JobStore
 from core.submissions import ScriptEnqueue
 from services.api.app import create_app
 from services.queue import CeleryTaskQueue, broker_task_ids, celery_config, make_producer

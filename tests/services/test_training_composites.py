@@ -20,7 +20,7 @@ from core.errors import InvalidRequestError
 from core.ml.masks.segmenter import ConceptMasks, MaskSource
 from core.plans import TrainingPlan
 from core.stores.catalog import Catalog
-from core.stores.jobs import JobStore
+from core.stores.job_store import JobStore
 from core.stores.object_factory import make_object_store
 from services.api.app import create_app
 from services.worker.context import WorkerContext

@@ -11,9 +11,9 @@ import standardwebhooks
 
 from core.config import WebhookSettings
 from core.errors import InvalidRequestError
-from core.stores.webhooks import Delivery, WebhookStore
+from core.stores.webhook_store import Delivery, WebhookStore
 from core.submissions import Policy
-from services.worker.webhooks import attempt_delivery
+from services.worker.webhook_delivery import attempt_delivery
 from tests.fixtures.receiver import receiver
 
 LOCAL = WebhookSettings(allow_private=True, allow_http=True, timeout_seconds=5, retry_delays_seconds=[0, 0, 0, 0])

@@ -11,11 +11,11 @@ import redis
 
 from core.config import Settings
 from core.errors import ServiceError
-from core.jobs import JobRecord, new_id
+from core.job_record import JobRecord, new_id
 from core.progress import DONE, Progress, generation_plan
 from core.resources import JobProgress
 from core.stores.catalog import Catalog
-from core.stores.jobs import JobStore
+from core.stores.job_store import JobStore
 from core.stores.object_factory import make_object_store
 from services.worker.context import WorkerContext
 from services.worker.models import AdapterCache, ModelCache

@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Response, UploadFile
 
 from core.errors import FileTooLargeError
 from core.images import validate_image
-from core.jobs import new_id
+from core.job_record import new_id
 from core.resources import FileObject
 from core.stores.catalog import FileRecord
 from services.api.deps import Presenting, State, Tenant

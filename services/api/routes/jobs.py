@@ -13,12 +13,12 @@ from pydantic import BaseModel, Field
 
 from core.cancellation import cancel_job as core_cancel_job
 from core.errors import InvalidRequestError
-from core.jobs import JobRecord
+from core.job_record import JobRecord
 from core.resources import Job, JobKind, JobList, JobStatus
 from core.schemas import GenerationRequest, TrainingRequest
 from core.stores.idempotency import fingerprint
 from core.stores.job_events import FIRST
-from core.stores.webhooks import DeliveryAttempt
+from core.stores.webhook_store import DeliveryAttempt
 from core.submissions import Submission, submit_generation, submit_training
 from services.api.deps import Presenting, State, Tenant
 from services.api.errors import AUTHENTICATED, responses

@@ -11,12 +11,12 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from core.errors import ConflictError, InvalidTransitionError, NotFoundError, QuotaExceededError
-from core.jobs import JobRecord, new_id
+from core.job_record import JobRecord, new_id
 from core.progress import DONE
 from core.resources import JobProgress
 from core.stores import job_keys
 from core.stores.job_events import JobEvent
-from core.stores.jobs import JobStore
+from core.stores.job_store import JobStore
 from core.tasks import QueueMessage
 
 

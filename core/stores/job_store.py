@@ -19,7 +19,7 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from core.errors import ConflictError, InvalidTransitionError, NotFoundError, QuotaExceededError
-from core.jobs import TERMINAL, JobRecord, check_transition, utcnow
+from core.job_record import TERMINAL, JobRecord, check_transition, utcnow
 from core.progress import terminal_progress
 from core.resources import JobKind, JobProgress, JobStatus
 from core.stores import job_keys, stats

@@ -18,9 +18,9 @@ from celery import Celery
 
 from core.config import Settings, WebhookSettings
 from core.errors import InvalidRequestError
-from core.stores.webhooks import DeliveryAttempt, WebhookStore
+from core.stores.webhook_store import DeliveryAttempt, WebhookStore
 from core.tasks import WEBHOOK_QUEUE, WEBHOOK_TASK
-from core.webhooks import Resolver, post_vetted, signed_headers, system_resolver, vet_url
+from core.webhook_security import Resolver, post_vetted, signed_headers, system_resolver, vet_url
 from services.queue import delivery_sender
 
 logger = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from typing import Literal, cast
 import redis
 from pydantic import BaseModel, Field
 
-from core.jobs import utcnow
-from core.webhooks import new_secret
+from core.job_record import utcnow
+from core.webhook_security import new_secret
 
 PREFIX = "tessera:"
 DELIVERY_TTL_SECONDS = 4 * 24 * 3600
