@@ -175,3 +175,14 @@ def test_no_two_core_modules_import_each_other() -> None:
 
     circles = sorted({tuple(sorted((a, b))) for a, deps in graph.items() for b in deps if reaches(b, a)})
     assert circles == []
+
+
+def test_core_outside_the_ml_package_never_imports_it() -> None:
+    # core.ml depends on core, one way: the rules both sides share live in core (core.rules, core.training_options).
+    graph = _core_import_graph()
+    upward = {
+        module: sorted(dep for dep in deps if dep == "core.ml" or dep.startswith("core.ml."))
+        for module, deps in graph.items()
+        if module != "core.ml" and not module.startswith("core.ml.")
+    }
+    assert {module: deps for module, deps in upward.items() if deps} == {}
