@@ -127,17 +127,22 @@ def _create(
     tenant: str,
     request: Request,
     response: Response,
-    body: BaseModel,
+    body: TrainingRequest | GenerationRequest,
     idempotency_key: str | None,
-    submit: Callable[[], Submission],
+    submit: Callable[..., Submission],
 ) -> tuple[JobRecord, int | None]:
-    """Run ``submit`` once per idempotency key: a replay answers the original job with the create's status (202)
-    and ``Idempotent-Replayed: true``, so a retried request cannot tell a replay from the first answer by status.
+    """Submit ``body`` with ``submit`` (``submit_training`` or ``submit_generation``) once per idempotency key: a
+    replay answers the original job with the create's status (202) and ``Idempotent-Replayed: true``, so a retried
+    request cannot tell a replay from the first answer by status.
 
     Returns the job and its queue position when it was just stored (``None`` for a replay: read it live).
     """
+
+    def run() -> Submission:
+        return submit(tenant, body, catalog=state.catalog, jobs=state.jobs, enqueue=state.enqueue, policy=state.policy)
+
     if idempotency_key is None:
-        submission = submit()
+        submission = run()
     else:
         digest = fingerprint(request.method, request.url.path, body.model_dump(mode="json"))
         existing = state.idempotency.begin(tenant, idempotency_key, digest)
@@ -146,7 +151,7 @@ def _create(
             response.headers["Location"] = f"/v1/jobs/{existing}"
             return state.jobs.get_for_tenant(tenant, existing), None
         try:
-            submission = submit()
+            submission = run()
         except BaseException:
             state.idempotency.abandon(tenant, idempotency_key)
             raise
@@ -176,17 +181,7 @@ def create_training(
     idempotency_key: IdempotencyKey = None,
 ) -> Job:
     """Teach the service a concept from a few images (an ED-LoRA training job)."""
-    record, position = _create(
-        state,
-        tenant,
-        request,
-        response,
-        body,
-        idempotency_key,
-        lambda: submit_training(
-            tenant, body, catalog=state.catalog, jobs=state.jobs, enqueue=state.enqueue, policy=state.policy
-        ),
-    )
+    record, position = _create(state, tenant, request, response, body, idempotency_key, submit_training)
     return presenter.job(record, queue_position=position)
 
 
@@ -238,17 +233,7 @@ def create_generation(
     prefer: Annotated[str | None, Header(description="wait=N (N ≤ 60): hold the answer until done.")] = None,
 ) -> Job:
     """Generate images that combine ready concepts."""
-    record, position = _create(
-        state,
-        tenant,
-        request,
-        response,
-        body,
-        idempotency_key,
-        lambda: submit_generation(
-            tenant, body, catalog=state.catalog, jobs=state.jobs, enqueue=state.enqueue, policy=state.policy
-        ),
-    )
+    record, position = _create(state, tenant, request, response, body, idempotency_key, submit_generation)
     wait = _wait_seconds(prefer)
     if wait > 0:
         record = _wait_for_terminal(state, record, wait)
