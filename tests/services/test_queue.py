@@ -166,7 +166,8 @@ def test_a_created_job_is_stored_and_queued_once_and_a_replay_queues_nothing(
         first = client.post("/v1/generations", json=body, headers=headers)
         assert first.status_code == 202, first.text
         replay = client.post("/v1/generations", json=body, headers=headers)
-        assert replay.status_code == 200 and replay.json()["id"] == first.json()["id"]
+        assert replay.status_code == 202 and replay.json()["id"] == first.json()["id"]
+        assert replay.headers["Idempotent-Replayed"] == "true"
         f = upload(client, png())["id"]
         training = client.post(
             "/v1/trainings", json={"concept": {"name": "dot", "class_word": "dog"}, "images": [f]}, headers=A
