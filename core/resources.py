@@ -141,7 +141,10 @@ class TrainingOutput(BaseModel):
     masks: list[Image] = Field(description="The mask each training image was trained with (white = the concept).")
     diagnostics: dict[str, Any] = Field(
         default_factory=dict,
-        description="What the training saw and measured: attention_in_mask, mask_sources, composites, warnings, …",
+        description=(
+            "What the training saw and measured: attention_in_mask, mask_sources, composites, loss_curve "
+            "([{step, loss}], at most 100 points), warnings, …"
+        ),
     )
 
 

@@ -192,6 +192,7 @@ def _training_diagnostics(
         "examples_with_other_objects": report.examples_with_other_objects,
         "separation_other_term": report.separation_other_term,
         "attention_on_other_objects_during_training": report.attention_on_other_objects,
+        "loss_curve": [{"step": step, "loss": loss} for step, loss in report.loss_curve],
         "warnings": [],
     }
     if diagnostics["separation_other_term"] == "no_other_objects":

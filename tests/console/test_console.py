@@ -301,6 +301,7 @@ def test_console_end_to_end(
     overall = find(driver, "#attention-overall").text
     assert overall.endswith("%"), overall
     assert "×" in find(driver, "#diagnostics .bars").text
+    assert finds(driver, "#diagnostics svg.chart path"), "the training's loss curve is drawn"
     driver.execute_script("document.getElementById('training-images').scrollIntoView()")
     shot(driver, "concept")
     fragments["concepts"] = "/concepts"

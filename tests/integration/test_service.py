@@ -105,6 +105,8 @@ def test_upload_train_generate_end_to_end(client: TesseraClient) -> None:
     diagnostics = final.training_output.diagnostics
     assert 0.0 <= diagnostics["attention_in_mask"] <= 1.0
     assert set(diagnostics["mask_sources"]) <= {"auto", "whole_image"}  # the tiny SAM is random
+    curve = diagnostics["loss_curve"]
+    assert [p["step"] for p in curve] == sorted(p["step"] for p in curve) and curve[-1]["step"] > 1
     assert final.metrics.stages["masking"] > 0
     assert final.metrics.stages["training"] > 0
     assert client.wait(jobs["ring-b"].id, timeout=300).status == "succeeded"

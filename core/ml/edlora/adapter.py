@@ -50,12 +50,31 @@ class TrainingReport:
         attention_on_other_objects: the same share on other objects' masks.
         examples_with_other_objects: training images whose other-objects mask marks anything.
         separation_other_term: the state of the separation loss's other-objects term.
+        loss_curve: ``(step, loss)`` points of the training loss, at most ``LOSS_CURVE_POINTS`` (see ``loss_curve``).
     """
 
     attention_in_mask: dict[str, float]
     attention_on_other_objects: dict[str, float]
     examples_with_other_objects: int
     separation_other_term: OtherTermState
+    loss_curve: tuple[tuple[int, float], ...] = ()
+
+
+LOSS_CURVE_POINTS = 100
+"""A training's loss curve keeps at most this many points: enough to draw, small in a job's output."""
+
+
+def loss_curve(losses: list[float], points: int = LOSS_CURVE_POINTS) -> tuple[tuple[int, float], ...]:
+    """The per-step losses (step 1 first) as at most ``points`` ``(step, loss)`` pairs: each the mean over a run of
+    consecutive steps, placed at the run's last step (a single step's loss is noise: the timestep is random)."""
+    if not losses:
+        return ()
+    size = -(-len(losses) // points)  # ceil: runs of equal length, the last one shorter
+    curve = []
+    for start in range(0, len(losses), size):
+        run = losses[start : start + size]
+        curve.append((start + len(run), round(sum(run) / len(run), 6)))
+    return tuple(curve)
 
 
 @dataclass

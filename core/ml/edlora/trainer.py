@@ -30,7 +30,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from core.errors import InvalidRequestError, PipelineError
 from core.ml.components import SDComponents
-from core.ml.edlora.adapter import EDLoRAWeights, TrainingReport
+from core.ml.edlora.adapter import EDLoRAWeights, TrainingReport, loss_curve
 from core.ml.edlora.attention import layerwise_cross_attention
 from core.ml.edlora.captions import caption_templates
 from core.ml.edlora.capture import ConceptAttentionStore, capture_concept_attention, concept_columns
@@ -213,6 +213,7 @@ def train_edlora(
         order = batches(len(data.source), config.batch_size, generator)
         embeddings_frozen = False
         loss_value = math.nan
+        losses: list[float] = []
         in_mask_sums: dict[int, float] = {}
         on_others_sums: dict[int, float] = {}
         in_mask_counts: dict[int, int] = {}
@@ -265,6 +266,7 @@ def train_edlora(
             loss_value = float(loss.item())
             if not math.isfinite(loss_value):
                 raise PipelineError(f"ED-LoRA training diverged at step {step}: loss is {loss_value}")
+            losses.append(loss_value)
 
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -293,6 +295,7 @@ def train_edlora(
             },
             examples_with_other_objects=with_others,
             separation_other_term=other_term,
+            loss_curve=loss_curve(losses),
         )
         return EDLoRAWeights(
             concept_name=concept_name,

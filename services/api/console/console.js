@@ -490,8 +490,7 @@
       ]);
     }
     box.appendChild(el("h3", null, "Training loss"));
-    var curve = d.loss_curve || d.losses || d.loss_history;
-    box.appendChild((curve && lossChart(curve)) || el("p", { class: "muted" }, "Not recorded: this training's output has no loss curve."));
+    box.appendChild((d.loss_curve && lossChart(d.loss_curve)) || el("p", { class: "muted" }, "Not recorded: this training's output has no loss curve."));
     (d.warnings || []).forEach(function (w) { box.appendChild(el("p", { class: "warning" }, "⚠ " + w)); });
     box.appendChild(el("details", null, el("summary", null, "All diagnostics (JSON)"), json(d)));
     return box;

@@ -3,7 +3,7 @@ facts for provenance, and an adapter read back from its file has no report."""
 
 from __future__ import annotations
 
-from core.ml.edlora.adapter import EDLoRAWeights, adapter_from_bytes, adapter_to_bytes
+from core.ml.edlora.adapter import EDLoRAWeights, adapter_from_bytes, adapter_to_bytes, loss_curve
 
 
 def test_the_report_holds_the_facts_the_adapter_keeps(corgi: EDLoRAWeights, tabby: EDLoRAWeights) -> None:
@@ -18,3 +18,18 @@ def test_the_report_holds_the_facts_the_adapter_keeps(corgi: EDLoRAWeights, tabb
     assert tabby.report is not None and tabby.report.attention_in_mask
     assert tabby.report.separation_other_term == "no_other_objects"
     assert adapter_from_bytes(adapter_to_bytes(tabby)).report is None
+
+
+def test_the_loss_curve_has_every_step_of_a_short_training_and_at_most_100_points_of_a_long_one(
+    corgi: EDLoRAWeights,
+) -> None:
+    assert corgi.report is not None
+    steps = [step for step, _ in corgi.report.loss_curve]
+    assert steps == list(range(1, corgi.training_options["max_train_steps"] + 1))
+    assert corgi.report.loss_curve[-1][1] == round(corgi.training_options["final_loss"], 6)
+
+    losses = [float(i) for i in range(1, 251)]  # 250 steps: runs of 3, the last one of 1
+    curve = loss_curve(losses)
+    assert len(curve) == 84 and curve[0] == (3, 2.0) and curve[-1] == (250, 250.0)
+    assert [step for step, _ in loss_curve(losses[:100])] == list(range(1, 101))
+    assert loss_curve([]) == ()
