@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from core.config import PRESET_GENERATION_DEFAULTS
+from core.rules import MAX_REQUEST_SEED
 from services.failures import EXIT_CODES_HELP, explain
 
 if TYPE_CHECKING:
@@ -173,7 +174,7 @@ def demo(
     out: Annotated[
         Path, typer.Option(help="Where to save the generated images and masks (one folder per job).")
     ] = Path("data/demo-output"),
-    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the generated scene.")] = 7,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_REQUEST_SEED, help="Seed of the generated scene.")] = 7,
 ) -> None:
     """Upload sample images, train two concepts, generate one image with both, over HTTP."""
     from services.demo import run_demo
