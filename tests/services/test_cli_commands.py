@@ -66,7 +66,7 @@ def test_shapes_commands_print_the_tools_own_options(
     command: list[str], option: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The training command sets up JSON logging on the root logger; here that would replace pytest's handlers.
-    monkeypatch.setattr("services.cli._logging", lambda: None)
+    monkeypatch.setattr("services.cli.common.configure_logging", lambda: None)
     result = CliRunner().invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert option in result.stdout and f"{' '.join(command)} [-h]" in result.stdout
