@@ -16,7 +16,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from tessera_client.client import AsyncTesseraClient, TesseraClient
+from tessera_client.async_client import AsyncTesseraClient
 from tessera_client.errors import (
     AuthenticationError,
     ConceptNameTaken,
@@ -56,6 +56,7 @@ from tessera_client.models import (
     WebhookSecret,
 )
 from tessera_client.retry import NO_RETRY, RetryPolicy
+from tessera_client.sync_client import TesseraClient
 
 __all__ = [
     "NO_RETRY",

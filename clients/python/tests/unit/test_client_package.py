@@ -20,7 +20,8 @@ def test_declared_dependencies_are_only_http_models_sse_and_retries() -> None:
 
 def test_importing_the_client_loads_nothing_of_the_server() -> None:
     code = (
-        "import json, sys, tessera_client, tessera_client.client, tessera_client.progress; "
+        "import json, sys, tessera_client, tessera_client.sync_client, tessera_client.async_client, "
+        "tessera_client.progress; "
         f"print(json.dumps(sorted(m for m in {SERVER_MODULES!r} if m in sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
