@@ -32,7 +32,7 @@ from core.ml.edlora.diagnostics import measure_attention_in_mask
 from core.ml.edlora.trainer import train_edlora
 from core.ml.masks.segmenter import ColourSegmenter, compute_masks
 from core.schemas import MaskPrompt
-from tessera_shapes import world
+from tessera_shapes import drawing, sampling, world
 from tessera_shapes.personalization import SHAPES_RECIPE, class_word
 
 ARMS: dict[str, dict[str, object]] = {
@@ -51,11 +51,11 @@ def scenes(concept: world.Concept, count: int, seed: int) -> tuple[list[PIL.Imag
     """``count`` images of the concept on a random side with a base object on the other, and a point on the concept."""
     images, prompts = [], []
     for i in range(count):
-        rng = world.scene_rng(seed, i)
+        rng = sampling.scene_rng(seed, i)
         side = "left" if rng.random() < 0.5 else "right"
         other = world.BASE_OBJECTS[int(rng.integers(len(world.BASE_OBJECTS)))]
-        scene = world.place_objects((concept.spec.at(side), other.at("right" if side == "left" else "left")), rng)
-        images.append(world.render_scene(scene))
+        scene = sampling.place_objects((concept.spec.at(side), other.at("right" if side == "left" else "left")), rng)
+        images.append(drawing.render_scene(scene))
         x, y = scene.objects[0].centre
         prompts.append(MaskPrompt(point=(x / world.RESOLUTION, y / world.RESOLUTION)))
     return images, prompts

@@ -22,7 +22,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import Stabl
 from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from tessera_shapes import world
+from tessera_shapes import captioning, drawing, sampling, world
 from tessera_shapes.scorer import ImageScore, score_image
 from tessera_shapes.training import PRESET_DIR, psnr_db, reconstruct
 
@@ -54,12 +54,14 @@ def load_preset_pipeline(
 
 def single_prompts() -> list[str]:
     """The 36 one-object prompts: 12 base objects, centred and at each side."""
-    return [world.caption_for([o.at(p)]) for o in world.BASE_OBJECTS for p in ("center", "left", "right")]
+    return [captioning.caption_for([o.at(p)]) for o in world.BASE_OBJECTS for p in ("center", "left", "right")]
 
 
 def class_word_prompts() -> list[str]:
     """The 6 colourless side prompts, ``"a triangle on the right"``: does the model place a shape by its words?"""
-    return [world.caption_for([world.ObjectSpec(world.ANY_COLOUR, s, p)]) for s in world.BASE_SHAPES for p in SIDES]
+    return [
+        captioning.caption_for([world.ObjectSpec(world.ANY_COLOUR, s, p)]) for s in world.BASE_SHAPES for p in SIDES
+    ]
 
 
 SIDES = ("left", "right")
@@ -75,7 +77,7 @@ def pair_prompts(*, held_out: bool | None = None, right_first: bool = False) -> 
     pairs = [(a.at("left"), b.at("right")) for a in world.BASE_OBJECTS for b in world.BASE_OBJECTS]
     if held_out is not None:
         pairs = [p for p in pairs if (p in world.HELD_OUT_PAIRS) == held_out]
-    return [world.caption_for(p[::-1] if right_first else p) for p in pairs]
+    return [captioning.caption_for(p[::-1] if right_first else p) for p in pairs]
 
 
 def generate(
@@ -178,7 +180,9 @@ def evaluate_base_model(
             guidance_scale=guidance_scale,
             num_inference_steps=num_inference_steps,
         )
-        results[name] = [(p, score_image(img, world.parse_caption(p))) for p, img in zip(prompts, images, strict=True)]
+        results[name] = [
+            (p, score_image(img, captioning.parse_caption(p))) for p, img in zip(prompts, images, strict=True)
+        ]
     held = set(pair_prompts(held_out=True)) | set(pair_prompts(held_out=True, right_first=True))
     pairs = results["pair_left_first"] + results["pair_right_first"]
     groups = {
@@ -215,15 +219,15 @@ def vae_fidelity(vae: AutoencoderKL, *, images_per_concept: int = 24, seed: int 
     for concept in world.HELD_OUT_CONCEPTS:
         rng = np.random.default_rng([seed, len(report)])
         scenes = [
-            world.place_objects((concept.spec.at(world.POSITIONS[i % 3]),), rng) for i in range(images_per_concept)
+            sampling.place_objects((concept.spec.at(world.POSITIONS[i % 3]),), rng) for i in range(images_per_concept)
         ]
-        drawn = np.stack([np.asarray(world.render_scene(s)) for s in scenes])
+        drawn = np.stack([np.asarray(drawing.render_scene(s)) for s in scenes])
         recon = reconstruct(vae, drawn)
         masks = []
         for scene in scenes:
             (obj,) = scene.objects
-            inside = world.shape_coverage(obj.spec.shape, obj.box) >= 0.99
-            masks.append(inside & (np.abs(np.asarray(world.render_scene(scene), np.int32) - obj.rgb).max(-1) < 30))
+            inside = drawing.shape_coverage(obj.spec.shape, obj.box) >= 0.99
+            masks.append(inside & (np.abs(np.asarray(drawing.render_scene(scene), np.int32) - obj.rgb).max(-1) < 30))
         mask = np.stack(masks)
         before, after = drawn[mask].mean(axis=0), recon[mask].mean(axis=0)
         verdicts = [score_image(r, s.specs).correct for r, s in zip(recon, scenes, strict=True)]
@@ -262,8 +266,8 @@ def decoder_ceiling(
         cells[f"{left.name}+{right.name}"] = [(left.spec.at("left"), right.spec.at("right"))] * images_per_cell
     result: dict[str, tuple[int, int]] = {}
     for index, (name, specs) in enumerate(cells.items()):
-        scenes = [world.place_objects(s, world.scene_rng(seed + index, i)) for i, s in enumerate(specs)]
-        drawn = np.stack([np.asarray(world.render_scene(scene)) for scene in scenes])
+        scenes = [sampling.place_objects(s, sampling.scene_rng(seed + index, i)) for i, s in enumerate(specs)]
+        drawn = np.stack([np.asarray(drawing.render_scene(scene)) for scene in scenes])
         recon = reconstruct(vae, drawn)
         hits = sum(score_image(r, scene.specs).correct for r, scene in zip(recon, scenes, strict=True))
         result[name] = (hits, len(scenes))
@@ -291,7 +295,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> None:
     report: dict[str, object] = {
         "vae_fidelity": {k: asdict(v) for k, v in vae_fidelity(pipeline.vae).items()},
     }
-    base_images = world.draw_base_dataset(256, seed=4321)[0]
+    base_images = sampling.draw_base_dataset(256, seed=4321)[0]
     report["vae_psnr_base_db"] = psnr_db(base_images, reconstruct(pipeline.vae, base_images))
     if not args.skip_sampling:
         scores = evaluate_base_model(

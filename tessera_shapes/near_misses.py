@@ -10,7 +10,8 @@ Generated images are blurrier than the world's crisp drawings (an 8x downsamplin
 :func:`soften` blurs an image the way a decode does; :func:`near_miss_corpus` and :func:`ground_truth_corpus`
 return every drawing crisp and softened, and a threshold is never tuned on crisp pixels alone.
 
-Needs only numpy and Pillow, like :mod:`tessera_shapes.world`, whose outlines and placement it reuses.
+Needs only numpy and Pillow, like the world's :mod:`tessera_shapes.drawing` and :mod:`tessera_shapes.sampling`,
+whose outlines and placement it reuses.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from tessera_shapes import world
-from tessera_shapes.world import _draw_mask, _regular
+from tessera_shapes import drawing, sampling, world
+from tessera_shapes.drawing import _draw_mask, _regular
 
 Box = tuple[float, float, float, float]
 Points = list[tuple[float, float]]
@@ -199,7 +200,7 @@ _CARVINGS: dict[str, Callable[[ImageDraw.ImageDraw, Box, np.random.Generator], N
 }
 
 
-def _box(name: str, placed: world.PlacedObject, rng: np.random.Generator) -> Box:
+def _box(name: str, placed: drawing.PlacedObject, rng: np.random.Generator) -> Box:
     """Where the near miss is drawn: the box of the shape it pretends to be, stretched for the oblong kinds."""
     box = placed.box
     if name not in ("oblong", "ellipse"):
@@ -233,21 +234,21 @@ def _mask(name: str, box: Box, rng: np.random.Generator, resolution: int) -> Ima
 
 
 def _paint(
-    masks: Sequence[tuple[Image.Image, world.PlacedObject, Box]], background: world.RGB, resolution: int
+    masks: Sequence[tuple[Image.Image, drawing.PlacedObject, Box]], background: world.RGB, resolution: int
 ) -> np.ndarray:
-    """Fills each mask with its object's colour (and stripes) over ``background``, as ``world.render_scene`` does."""
+    """Fills each mask with its object's colour (and stripes) over ``background``, as ``drawing.render_scene`` does."""
     big = resolution * world.SUPERSAMPLE
     canvas = Image.new("RGB", (big, big), background)
     for mask, obj, box in masks:
         # Stripes counted from the drawn box's top edge, the world's rule.
-        canvas = Image.composite(world.fill_image(obj, box[1], big), canvas, mask)
+        canvas = Image.composite(drawing.fill_image(obj, box[1], big), canvas, mask)
     return np.asarray(canvas.resize((resolution, resolution), Image.Resampling.BOX))
 
 
 def draw_near_miss(name: str, spec: world.ObjectSpec, rng: np.random.Generator) -> np.ndarray:
     """Draws near-miss kind ``name`` where ``spec`` (a shape the kind pretends to be) was asked for.
 
-    Colour, size, position and background are drawn exactly as :func:`world.place_objects` draws them for
+    Colour, size, position and background are drawn exactly as :func:`sampling.place_objects` draws them for
     ``spec``; only the outline is wrong.
 
     Returns:
@@ -259,7 +260,7 @@ def draw_near_miss(name: str, spec: world.ObjectSpec, rng: np.random.Generator) 
     pretends = kind(name).pretends
     if spec.shape != pretends:
         raise ValueError(f"near miss {name!r} pretends to be a {pretends}, but `spec` asks for a {spec.shape}.")
-    scene = world.place_objects((spec,), rng)
+    scene = sampling.place_objects((spec,), rng)
     (placed,) = scene.objects
     box = _box(name, placed, rng)
     mask = _mask(name, box, rng, world.RESOLUTION)
@@ -335,7 +336,7 @@ def ground_truth_corpus(seed: int, pairs: int) -> list[Drawing]:
     """
     rng = np.random.default_rng(seed)
     scenes = [
-        world.place_objects((world.ObjectSpec(colour, shape, position, pattern),), rng)
+        sampling.place_objects((world.ObjectSpec(colour, shape, position, pattern),), rng)
         for colour, shape, pattern, position in itertools.product(
             world.COLOURS, world.SCORED_SHAPES, world.PATTERNS, world.POSITIONS
         )
@@ -351,8 +352,8 @@ def ground_truth_corpus(seed: int, pairs: int) -> list[Drawing]:
             )
             for side in ("left", "right")
         )
-        scenes.append(world.place_objects(pair, rng))
+        scenes.append(sampling.place_objects(pair, rng))
     drawings = []
     for scene in scenes:
-        drawings += _both(np.asarray(world.render_scene(scene)), scene.specs, GROUND_TRUTH, rng)
+        drawings += _both(np.asarray(drawing.render_scene(scene)), scene.specs, GROUND_TRUTH, rng)
     return drawings

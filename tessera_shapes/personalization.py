@@ -36,7 +36,7 @@ from core.ml.fusion.stacked import generate_stacked
 from core.ml.prompts import CAPTION_PLACEHOLDER
 from core.rules import MAX_OUTPUTS
 from core.training_options import EDLoRAConfig
-from tessera_shapes import world
+from tessera_shapes import drawing, sampling, world
 from tessera_shapes.evaluation import _wilson
 from tessera_shapes.scorer import detect_objects, score_image
 
@@ -168,9 +168,9 @@ def class_word(concept: world.Concept) -> str:
     return KNOWN_CLASS_WORDS[concept.spec.shape]
 
 
-def _example_scenes(concept: world.Concept, count: int, seed: int, positions: Sequence[str]) -> list[world.Scene]:
+def _example_scenes(concept: world.Concept, count: int, seed: int, positions: Sequence[str]) -> list[drawing.Scene]:
     return [
-        world.place_objects((concept.spec.at(positions[i % len(positions)]),), world.scene_rng(seed, i))
+        sampling.place_objects((concept.spec.at(positions[i % len(positions)]),), sampling.scene_rng(seed, i))
         for i in range(count)
     ]
 
@@ -186,15 +186,15 @@ def concept_examples(
     images, captions = [], []
     for scene in _example_scenes(concept, count, seed, positions):
         (spec,) = scene.specs
-        images.append(world.render_scene(scene))
+        images.append(drawing.render_scene(scene))
         side = "" if spec.position == "center" else f" on the {spec.position}"
         captions.append(f"a <{concept.name}>{side}")
     return images, captions
 
 
-def coverage_mask(obj: world.PlacedObject) -> PIL.Image.Image:
+def coverage_mask(obj: drawing.PlacedObject) -> PIL.Image.Image:
     """The exact mask of a drawn object: white where it covers at least half a pixel (L mode, 64x64)."""
-    covered = world.shape_coverage(obj.spec.shape, obj.box) >= 0.5
+    covered = drawing.shape_coverage(obj.spec.shape, obj.box) >= 0.5
     return PIL.Image.fromarray((covered * 255).astype(np.uint8), "L")
 
 
@@ -214,10 +214,10 @@ def neighbour_cutouts(count: int, seed: int) -> list[Cutout]:
     """``count`` base-world objects drawn alone in the centre, each with its exact mask and its caption phrase."""
     cutouts = []
     for i in range(count):
-        rng = world.scene_rng(seed, i)
+        rng = sampling.scene_rng(seed, i)
         spec = world.BASE_OBJECTS[int(rng.integers(len(world.BASE_OBJECTS)))]
-        scene = world.place_objects((spec,), rng)
-        cutouts.append(Cutout(world.render_scene(scene), coverage_mask(scene.objects[0]), spec.noun_phrase))
+        scene = sampling.place_objects((spec,), rng)
+        cutouts.append(Cutout(drawing.render_scene(scene), coverage_mask(scene.objects[0]), spec.noun_phrase))
     return cutouts
 
 
@@ -470,14 +470,14 @@ def attention_in_mask(
     """
     shares = MeanShare()
     for i in range(images):
-        rng = world.scene_rng(seed, i)
+        rng = sampling.scene_rng(seed, i)
         side = SIDES[i % 2]
         other = world.BASE_OBJECTS[int(rng.integers(len(world.BASE_OBJECTS)))].at(SIDES[1 - i % 2])
-        scene = world.place_objects((concept.spec.at(side), other), rng)
+        scene = sampling.place_objects((concept.spec.at(side), other), rng)
         result = measure_attention_in_mask(
             components,
             weights,
-            [world.render_scene(scene)],
+            [drawing.render_scene(scene)],
             [coverage_mask(scene.objects[0])],
             seed=seed + i,
             caption=f"a <{concept.name}>",

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from tessera_shapes import world
+from tessera_shapes import captioning, drawing, world
 
 # Max per-channel difference from the background that makes a pixel foreground (0-255 scale).
 FOREGROUND_THRESHOLD = 48
@@ -292,7 +292,7 @@ def shape_failures(shape: str, evidence: ShapeEvidence) -> list[str]:
 def _template(shape: str, box: Box, resolution: int) -> np.ndarray:
     # Evaluation scores thousands of images whose boxes repeat; drawing a template is most of a shape's cost.
     x0, y0, x1, y1 = box
-    filled: np.ndarray = world.shape_coverage(shape, box, resolution)[y0:y1, x0:x1] >= TEMPLATE_COVERAGE
+    filled: np.ndarray = drawing.shape_coverage(shape, box, resolution)[y0:y1, x0:x1] >= TEMPLATE_COVERAGE
     filled.setflags(write=False)
     return filled
 
@@ -509,7 +509,7 @@ def score_image(
 
     Args:
         image: the image to judge.
-        expected: the objects asked for, e.g. ``world.parse_caption(prompt)``.
+        expected: the objects asked for, e.g. ``captioning.parse_caption(prompt)``.
         shapes: passed to :func:`detect_objects`.
     """
     detected = detect_objects(image, shapes=shapes)
@@ -539,4 +539,4 @@ def score_image(
 
 def score_caption(image: Image.Image | np.ndarray, caption: str) -> ImageScore:
     """Scores ``image`` against a caption of the world, e.g. ``"a red circle on the left and ..."``."""
-    return score_image(image, world.parse_caption(caption))
+    return score_image(image, captioning.parse_caption(caption))

@@ -9,7 +9,7 @@ import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from transformers import CLIPTokenizer
 
-from tessera_shapes import world
+from tessera_shapes import captioning, drawing, sampling, world
 from tessera_shapes.tokenizer import MAX_LENGTH
 from tessera_shapes.training.config import ShapesTrainingConfig
 
@@ -29,17 +29,17 @@ def vae_batches(config: ShapesTrainingConfig, *, stream: int) -> Iterator[np.nda
     while True:
         batch = np.empty((config.vae_batch_size, world.RESOLUTION, world.RESOLUTION, 3), dtype=np.uint8)
         for i in range(config.vae_batch_size):
-            scene_rng = world.scene_rng(config.seed + 1000 * stream, index)
+            scene_rng = sampling.scene_rng(config.seed + 1000 * stream, index)
             use_base = rng.random() < config.vae_base_fraction
-            scene = world.sample_base_scene(scene_rng) if use_base else world.sample_wide_scene(scene_rng)
-            batch[i] = np.asarray(world.render_scene(scene))
+            scene = sampling.sample_base_scene(scene_rng) if use_base else sampling.sample_wide_scene(scene_rng)
+            batch[i] = np.asarray(drawing.render_scene(scene))
             index += 1
         yield batch
 
 
-def caption_ids(tokenizer: CLIPTokenizer, dataset: world.BaseDataset, variants: int, *, seed: int) -> torch.Tensor:
+def caption_ids(tokenizer: CLIPTokenizer, dataset: sampling.BaseDataset, variants: int, *, seed: int) -> torch.Tensor:
     """Token ids of ``variants`` captions per image: the scene's own and ``variants - 1`` more from
-    :func:`world.describe` (same objects, other wording and order).
+    :func:`captioning.describe` (same objects, other wording and order).
 
     Returns:
         int64 tensor of shape ``(n, variants, MAX_LENGTH)``.
@@ -48,7 +48,7 @@ def caption_ids(tokenizer: CLIPTokenizer, dataset: world.BaseDataset, variants: 
     for i, (caption, specs) in enumerate(zip(dataset.captions, dataset.specs, strict=True)):
         rng = np.random.default_rng([seed, 11, i])
         captions.append(caption)
-        captions.extend(world.describe(specs, rng) for _ in range(variants - 1))
+        captions.extend(captioning.describe(specs, rng) for _ in range(variants - 1))
     ids: torch.Tensor = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids
     return ids.view(len(dataset.captions), variants, MAX_LENGTH)
 

@@ -27,7 +27,7 @@ from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from transformers import CLIPTextModel
 
-from tessera_shapes import world
+from tessera_shapes import sampling, world
 from tessera_shapes.tokenizer import write_tokenizer
 from tessera_shapes.training.config import PRESET_DIR, ShapesTrainingConfig, StepCallback
 from tessera_shapes.training.data import caption_ids, encode_latents
@@ -186,11 +186,11 @@ def _train_shapes(
         vae = current
 
     started = time.monotonic()
-    dataset = world.draw_base_dataset(config.num_images, config.seed)
+    dataset = sampling.draw_base_dataset(config.num_images, config.seed)
     images = dataset.images
     report.seconds["draw_dataset"] = time.monotonic() - started
     started = time.monotonic()
-    held = world.draw_base_dataset(min(256, config.num_images), config.seed + 7)[0]
+    held = sampling.draw_base_dataset(min(256, config.num_images), config.seed + 7)[0]
     report.vae_psnr_db = psnr_db(held, reconstruct(vae, held))
     latents = encode_latents(vae, images)
     report.scaling_factor = float(1.0 / latents[:, 0].std())

@@ -13,7 +13,7 @@ import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from tessera_shapes import world
+from tessera_shapes import drawing, sampling
 from tessera_shapes.training.config import ShapesTrainingConfig, StepCallback
 from tessera_shapes.training.data import to_tensor, vae_batches
 from tessera_shapes.training.optimizer import cosine_lr, optimizer_step, smooth
@@ -125,7 +125,7 @@ def refine_vae_anchored(
     with torch.no_grad():
         probe = np.stack(
             [
-                np.asarray(world.render_scene(world.sample_base_scene(world.scene_rng(rng_seed + 3, i))))
+                np.asarray(drawing.render_scene(sampling.sample_base_scene(sampling.scene_rng(rng_seed + 3, i))))
                 for i in range(64)
             ]
         )
@@ -140,15 +140,15 @@ def refine_vae_anchored(
     vae.train()
     for step in range(config.anchor_steps):
         wide = [
-            world.sample_wide_scene(
-                world.scene_rng(rng_seed + 1, index + i), striped_share=config.anchor_striped_share
+            sampling.sample_wide_scene(
+                sampling.scene_rng(rng_seed + 1, index + i), striped_share=config.anchor_striped_share
             )
             for i in range(24)
         ]
-        base = [world.sample_base_scene(world.scene_rng(rng_seed + 2, index + i)) for i in range(16)]
+        base = [sampling.sample_base_scene(sampling.scene_rng(rng_seed + 2, index + i)) for i in range(16)]
         index += 24
-        x_wide = to_tensor(np.stack([np.asarray(world.render_scene(scene)) for scene in wide]))
-        x_base = to_tensor(np.stack([np.asarray(world.render_scene(scene)) for scene in base]))
+        x_wide = to_tensor(np.stack([np.asarray(drawing.render_scene(scene)) for scene in wide]))
+        x_base = to_tensor(np.stack([np.asarray(drawing.render_scene(scene)) for scene in base]))
         posterior, loss = _vae_loss(vae, torch.cat([x_wide, x_base[:8]]), config)
         with torch.no_grad():
             target = reference.encode(x_base).latent_dist.mean
@@ -195,7 +195,7 @@ def harden_vae_decoder(
         optimizer, lambda s: cosine_lr(s, config.harden_steps, min(30, config.harden_steps // 10 + 1))
     )
     with torch.no_grad():
-        probe = world.draw_base_dataset(64, config.seed + 11).images
+        probe = sampling.draw_base_dataset(64, config.seed + 11).images
         latent_std = float(vae.encode(to_tensor(probe)).latent_dist.mean.std())
     batches = vae_batches(config, stream=9)
     smoothed = float("nan")
@@ -233,7 +233,7 @@ def refine_preset_vae(preset_dir: Path, config: ShapesTrainingConfig, *, on_step
     vae = AutoencoderKL.from_pretrained(preset_dir / "vae", torch_dtype=torch.float32).train(False)
     before = copy.deepcopy(vae)
     vae, _ = refine_vae_anchored(vae, config, on_step=on_step)
-    drift = latent_drift(before, vae, world.draw_base_dataset(256, config.seed + 7)[0])
+    drift = latent_drift(before, vae, sampling.draw_base_dataset(256, config.seed + 7)[0])
     # from_pretrained recorded this machine's absolute path; the shipped config should not carry it.
     vae.register_to_config(_name_or_path=f"{preset_dir.name}/vae")
     torch.nn.Module.to(vae, dtype=torch.float16).save_pretrained(preset_dir / "vae", safe_serialization=True)

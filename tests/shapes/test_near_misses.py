@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from tessera_shapes import near_misses, world
+from tessera_shapes import drawing, near_misses, sampling, world
 from tessera_shapes.scorer import detect_objects
 
 
@@ -25,10 +25,10 @@ def test_only_the_outline_differs_from_a_true_drawing(kind: near_misses.NearMiss
     spec = world.ObjectSpec("green", kind.pretends, "left", "striped")
 
     image = near_misses.draw_near_miss(kind.name, spec, np.random.default_rng(5))
-    truth = np.asarray(world.render_scene(world.place_objects((spec,), np.random.default_rng(5))))
+    truth = np.asarray(drawing.render_scene(sampling.place_objects((spec,), np.random.default_rng(5))))
     (found,) = detect_objects(image)
 
-    # Same background and placement (world.place_objects draws them first), another outline.
+    # Same background and placement (sampling.place_objects draws them first), another outline.
     assert np.array_equal(image[0, 0], truth[0, 0])
     assert not np.array_equal(image, truth)
     assert (found.colour, found.position, found.pattern) == ("green", "left", "striped")
@@ -57,7 +57,7 @@ def test_ground_truth_corpus_covers_the_grid_crisp_and_blurred() -> None:
 
 def test_soften_blurs_edges_but_keeps_the_picture() -> None:
     image = np.asarray(
-        world.render_scene(world.place_objects((world.ObjectSpec("red", "square"),), np.random.default_rng(0)))
+        drawing.render_scene(sampling.place_objects((world.ObjectSpec("red", "square"),), np.random.default_rng(0)))
     )
 
     soft = near_misses.soften(image, np.random.default_rng(1))

@@ -4,16 +4,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tessera_shapes import near_misses, world
+from tessera_shapes import drawing, near_misses, sampling, world
 from tessera_shapes.calibration import scorer_calibration
 from tessera_shapes.scorer import SHAPE_RULES, detect_objects, score_caption, score_image, shape_failures
 
 
-def _ground_truth_scenes() -> list[world.Scene]:
+def _ground_truth_scenes() -> list[drawing.Scene]:
     """Every colour x scored shape x pattern at every position, plus random left/right pairs (>= 200)."""
     rng = np.random.default_rng(2024)
     scenes = [
-        world.place_objects((world.ObjectSpec(colour, shape, position, pattern),), rng)
+        sampling.place_objects((world.ObjectSpec(colour, shape, position, pattern),), rng)
         for colour, shape, pattern, position in itertools.product(
             world.COLOURS, world.SCORED_SHAPES, world.PATTERNS, world.POSITIONS
         )
@@ -29,14 +29,14 @@ def _ground_truth_scenes() -> list[world.Scene]:
             )
             for side in ("left", "right")
         )
-        scenes.append(world.place_objects(pair, rng))
+        scenes.append(sampling.place_objects(pair, rng))
     return scenes
 
 
 def test_scorer_is_right_on_ground_truth() -> None:
     scenes = _ground_truth_scenes()
 
-    results = [score_image(world.render_scene(s), s.specs) for s in scenes]
+    results = [score_image(drawing.render_scene(s), s.specs) for s in scenes]
     accuracy = sum(r.correct for r in results) / len(results)
 
     assert len(scenes) >= 200
@@ -49,7 +49,7 @@ def test_scorer_is_right_on_blurred_ground_truth() -> None:
     scenes = _ground_truth_scenes()
     rng = np.random.default_rng(11)
 
-    results = [score_image(near_misses.soften(np.asarray(world.render_scene(s)), rng), s.specs) for s in scenes]
+    results = [score_image(near_misses.soften(np.asarray(drawing.render_scene(s)), rng), s.specs) for s in scenes]
     accuracy = sum(r.correct for r in results) / len(results)
 
     assert accuracy >= 0.99
@@ -60,12 +60,12 @@ def test_scorer_reads_every_held_out_concept() -> None:
     rng = np.random.default_rng(7)
     for concept in world.HELD_OUT_CONCEPTS:
         for position in world.POSITIONS:
-            scene = world.place_objects((concept.spec.at(position),), rng)
-            assert score_image(world.render_scene(scene), scene.specs).correct, concept.name
+            scene = sampling.place_objects((concept.spec.at(position),), rng)
+            assert score_image(drawing.render_scene(scene), scene.specs).correct, concept.name
 
 
 def _render(specs: tuple[world.ObjectSpec, ...], seed: int = 0) -> np.ndarray:
-    return np.asarray(world.render_scene(world.place_objects(specs, np.random.default_rng(seed))))
+    return np.asarray(drawing.render_scene(sampling.place_objects(specs, np.random.default_rng(seed))))
 
 
 RED_CIRCLE = world.ObjectSpec("red", "circle", "left")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-from tessera_shapes import world
+from tessera_shapes import sampling, world
 from tessera_shapes.evaluation import load_preset_pipeline
 from tessera_shapes.tokenizer import MAX_LENGTH, write_tokenizer
 from tessera_shapes.training import (
@@ -100,7 +100,7 @@ def test_the_anchor_keeps_base_latents_where_they_were() -> None:
     """Stage 1c moves base-world latents far less with its anchor than without (the UNet depends on them)."""
     torch.manual_seed(0)
     start = build_vae(TOY).train(False)
-    images = world.draw_base_dataset(16, 3)[0]
+    images = sampling.draw_base_dataset(16, 3)[0]
     drifts = {}
     for weight in (0.0, 100.0):
         vae = build_vae(TOY)
@@ -150,7 +150,7 @@ def test_a_warm_start_computes_what_the_old_model_did(tmp_path: Path) -> None:
 
 def test_caption_variants_word_the_same_objects_differently(tmp_path: Path) -> None:
     tokenizer = write_tokenizer(world.VOCABULARY, tmp_path / "tokenizer")
-    dataset = world.draw_base_dataset(12, seed=1)
+    dataset = sampling.draw_base_dataset(12, seed=1)
 
     ids = caption_ids(tokenizer, dataset, 4, seed=0)
 

@@ -15,7 +15,7 @@ from core.ml.masks.cleanup import clean_mask, enclosed_region, fill_holes, label
 from core.ml.masks.sam import TINY_SAM_FILE, SamSegmenter, build_tiny_sam, load_segmenter
 from core.ml.masks.segmenter import ColourSegmenter, ConceptMasks, compute_masks, select_concept
 from core.schemas import MaskPrompt
-from tessera_shapes import world
+from tessera_shapes import drawing, sampling, world
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +89,10 @@ def test_user_masks_bypass_the_segmenter() -> None:
 
 def test_colour_segmenter_finds_the_prompted_concept_and_the_other_object() -> None:
     concept = world.concept("purple_star")
-    scene = world.place_objects((concept.spec.at("left"), world.BASE_OBJECTS[0].at("right")), world.scene_rng(0, 0))
-    image = world.render_scene(scene)
+    scene = sampling.place_objects(
+        (concept.spec.at("left"), world.BASE_OBJECTS[0].at("right")), sampling.scene_rng(0, 0)
+    )
+    image = drawing.render_scene(scene)
     x, y = scene.objects[0].centre
     masks = ColourSegmenter().segment(image, MaskPrompt(point=(x / 64, y / 64)))
     assert masks.source == "point"
