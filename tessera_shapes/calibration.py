@@ -2,7 +2,7 @@
 
 :func:`calibrate` measures every scored shape on true drawings (crisp, and blurred like a decoded generation) and on
 the near misses of :mod:`tessera_shapes.near_misses` that pretend to be it, measure by measure (see
-``scorer.ShapeRule``), and picks each threshold in the gap between the two. :func:`scorer_calibration` runs the
+``shape_rules.ShapeRule``), and picks each threshold in the gap between the two. :func:`scorer_calibration` runs the
 scorer itself over both corpora and counts what it accepts and refuses, for evaluation reports.
 ``tessera shapes calibrate`` (or ``python -m tessera_shapes.calibration``) prints both.
 
@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from tessera_shapes import near_misses, scorer, world
+from tessera_shapes import near_misses, scorer, shape_rules, world
 from tessera_shapes.near_misses import Drawing
 
 # A threshold sits this share of the gap away from the nearest near miss, towards the worst true drawing. Not the
@@ -74,7 +74,7 @@ FLOOR_MARGIN = 0.1
 class Measure:
     """One measure of a shape's rule, which way it passes and the near-miss kinds it is meant to refuse."""
 
-    name: str  # "iou", "asymmetry", "swing", "solidity" or "hole" (see scorer.ShapeRule)
+    name: str  # "iou", "asymmetry", "swing", "solidity" or "hole" (see shape_rules.ShapeRule)
     higher_passes: bool
     catches: tuple[str, ...] = ()
 
@@ -99,9 +99,9 @@ MEASURES: dict[str, tuple[Measure, ...]] = {
 }
 
 
-def measure_value(name: str, shape: str, evidence: scorer.ShapeEvidence) -> float:
+def measure_value(name: str, shape: str, evidence: shape_rules.ShapeEvidence) -> float:
     """The value of measure ``name`` of ``shape``'s rule in ``evidence``."""
-    order = scorer.SHAPE_RULES.get(shape, scorer.DEFAULT_RULE).order
+    order = shape_rules.SHAPE_RULES.get(shape, shape_rules.DEFAULT_RULE).order
     if name == "iou":
         return evidence.iou(shape)
     if name == "asymmetry":
@@ -196,13 +196,13 @@ class MeasureCalibration:
 
 
 def _scorer_value(shape: str, name: str) -> float | None:
-    rule = scorer.SHAPE_RULES.get(shape, scorer.DEFAULT_RULE)
+    rule = shape_rules.SHAPE_RULES.get(shape, shape_rules.DEFAULT_RULE)
     value: float | None = {
         "iou": rule.min_iou,
         "asymmetry": rule.max_asymmetry,
         "swing": rule.min_swing,
         "solidity": rule.min_solidity,
-        "hole": scorer.HOLE_SHARE if rule.hole else None,
+        "hole": shape_rules.HOLE_SHARE if rule.hole else None,
     }[name]
     return value
 
@@ -213,7 +213,7 @@ def _found(spec: world.ObjectSpec, detected: Sequence[scorer.DetectedObject]) ->
     return at[0] if at else None
 
 
-def _evidence(drawings: Sequence[Drawing]) -> list[tuple[Drawing, world.ObjectSpec, scorer.ShapeEvidence]]:
+def _evidence(drawings: Sequence[Drawing]) -> list[tuple[Drawing, world.ObjectSpec, shape_rules.ShapeEvidence]]:
     out = []
     for drawing in drawings:
         detected = scorer.detect_objects(drawing.image)

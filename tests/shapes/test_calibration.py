@@ -1,6 +1,6 @@
 import pytest
 
-from tessera_shapes import calibration, scorer
+from tessera_shapes import calibration, shape_rules
 
 
 def test_pick_threshold_sits_in_the_gap_nearer_the_near_misses() -> None:
@@ -27,7 +27,7 @@ def report() -> dict[str, dict[str, calibration.MeasureCalibration]]:
 
 
 def test_calibration_covers_every_rule(report: dict[str, dict[str, calibration.MeasureCalibration]]) -> None:
-    assert set(report) == set(scorer.SHAPE_RULES)
+    assert set(report) == set(shape_rules.SHAPE_RULES)
     for shape, measures in report.items():
         for name, measured in measures.items():
             assert measured.scorer_value is not None, (shape, name)
@@ -53,7 +53,7 @@ def test_scorer_thresholds_split_a_fresh_corpus(report: dict[str, dict[str, cali
 
 
 def test_a_round_shape_has_no_swing_to_measure() -> None:
-    evidence = scorer.ShapeEvidence(ious=(("circle", 1.0),), swings=(0.0,) * 6, solidity=1.0, hole=0.0)
+    evidence = shape_rules.ShapeEvidence(ious=(("circle", 1.0),), swings=(0.0,) * 6, solidity=1.0, hole=0.0)
 
     assert calibration.measure_value("asymmetry", "circle", evidence) == 0.0
     with pytest.raises(ValueError, match="no symmetry order"):

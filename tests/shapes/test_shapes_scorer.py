@@ -6,7 +6,8 @@ import pytest
 
 from tessera_shapes import drawing, near_misses, sampling, world
 from tessera_shapes.calibration import scorer_calibration
-from tessera_shapes.scorer import SHAPE_RULES, detect_objects, score_caption, score_image, shape_failures
+from tessera_shapes.scorer import detect_objects, score_caption, score_image
+from tessera_shapes.shape_rules import SHAPE_RULES, shape_failures
 
 
 def _ground_truth_scenes() -> list[drawing.Scene]:
