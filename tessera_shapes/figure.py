@@ -54,7 +54,7 @@ def render_figure(
     """The evaluation picture: per pair, its examples and one row per fusion method (see the module docstring).
 
     Args:
-        rows: fusion rows as ``report.run_shapes_eval`` returns them (``PairScores.kept`` holds the samples).
+        rows: fusion rows as ``eval_runner.run_shapes_eval`` returns them (``PairScores.kept`` holds the samples).
         pairs: ``(left, right)`` concept names, in report order.
         recipe, seed: how the first training seed's examples were drawn (``report`` trains concept ``i`` of
             a pair's concepts with ``seed + i``; the examples shown are drawn the same way).
