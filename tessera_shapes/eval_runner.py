@@ -17,6 +17,15 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import Stabl
 from core.ml.components import SDComponents
 from tessera_shapes import world
 from tessera_shapes.calibration import scorer_calibration
+from tessera_shapes.concept_measures import (
+    ConceptScores,
+    MeanShare,
+    PairScores,
+    Tally,
+    attention_in_mask,
+    measure_concept,
+    measure_pairs,
+)
 from tessera_shapes.eval_plan import (
     DEFINITIONS,
     FULL_PLAN,
@@ -31,18 +40,7 @@ from tessera_shapes.eval_plan import (
     target_figures,
 )
 from tessera_shapes.evaluation import SetScore, decoder_ceiling, evaluate_base_model
-from tessera_shapes.personalization import (
-    FUSION_METHODS,
-    ConceptScores,
-    FusionMethod,
-    MeanShare,
-    PairScores,
-    Tally,
-    attention_in_mask,
-    learn_concept,
-    measure_concept,
-    measure_pairs,
-)
+from tessera_shapes.personalization import FUSION_METHODS, FusionMethod, learn_concept
 
 
 def figure(tally: Tally) -> Figure:

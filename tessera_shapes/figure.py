@@ -15,7 +15,8 @@ import PIL.Image
 import PIL.ImageDraw
 
 from tessera_shapes import world
-from tessera_shapes.personalization import PairScores, PersonalizationRecipe, training_examples
+from tessera_shapes.concept_measures import PairScores
+from tessera_shapes.personalization import PersonalizationRecipe, training_examples
 
 SCALE = 3
 GAP = 4

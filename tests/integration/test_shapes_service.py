@@ -13,7 +13,8 @@ from tessera_client import TesseraClient
 
 from services.embedded import Stack
 from tessera_shapes import world
-from tessera_shapes.personalization import SHAPES_RECIPE, class_word, concept_examples, shows_concept
+from tessera_shapes.concept_measures import shows_concept
+from tessera_shapes.personalization import SHAPES_RECIPE, class_word, concept_examples
 
 pytestmark = pytest.mark.slow
 

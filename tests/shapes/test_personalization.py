@@ -19,19 +19,11 @@ import torch
 
 from core.ml.components import SHIPPED_PRESETS_ROOT, SDComponents, load_components
 from tessera_shapes import world
+from tessera_shapes.concept_measures import PairScores, Tally, sample, shows_concept
 from tessera_shapes.eval_plan import FUSED_METHODS, QUICK_PLAN, SECTIONS, EvalPlan
 from tessera_shapes.eval_runner import run_shapes_eval
 from tessera_shapes.figure import render_figure
-from tessera_shapes.personalization import (
-    SHAPES_RECIPE,
-    PairScores,
-    Tally,
-    concept_examples,
-    learn_concept,
-    sample,
-    shows_concept,
-    training_examples,
-)
+from tessera_shapes.personalization import SHAPES_RECIPE, concept_examples, learn_concept, training_examples
 from tessera_shapes.report import format_table, main
 from tessera_shapes.scorer import detect_objects
 
