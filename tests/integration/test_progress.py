@@ -102,13 +102,18 @@ def _fractions(jobs: list[dict[str, Any]]) -> list[float]:
     return [j["progress"]["fraction"] for j in jobs if j["status"] == "running" and j["progress"]]
 
 
-def _check(watch: Watch, final: dict[str, Any], status: str) -> dict[str, Any]:
-    """The fraction never goes back, shows intermediate values, and the end agrees on GET, SSE and webhooks."""
+def _check(watch: Watch, final: dict[str, Any], status: str, *, polled_midway: bool = True) -> dict[str, Any]:
+    """The fraction never goes back, shows intermediate values, and the end agrees on GET, SSE and webhooks.
+
+    ``polled_midway=False`` for a job shorter than a few polls (a 4-step generation on tiny ends within one poll
+    interval on a fast run), where only the event stream is sure to show the way.
+    """
     assert final["status"] == status, final["error"]
     polled, streamed = _fractions(watch.polled), _fractions(watch.streamed)
     assert polled == sorted(polled), polled
     assert streamed == sorted(streamed), streamed
-    assert any(0.0 < f < 1.0 for f in polled), polled  # a poller sees the job on its way
+    if polled_midway:
+        assert any(0.0 < f < 1.0 for f in polled), polled  # a poller sees the job on its way
     assert len({f for f in streamed if 0.0 < f < 1.0}) >= 3, streamed  # every stage edge is an event
     assert watch.streamed[-1]["status"] == status
     bodies = watch.webhooks()
@@ -162,7 +167,7 @@ def test_short_training_then_generation_progress_agrees_everywhere(http: httpx.C
         }
         job_id = http.post("/v1/generations", json=body).raise_for_status().json()["id"]
         watch = Watch(http, job_id, hook)
-        assert _check(watch, watch.until_done(), "succeeded") == DONE
+        assert _check(watch, watch.until_done(), "succeeded", polled_midway=False) == DONE
         sampling = [j["progress"] for j in watch.streamed if j["progress"] and j["progress"]["stage"] == "sampling"]
         assert [p["step"] for p in sampling if p["step"]][:1] == [1]  # the first step is always written
         assert sampling[-1]["stage_fraction"] == 1.0
