@@ -11,7 +11,8 @@ from typing import Any, cast
 import pytest
 import torch
 
-from bench.gpu import Setup, generation_rows, peak_tflops, training_rows
+from bench.gpu_measure import Setup
+from bench.gpu_rows import generation_rows, peak_tflops, training_rows
 from bench.training_throughput import TrainingTimes
 from tests.bench.runner import run_bench
 
