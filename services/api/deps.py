@@ -17,7 +17,9 @@ from services.api.state import ApiState
 _bearer = HTTPBearer(auto_error=False)
 
 
-def get_state(request: Request) -> ApiState:
+# Dependencies that never block are async: FastAPI runs a sync one in its thread pool, a hop per request that
+# showed in the create path's latency under load.
+async def get_state(request: Request) -> ApiState:
     state: ApiState = request.app.state.tessera
     return state
 
@@ -25,7 +27,7 @@ def get_state(request: Request) -> ApiState:
 State = Annotated[ApiState, Depends(get_state)]
 
 
-def get_presenter(request: Request, state: State) -> Presenter:
+async def get_presenter(request: Request, state: State) -> Presenter:
     """Renders records with URLs for the address this request came in at (``ApiState.presenter_at``)."""
     return state.presenter_at(str(request.base_url))
 
