@@ -449,7 +449,7 @@
 
   /* A loss curve, when the training recorded one: numbers, or {step, loss} objects. */
   function lossChart(points) {
-    var ys = points.map(function (p) { return typeof p === "number" ? p : p.loss; }).filter(function (y) { return typeof y === "number" && isFinite(y); });
+    var ys = points.map(function (p) { return p.loss; }).filter(function (y) { return typeof y === "number" && isFinite(y); });
     if (ys.length < 2) return null;
     var w = 420, h = 140, lo = Math.min.apply(null, ys), hi = Math.max.apply(null, ys);
     var span = hi - lo || 1;
