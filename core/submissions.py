@@ -8,8 +8,9 @@ store's create script, in the same round trip as the record; any other is called
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, cast, runtime_checkable
 
@@ -17,7 +18,6 @@ from core.config import NO_TRAINING_DEFAULTS, PRESET_GENERATION_DEFAULTS, Genera
 from core.errors import (
     DependencyUnavailableError,
     InvalidRequestError,
-    NotFoundError,
     ServiceError,
     UnknownConceptError,
 )
@@ -36,12 +36,14 @@ from core.plans import (
 from core.resources import JobError
 from core.rules import CONCEPT_REF_RE
 from core.schemas import ControlSpec, GenerationRequest, TrainingRequest
-from core.stores.catalog import Catalog, ConceptRecord
+from core.stores.catalog import Catalog, ConceptRecord, FileRecord
 from core.stores.job_store import JobStore
 from core.tasks import QUEUE_FOR_KIND, QueueMessage
 from core.webhook_security import Resolver, system_resolver, vet_url
 
 Enqueue = Callable[[JobRecord], None]
+# The tenant's files a request names, fetched in one round trip (``Catalog.get_files``); None for a missing one.
+Files = Mapping[str, FileRecord | None]
 
 
 @runtime_checkable
@@ -90,21 +92,21 @@ class Policy:
             )
 
 
-def _file_key(catalog: Catalog, tenant: str, file_id: str, field: str) -> str:
-    try:
-        return catalog.get_file(tenant, file_id).key
-    except NotFoundError as exc:
-        raise InvalidRequestError(f"{field}: no file {file_id!r}", field=field, code="unknown_file") from exc
+def _file_key(files: Files, file_id: str, field: str) -> str:
+    """The stored key of ``file_id`` from a fetched table; ``unknown_file`` on ``field`` when it is not there."""
+    record = files.get(file_id)
+    if record is None:
+        raise InvalidRequestError(f"{field}: no file {file_id!r}", field=field, code="unknown_file")
+    return record.key
 
 
-def _mask_key(catalog: Catalog, tenant: str, image_id: str, mask_id: str, index: int) -> str:
+def _mask_key(files: Files, image_id: str, mask_id: str, index: int) -> str:
     """The stored key of ``masks[index]``, refused when its shape is not its image's: the worker scales a mask to
     its image (a half-size mask is fine), so a different aspect ratio would stretch it off the concept."""
     field = f"masks[{index}]"
-    try:
-        mask, image = catalog.get_file(tenant, mask_id), catalog.get_file(tenant, image_id)
-    except NotFoundError as exc:
-        raise InvalidRequestError(f"{field}: no file {mask_id!r}", field=field, code="unknown_file") from exc
+    key = _file_key(files, mask_id, field)
+    _file_key(files, image_id, f"images[{index}]")
+    mask, image = cast(FileRecord, files[mask_id]), cast(FileRecord, files[image_id])
     # Equal ratios up to one pixel of rounding at the mask's size.
     if abs(mask.width * image.height - mask.height * image.width) > max(image.width, image.height):
         raise InvalidRequestError(
@@ -113,7 +115,7 @@ def _mask_key(catalog: Catalog, tenant: str, image_id: str, mask_id: str, index:
             field=field,
             code="invalid_mask",
         )
-    return mask.key
+    return key
 
 
 def _message_for(enqueue: Enqueue, record: JobRecord) -> QueueMessage | None:
@@ -168,10 +170,11 @@ def submit_training(
     preset's training defaults applied, so the worker trains what the job record says)."""
     policy.check_webhook(request.webhook)
     request = request.with_defaults(policy.training_defaults)
-    image_keys = [_file_key(catalog, tenant, fid, f"images[{i}]") for i, fid in enumerate(request.images)]
+    files = catalog.get_files(tenant, [*request.images, *(request.masks or [])])
+    image_keys = [_file_key(files, fid, f"images[{i}]") for i, fid in enumerate(request.images)]
     mask_keys = None
     if request.masks is not None:
-        mask_keys = [_mask_key(catalog, tenant, request.images[i], fid, i) for i, fid in enumerate(request.masks)]
+        mask_keys = [_mask_key(files, request.images[i], fid, i) for i, fid in enumerate(request.masks)]
         # An uploaded mask bypasses Segment Anything, so a prompt beside it would be silently ignored.
         for i, prompt in enumerate(request.mask_prompts or []):
             if prompt is not None:
@@ -224,9 +227,8 @@ def submit_training(
     return Submission(record, position)
 
 
-def _ready_concepts(catalog: Catalog, tenant: str, refs: dict[str, str]) -> dict[str, ConceptRecord]:
-    """The ready concept of each ref (mapped to the request field that names it), looked up in one round trip."""
-    found = catalog.find_concepts(tenant, list(refs))
+def _ready_concepts(found: Mapping[str, ConceptRecord | None], refs: dict[str, str]) -> dict[str, ConceptRecord]:
+    """The ready concept of each ref (mapped to the request field that names it) from the ones ``found``."""
     for ref, field in refs.items():
         concept = found[ref]
         if concept is None or concept.status != "ready":
@@ -235,9 +237,7 @@ def _ready_concepts(catalog: Catalog, tenant: str, refs: dict[str, str]) -> dict
     return cast(dict[str, ConceptRecord], found)
 
 
-def _stage_plan(
-    catalog: Catalog, tenant: str, request: GenerationRequest, concepts: int
-) -> tuple[LayoutPlan | None, StylePlan | None]:
+def _stage_plan(files: Files, request: GenerationRequest, concepts: int) -> tuple[LayoutPlan | None, StylePlan | None]:
     """The layout reference and styling inputs of a generation as object keys, checked against the tenant's files."""
     layout, style = None, None
     if request.layout is not None:
@@ -252,16 +252,16 @@ def _stage_plan(
                 field="layout.masks",
             )
         layout = LayoutPlan(
-            image_key=_file_key(catalog, tenant, request.layout.image, "layout.image"),
+            image_key=_file_key(files, request.layout.image, "layout.image"),
             mask_keys=None
             if masks is None
-            else [_file_key(catalog, tenant, fid, f"layout.masks[{i}]") for i, fid in enumerate(masks)],
+            else [_file_key(files, fid, f"layout.masks[{i}]") for i, fid in enumerate(masks)],
         )
     if request.control is not None and request.style is None:
         raise InvalidRequestError("control: ControlNet belongs to the styling stage; give style too", field="control")
     if request.style is not None:
         style = StylePlan(
-            image_key=_file_key(catalog, tenant, request.style.image, "style.image"),
+            image_key=_file_key(files, request.style.image, "style.image"),
             scale=request.style.scale,
             mode=request.style.mode,
             control=request.control or ControlSpec(),
@@ -269,7 +269,27 @@ def _stage_plan(
     return layout, style
 
 
-def submit_generation(
+def _generation_files(request: GenerationRequest) -> list[str]:
+    """Every file id a generation request names: region masks, the layout image and its masks, the style image."""
+    ids = [use.region.mask for use in request.concepts or [] if use.region is not None and use.region.mask]
+    if request.layout is not None:
+        ids += [request.layout.image, *(request.layout.masks or [])]
+    if request.style is not None:
+        ids.append(request.style.image)
+    return ids
+
+
+def _concept_fields(request: GenerationRequest) -> dict[str, str]:
+    """Every concept the request names, mapped to the field that names it first (the prompt's refs first)."""
+    fields: dict[str, str] = {}
+    for ref in request.concept_refs():
+        fields.setdefault(ref, "prompt")
+    for i, use in enumerate(request.concepts or []):
+        fields.setdefault(use.concept, f"concepts[{i}].concept")
+    return fields
+
+
+async def submit_generation(
     tenant: str,
     request: GenerationRequest,
     *,
@@ -278,16 +298,37 @@ def submit_generation(
     enqueue: Enqueue,
     policy: Policy = Policy(),
 ) -> Submission:
-    """Validate a generation request against the tenant's ready concepts, store and enqueue the job."""
-    policy.check_webhook(request.webhook)
+    """Validate a generation request against the tenant's ready concepts and files, store and enqueue the job.
+
+    Runs on the event loop: the reads and the create are the stores' asyncio twins (two round trips, three when
+    the request names files), and the blocking parts (resolving a webhook host, a transport that sends its own
+    message) go to a worker thread. ``catalog`` and ``jobs`` need their ``async_client``.
+    """
+    if request.webhook is not None:
+        await asyncio.to_thread(policy.check_webhook, request.webhook)  # resolves the host: blocking DNS
     policy.check_styling(request)
-    # Every concept the request names, the prompt's first (a ref's first mention names it in errors).
-    fields: dict[str, str] = {}
-    for ref in request.concept_refs():
-        fields.setdefault(ref, "prompt")
-    for i, use in enumerate(request.concepts or []):
-        fields.setdefault(use.concept, f"concepts[{i}].concept")
-    found = _ready_concepts(catalog, tenant, fields)
+    fields = _concept_fields(request)
+    found = _ready_concepts(await catalog.afind_concepts(tenant, list(fields)), fields)
+    file_ids = _generation_files(request)
+    files = await catalog.aget_files(tenant, file_ids) if file_ids else {}
+    record = generation_record(tenant, request, found, files, policy)
+    message = _message_for(enqueue, record)
+    position = await jobs.acreate(record, max_active=policy.max_active_jobs, message=message)
+    if message is None:
+        await asyncio.to_thread(_enqueue_or_fail, jobs, record, enqueue)
+    return Submission(record, position)
+
+
+def generation_record(
+    tenant: str,
+    request: GenerationRequest,
+    found: Mapping[str, ConceptRecord],
+    files: Files,
+    policy: Policy,
+) -> JobRecord:
+    """The new job of a generation request, planned from the ready concepts it names (``found``, by ref) and the
+    files it names (``files``, by id): defaults applied, the seed drawn, regions and stages resolved to object keys.
+    No I/O; raises the request's first problem (``InvalidRequestError``) naming its field."""
     by_ref = {ref: found[ref] for ref in request.concept_refs()}
     # Defaults once: the job records them, and the plan reads each concept's weight from the same copy.
     seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
@@ -303,7 +344,7 @@ def submit_generation(
         if use.region is not None and use.region.box is not None:
             region = BoxRegion(box=use.region.box)
         elif use.region is not None and use.region.mask is not None:
-            region = MaskRegion(mask_key=_file_key(catalog, tenant, use.region.mask, f"concepts[{i}].region.mask"))
+            region = MaskRegion(mask_key=_file_key(files, use.region.mask, f"concepts[{i}].region.mask"))
         # with_defaults gave every use its weight.
         uses[concept.id] = (region, use.weight if use.weight is not None else policy.defaults.lora_weight)
     # Concepts in prompt order, each once; those the request does not place get the automatic layout.
@@ -321,7 +362,7 @@ def submit_generation(
                 weight=weight,
             )
         )
-    layout, style = _stage_plan(catalog, tenant, request, len(plan_concepts))
+    layout, style = _stage_plan(files, request, len(plan_concepts))
     # The ML pipeline names concepts <name>; ids in the prompt are rewritten to names.
     prompt = CONCEPT_REF_RE.sub(lambda m: f"<{by_ref[m.group(1)].name}>", request.prompt)
     plan = GenerationPlan(
@@ -334,9 +375,4 @@ def submit_generation(
         layout=layout,
         style=style,
     )
-    record = _job_record(new_id("job"), tenant, accepted, plan)
-    message = _message_for(enqueue, record)
-    position = jobs.create(record, max_active=policy.max_active_jobs, message=message)
-    if message is None:
-        _enqueue_or_fail(jobs, record, enqueue)
-    return Submission(record, position)
+    return _job_record(new_id("job"), tenant, accepted, plan)

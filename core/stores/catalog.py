@@ -15,6 +15,7 @@ from typing import Any, Literal, cast
 
 import redis
 from pydantic import BaseModel, Field
+from redis.asyncio import Redis as AsyncRedis
 
 from core.errors import ConceptNameTakenError, NotFoundError
 from core.job_record import utcnow
@@ -39,6 +40,8 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
+
+_NO_ASYNC_CLIENT = "this Catalog has no async_client; make it with one to read from asyncio"
 
 FilePurpose = Literal["input", "output"]
 # Object-key prefix per purpose (also the lifecycle-rule prefixes).
@@ -91,11 +94,24 @@ class ConceptRecord(BaseModel):
 
 
 class Catalog:
-    """Tenant-scoped records of files and concepts; another tenant's id reads as a missing one."""
+    """Tenant-scoped records of files and concepts; another tenant's id reads as a missing one.
 
-    def __init__(self, client: redis.Redis) -> None:
+    Args:
+        client: a redis-py client.
+        async_client: an asyncio client of the same server, for the ``a``-prefixed reads the API's create path
+            makes without leaving its event loop.
+    """
+
+    def __init__(self, client: redis.Redis, *, async_client: AsyncRedis | None = None) -> None:
         self._r = client
+        self._ar = async_client
         self._lookup = client.register_script(_LOOKUP_SCRIPT)
+        self._alookup = None if async_client is None else async_client.register_script(_LOOKUP_SCRIPT)
+
+    def _async(self) -> AsyncRedis:
+        if self._ar is None:
+            raise RuntimeError(_NO_ASYNC_CLIENT)
+        return self._ar
 
     # ---- files
     def add_file(self, record: FileRecord) -> None:
@@ -119,11 +135,26 @@ class Catalog:
         self._r.zrem(f"{PREFIX}files:{purpose}", file_id)
 
     def get_file(self, tenant: str, file_id: str) -> FileRecord:
-        raw = self._r.get(f"{PREFIX}file:{file_id}")
-        record = None if raw is None else FileRecord.model_validate_json(raw)
-        if record is None or record.tenant != tenant:
+        record = self.get_files(tenant, [file_id])[file_id]
+        if record is None:
             raise NotFoundError(f"no file {file_id}")
         return record
+
+    def get_files(self, tenant: str, file_ids: list[str]) -> dict[str, FileRecord | None]:
+        """Files by id, all in one round trip; ``None`` for an id the tenant has no file for."""
+        unique = list(dict.fromkeys(file_ids))
+        if not unique:
+            return {}
+        raws = cast(list[bytes | None], self._r.mget([f"{PREFIX}file:{i}" for i in unique]))
+        return _tenant_files(tenant, unique, raws)
+
+    async def aget_files(self, tenant: str, file_ids: list[str]) -> dict[str, FileRecord | None]:
+        """``get_files`` on the asyncio client."""
+        unique = list(dict.fromkeys(file_ids))
+        if not unique:
+            return {}
+        raws = cast(list[bytes | None], await self._async().mget([f"{PREFIX}file:{i}" for i in unique]))
+        return _tenant_files(tenant, unique, raws)
 
     def delete_file(self, record: FileRecord) -> None:
         with self._r.pipeline() as pipe:
@@ -162,20 +193,30 @@ class Catalog:
             raise NotFoundError(f"no concept {ref}")
         return record
 
+    def _lookup_call(self, tenant: str, unique: list[str]) -> tuple[list[str], list[str]]:
+        """The lookup script's keys and args for distinct refs: ids directly, names through their reservation."""
+        keys = [f"{PREFIX}concept:{ref}" if ref.startswith("cpt_") else self._name_key(tenant, ref) for ref in unique]
+        direct = ["1" if ref.startswith("cpt_") else "0" for ref in unique]
+        return keys, [f"{PREFIX}concept:", *direct]
+
     def find_concepts(self, tenant: str, refs: list[str]) -> dict[str, ConceptRecord | None]:
         """Concepts by id or name, all in one round trip; ``None`` for a ref the tenant has no concept for."""
         unique = list(dict.fromkeys(refs))
         if not unique:
             return {}
-        # Ids are looked up directly; names through their reservation key.
-        keys = [f"{PREFIX}concept:{ref}" if ref.startswith("cpt_") else self._name_key(tenant, ref) for ref in unique]
-        direct = ["1" if ref.startswith("cpt_") else "0" for ref in unique]
-        raws = cast(list[bytes | None], self._lookup(keys=keys, args=[f"{PREFIX}concept:", *direct]))
-        found: dict[str, ConceptRecord | None] = {}
-        for ref, raw in zip(unique, raws, strict=True):
-            record = None if not raw else ConceptRecord.model_validate_json(raw)
-            found[ref] = record if record is not None and record.tenant == tenant else None
-        return found
+        keys, args = self._lookup_call(tenant, unique)
+        return _tenant_concepts(tenant, unique, cast(list[bytes | None], self._lookup(keys=keys, args=args)))
+
+    async def afind_concepts(self, tenant: str, refs: list[str]) -> dict[str, ConceptRecord | None]:
+        """``find_concepts`` on the asyncio client."""
+        unique = list(dict.fromkeys(refs))
+        if not unique:
+            return {}
+        if self._alookup is None:
+            raise RuntimeError(_NO_ASYNC_CLIENT)
+        keys, args = self._lookup_call(tenant, unique)
+        raws = cast(list[bytes | None], await self._alookup(keys=keys, args=args))
+        return _tenant_concepts(tenant, unique, raws)
 
     def list_concepts(self, tenant: str, *, limit: int, cursor: str | None) -> tuple[list[ConceptRecord], str | None]:
         found: dict[str, ConceptRecord] = {}
@@ -198,3 +239,21 @@ class Catalog:
             pipe.delete(self._name_key(record.tenant, record.name))
             TimeIndex(self._r, f"{PREFIX}tenant:{record.tenant}:concepts").remove(record.created_at, record.id, pipe)
             pipe.execute()
+
+
+def _tenant_files(tenant: str, ids: list[str], raws: list[bytes | None]) -> dict[str, FileRecord | None]:
+    """The records of ``ids`` read as ``raws``; another tenant's file reads as missing."""
+    found: dict[str, FileRecord | None] = {}
+    for file_id, raw in zip(ids, raws, strict=True):
+        record = None if raw is None else FileRecord.model_validate_json(raw)
+        found[file_id] = record if record is not None and record.tenant == tenant else None
+    return found
+
+
+def _tenant_concepts(tenant: str, refs: list[str], raws: list[bytes | None]) -> dict[str, ConceptRecord | None]:
+    """The concepts of ``refs`` read as ``raws``; another tenant's concept reads as missing."""
+    found: dict[str, ConceptRecord | None] = {}
+    for ref, raw in zip(refs, raws, strict=True):
+        record = None if not raw else ConceptRecord.model_validate_json(raw)
+        found[ref] = record if record is not None and record.tenant == tenant else None
+    return found

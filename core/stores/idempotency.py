@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, cast
 
 import redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.commands.core import AsyncScript
 
 from core.errors import IdempotencyConflictError, InvalidRequestError
 
@@ -24,9 +26,23 @@ def fingerprint(method: str, path: str, body: Any) -> str:
     return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
 
 
+# Claim KEYS[1] with ARGV[1] for ARGV[2] seconds unless it is held: nil when claimed, else what it holds. One
+# atomic round trip, so a claim that expires between a refused SET and its read cannot be missed.
+_CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return false end
+return redis.call('GET', KEYS[1])
+"""
+
+
 class IdempotencyStore:
-    def __init__(self, client: redis.Redis) -> None:
+    """Claims on idempotency keys. ``async_client``: an asyncio client of the same server, for the ``a``-prefixed
+    twins the API's create path calls."""
+
+    def __init__(self, client: redis.Redis, *, async_client: AsyncRedis | None = None) -> None:
         self._r = client
+        self._ar = async_client
+        self._claim = client.register_script(_CLAIM)
+        self._aclaim = None if async_client is None else async_client.register_script(_CLAIM)
 
     @staticmethod
     def _key(tenant: str, key: str) -> str:
@@ -48,26 +64,57 @@ class IdempotencyStore:
         and ``IdempotencyConflictError`` while the original request is still in flight.
         """
         self.check_key(key)
-        redis_key = self._key(tenant, key)
-        if self._r.set(redis_key, json.dumps({"fp": digest, "job_id": None}), nx=True, ex=TTL_SECONDS):
-            return None
-        raw = self._r.get(redis_key)
-        if raw is None:  # expired between the two calls: claim again
-            return self.begin(tenant, key, digest)
-        stored = json.loads(raw)
-        if stored["fp"] != digest:
-            raise InvalidRequestError(
-                "this Idempotency-Key was used with a different request body",
-                field="Idempotency-Key",
-                code="idempotency_key_reused",
-            )
-        if stored["job_id"] is None:
-            raise IdempotencyConflictError("a request with this Idempotency-Key is still being processed; retry")
-        return str(stored["job_id"])
+        held = self._claim(keys=[self._key(tenant, key)], args=[_claim_value(digest, None), TTL_SECONDS])
+        return _original(cast(bytes | None, held), digest)
+
+    async def abegin(self, tenant: str, key: str, digest: str) -> str | None:
+        """``begin`` on the asyncio client."""
+        self.check_key(key)
+        held = await self._async_claim()(keys=[self._key(tenant, key)], args=[_claim_value(digest, None), TTL_SECONDS])
+        return _original(cast(bytes | None, held), digest)
 
     def complete(self, tenant: str, key: str, digest: str, job_id: str) -> None:
-        self._r.set(self._key(tenant, key), json.dumps({"fp": digest, "job_id": job_id}), ex=TTL_SECONDS)
+        self._r.set(self._key(tenant, key), _claim_value(digest, job_id), ex=TTL_SECONDS)
+
+    async def acomplete(self, tenant: str, key: str, digest: str, job_id: str) -> None:
+        await self._async().set(self._key(tenant, key), _claim_value(digest, job_id), ex=TTL_SECONDS)
 
     def abandon(self, tenant: str, key: str) -> None:
         """Release a claim whose request failed, so the client may retry with the same key."""
         self._r.delete(self._key(tenant, key))
+
+    async def aabandon(self, tenant: str, key: str) -> None:
+        await self._async().delete(self._key(tenant, key))
+
+    def _async(self) -> AsyncRedis:
+        if self._ar is None:
+            raise RuntimeError(_NO_ASYNC_CLIENT)
+        return self._ar
+
+    def _async_claim(self) -> AsyncScript:
+        if self._aclaim is None:
+            raise RuntimeError(_NO_ASYNC_CLIENT)
+        return self._aclaim
+
+
+_NO_ASYNC_CLIENT = "this IdempotencyStore has no async_client; make it with one to use it from asyncio"
+
+
+def _claim_value(digest: str, job_id: str | None) -> str:
+    return json.dumps({"fp": digest, "job_id": job_id})
+
+
+def _original(held: bytes | None, digest: str) -> str | None:
+    """What a claim attempt found: None (claimed), the original job's id, or the refusal it stands for."""
+    if held is None:
+        return None
+    stored = json.loads(held)
+    if stored["fp"] != digest:
+        raise InvalidRequestError(
+            "this Idempotency-Key was used with a different request body",
+            field="Idempotency-Key",
+            code="idempotency_key_reused",
+        )
+    if stored["job_id"] is None:
+        raise IdempotencyConflictError("a request with this Idempotency-Key is still being processed; retry")
+    return str(stored["job_id"])

@@ -55,6 +55,46 @@ return redis.call('ZRANK', KEYS[4], ARGV[3]) + 1
 """
 
 
+def _create_call(
+    record: JobRecord, max_active: int | None, message: QueueMessage | None, ttl_seconds: int
+) -> tuple[list[str], list[str | int]]:
+    """The create script's keys and args for ``record`` (see ``_CREATE_SCRIPT``)."""
+    keys = [
+        job_keys.job(record.id),
+        job_keys.tenant_active(record.tenant),
+        job_keys.tenant_jobs(record.tenant),
+        job_keys.queue(record.queue),
+        stats.KEY,
+        job_keys.events(record.id),
+    ]
+    args: list[str | int] = [
+        record.model_dump_json(),
+        record.id,
+        index_member(record.created_at, record.id),
+        stats.created_field(record.kind),
+        -1 if max_active is None else max_active,
+        EVENTS_MAXLEN,
+        ttl_seconds,
+    ]
+    if message is not None:
+        keys.append(message.key)
+        args.append(message.payload)
+    return keys, args
+
+
+def _created(result: int, record: JobRecord, max_active: int | None) -> int:
+    """The create script's answer: the queue position, or the refusal it stands for raised."""
+    if result == _QUOTA_FULL:
+        raise QuotaExceededError(
+            f"the tenant has {max_active} queued or running jobs, the limit "
+            "(quotas.max_active_jobs); retry when one finishes",
+            retry_after=10,
+        )
+    if result == _EXISTS:
+        raise ConflictError(f"job {record.id} already exists")
+    return result
+
+
 def event_for(new: JobStatus) -> str:
     """What a change to ``new`` is, for listeners."""
     return "start" if new == "running" else "completed" if new in TERMINAL else "requeued"
@@ -67,7 +107,8 @@ class JobStore:
         client: a redis-py client.
         ttl_seconds: how long a finished job's record is kept.
         lease_seconds: how long a running job stays owned without a renewal before it counts as orphaned.
-        async_client: an asyncio client of the same server, for ``aread_events`` (the API's event streams).
+        async_client: an asyncio client of the same server, for ``aread_events`` (the API's event streams) and
+            ``acreate`` (its create path).
     """
 
     def __init__(
@@ -89,6 +130,7 @@ class JobStore:
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
         )
         self._create = client.register_script(_CREATE_SCRIPT)
+        self._acreate = None if async_client is None else async_client.register_script(_CREATE_SCRIPT)
 
     # ---- keys
     def _tenant_index(self, tenant: str) -> TimeIndex:
@@ -135,38 +177,17 @@ class JobStore:
         enqueued in one round trip, and a refused create (quota, ``ConflictError`` for a taken id) pushes nothing.
         The list must live on this Redis (the broker is the job store's server).
         """
-        member = index_member(record.created_at, record.id)
-        raw = record.model_dump_json()
-        keys = [
-            job_keys.job(record.id),
-            job_keys.tenant_active(record.tenant),
-            job_keys.tenant_jobs(record.tenant),
-            job_keys.queue(record.queue),
-            stats.KEY,
-            job_keys.events(record.id),
-        ]
-        args: list[str | int] = [
-            raw,
-            record.id,
-            member,
-            stats.created_field(record.kind),
-            -1 if max_active is None else max_active,
-            EVENTS_MAXLEN,
-            self.ttl_seconds,
-        ]
-        if message is not None:
-            keys.append(message.key)
-            args.append(message.payload)
-        result = int(self._create(keys=keys, args=args))
-        if result == _QUOTA_FULL:
-            raise QuotaExceededError(
-                f"the tenant has {max_active} queued or running jobs, the limit "
-                "(quotas.max_active_jobs); retry when one finishes",
-                retry_after=10,
-            )
-        if result == _EXISTS:
-            raise ConflictError(f"job {record.id} already exists")
-        return result
+        keys, args = _create_call(record, max_active, message, self.ttl_seconds)
+        return _created(int(self._create(keys=keys, args=args)), record, max_active)
+
+    async def acreate(
+        self, record: JobRecord, *, max_active: int | None = None, message: QueueMessage | None = None
+    ) -> int:
+        """``create`` on the asyncio client (the API's create path, which does not leave its event loop)."""
+        if self._acreate is None:
+            raise RuntimeError("this JobStore has no async_client; make it with one to create jobs from asyncio")
+        keys, args = _create_call(record, max_active, message, self.ttl_seconds)
+        return _created(int(await self._acreate(keys=keys, args=args)), record, max_active)
 
     def get(self, job_id: str) -> JobRecord:
         """The record of ``job_id``; ``NotFoundError`` when there is none."""

@@ -9,6 +9,7 @@ from typing import cast
 
 import redis
 from pydantic import BaseModel, Field
+from redis.asyncio import Redis as AsyncRedis
 
 from core.errors import NotFoundError
 from core.job_record import new_id, utcnow
@@ -30,8 +31,12 @@ class ApiKey(BaseModel):
 
 
 class ApiKeyStore:
-    def __init__(self, client: redis.Redis) -> None:
+    """Issued API keys, stored by hash. ``async_client``: an asyncio client of the same server, for
+    ``atenant_of`` (the API's authentication dependency)."""
+
+    def __init__(self, client: redis.Redis, *, async_client: AsyncRedis | None = None) -> None:
         self._r = client
+        self._ar = async_client
 
     def create(self, tenant: str) -> tuple[ApiKey, str]:
         """A new key for ``tenant``; the secret is returned once and never stored."""
@@ -46,11 +51,13 @@ class ApiKeyStore:
 
     def tenant_of(self, secret: str) -> str | None:
         """The tenant of an active key (looked up by hash, so no timing depends on the secret's bytes)."""
-        raw = self._r.hget(KEYS, key_hash(secret))
-        if raw is None:
-            return None
-        record = ApiKey.model_validate_json(cast(bytes, raw))
-        return None if record.revoked_at else record.tenant
+        return _active_tenant(cast(bytes | None, self._r.hget(KEYS, key_hash(secret))))
+
+    async def atenant_of(self, secret: str) -> str | None:
+        """``tenant_of`` on the asyncio client."""
+        if self._ar is None:
+            raise RuntimeError("this ApiKeyStore has no async_client; make it with one to look keys up from asyncio")
+        return _active_tenant(cast(bytes | None, await self._ar.hget(KEYS, key_hash(secret))))
 
     def list(self, tenant: str | None = None) -> list[ApiKey]:
         records = [ApiKey.model_validate_json(v) for v in cast(dict[bytes, bytes], self._r.hgetall(KEYS)).values()]
@@ -66,3 +73,11 @@ class ApiKeyStore:
             record.revoked_at = utcnow()
             self._r.hset(KEYS, cast(bytes, digest), record.model_dump_json())
         return record
+
+
+def _active_tenant(raw: bytes | None) -> str | None:
+    """The tenant of a stored key record, ``None`` when there is none or it is revoked."""
+    if raw is None:
+        return None
+    record = ApiKey.model_validate_json(raw)
+    return None if record.revoked_at else record.tenant

@@ -89,7 +89,9 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     """
     settings = settings or get_settings()
     client = redis.Redis.from_url(settings.redis.dsn(), socket_timeout=10, health_check_interval=30)
-    aclient = redis.asyncio.Redis.from_url(settings.redis.dsn(), health_check_interval=30)
+    # The create path, authentication and event streams use it; event reads block at most a second, well inside the
+    # timeout.
+    aclient = redis.asyncio.Redis.from_url(settings.redis.dsn(), socket_timeout=10, health_check_interval=30)
     app = FastAPI(
         title="Tessera",
         version="1.0",
@@ -99,7 +101,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         redoc_url=None,
     )
     jobs = JobStore(client, ttl_seconds=settings.job_ttl_seconds, async_client=aclient)
-    catalog = Catalog(client)
+    catalog = Catalog(client, async_client=aclient)
     objects = make_object_store(settings.storage)
     producer = make_producer(settings)
     # A job canceled while queued completes here, in the API: its webhook is sent from here too.
@@ -113,10 +115,10 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         enqueue=enqueue or CeleryTaskQueue(producer),
         tenant_by_key=settings.tenant_keys(),
         presenter=presenter,
-        keys=ApiKeyStore(client),
-        rate_limiter=RateLimiter(client, per_minute=settings.quotas.requests_per_minute),
+        keys=ApiKeyStore(client, async_client=aclient),
+        rate_limiter=RateLimiter(client, per_minute=settings.quotas.requests_per_minute, async_client=aclient),
         webhooks=WebhookStore(client),
-        idempotency=IdempotencyStore(client),
+        idempotency=IdempotencyStore(client, async_client=aclient),
         policy=Policy(
             max_active_jobs=settings.quotas.max_active_jobs,
             allow_private_webhooks=settings.webhooks.allow_private,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from core.cancellation import cancel_job as core_cancel_job
 from core.errors import InvalidRequestError
@@ -122,40 +123,35 @@ _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)")
 MAX_WAIT_SECONDS = 60
 
 
-def _create(
+async def _create(
     state: ApiState,
     tenant: str,
     request: Request,
     response: Response,
     body: TrainingRequest | GenerationRequest,
     idempotency_key: str | None,
-    submit: Callable[..., Submission],
+    submit: Callable[[], Awaitable[Submission]],
 ) -> tuple[JobRecord, int | None]:
-    """Submit ``body`` with ``submit`` (``submit_training`` or ``submit_generation``) once per idempotency key: a
-    replay answers the original job with the create's status (202) and ``Idempotent-Replayed: true``, so a retried
-    request cannot tell a replay from the first answer by status.
+    """Run ``submit`` once per idempotency key: a replay answers the original job with the create's status (202)
+    and ``Idempotent-Replayed: true``, so a retried request cannot tell a replay from the first answer by status.
 
     Returns the job and its queue position when it was just stored (``None`` for a replay: read it live).
     """
-
-    def run() -> Submission:
-        return submit(tenant, body, catalog=state.catalog, jobs=state.jobs, enqueue=state.enqueue, policy=state.policy)
-
     if idempotency_key is None:
-        submission = run()
+        submission = await submit()
     else:
         digest = fingerprint(request.method, request.url.path, body.model_dump(mode="json"))
-        existing = state.idempotency.begin(tenant, idempotency_key, digest)
+        existing = await state.idempotency.abegin(tenant, idempotency_key, digest)
         if existing is not None:
             response.headers[REPLAYED_HEADER] = "true"
             response.headers["Location"] = f"/v1/jobs/{existing}"
-            return state.jobs.get_for_tenant(tenant, existing), None
+            return await run_in_threadpool(state.jobs.get_for_tenant, tenant, existing), None
         try:
-            submission = run()
+            submission = await submit()
         except BaseException:
-            state.idempotency.abandon(tenant, idempotency_key)
+            await state.idempotency.aabandon(tenant, idempotency_key)
             raise
-        state.idempotency.complete(tenant, idempotency_key, digest, submission.record.id)
+        await state.idempotency.acomplete(tenant, idempotency_key, digest, submission.record.id)
     response.headers["Location"] = f"/v1/jobs/{submission.record.id}"
     return submission.record, submission.queue_position
 
@@ -171,7 +167,7 @@ def _create(
         **responses(*AUTHENTICATED, 400, 409, 422, codes=_TRAINING_CODES),
     },
 )
-def create_training(
+async def create_training(
     body: Annotated[TrainingRequest, Body(openapi_examples=TRAINING_EXAMPLES)],
     state: State,
     tenant: Tenant,
@@ -181,7 +177,21 @@ def create_training(
     idempotency_key: IdempotencyKey = None,
 ) -> Job:
     """Teach the service a concept from a few images (an ED-LoRA training job)."""
-    record, position = _create(state, tenant, request, response, body, idempotency_key, submit_training)
+
+    # Training's checks read several records (images, masks, neighbours) and reserve the name: a rare, heavy
+    # request, submitted in a worker thread on the sync stores.
+    def submit() -> Awaitable[Submission]:
+        return run_in_threadpool(
+            submit_training,
+            tenant,
+            body,
+            catalog=state.catalog,
+            jobs=state.jobs,
+            enqueue=state.enqueue,
+            policy=state.policy,
+        )
+
+    record, position = await _create(state, tenant, request, response, body, idempotency_key, submit)
     return presenter.job(record, queue_position=position)
 
 
@@ -190,15 +200,17 @@ def _wait_seconds(prefer: str | None) -> float:
     return 0.0 if match is None else float(min(int(match.group(1)), MAX_WAIT_SECONDS))
 
 
-def _wait_for_terminal(state: ApiState, record: JobRecord, seconds: float) -> JobRecord:
-    """Block on the job's event stream until it is terminal or ``seconds`` passed."""
+async def _wait_for_terminal(state: ApiState, record: JobRecord, seconds: float) -> JobRecord:
+    """Follow the job's event stream until it is terminal or ``seconds`` passed (reads block at most
+    ``_EVENTS_BLOCK_MS`` each, inside the Redis client's socket timeout)."""
     deadline = time.monotonic() + seconds
     last = FIRST
     while not record.terminal:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        for event in state.jobs.read_events(record.id, after=last, block_ms=max(1, int(remaining * 1000))):
+        block = max(1, min(_EVENTS_BLOCK_MS, int(remaining * 1000)))
+        for event in await state.jobs.aread_events(record.id, after=last, block_ms=block):
             last, record = event.id, event.record
     return record
 
@@ -222,7 +234,7 @@ def _wait_for_terminal(state: ApiState, record: JobRecord, seconds: float) -> Jo
         ),
     },
 )
-def create_generation(
+async def create_generation(
     body: Annotated[GenerationRequest, Body(openapi_examples=GENERATION_EXAMPLES)],
     state: State,
     tenant: Tenant,
@@ -233,10 +245,17 @@ def create_generation(
     prefer: Annotated[str | None, Header(description="wait=N (N ≤ 60): hold the answer until done.")] = None,
 ) -> Job:
     """Generate images that combine ready concepts."""
-    record, position = _create(state, tenant, request, response, body, idempotency_key, submit_generation)
+
+    # The hot path: on the event loop end to end (asyncio Redis), no thread-pool hop.
+    def submit() -> Awaitable[Submission]:
+        return submit_generation(
+            tenant, body, catalog=state.catalog, jobs=state.jobs, enqueue=state.enqueue, policy=state.policy
+        )
+
+    record, position = await _create(state, tenant, request, response, body, idempotency_key, submit)
     wait = _wait_seconds(prefer)
     if wait > 0:
-        record = _wait_for_terminal(state, record, wait)
+        record = await _wait_for_terminal(state, record, wait)
         response.headers["Preference-Applied"] = f"wait={int(wait)}"
         if record.terminal:
             response.status_code = 200
