@@ -147,7 +147,7 @@ def _clean(stack: Stack) -> None:
 
 def test_sigkill_mid_generation_is_rerun_once_without_duplicate_outputs(stack: Stack, client: TesseraClient) -> None:
     _clean(stack)
-    job_id = _generation(client, steps=30)
+    job_id = _generation(client, steps=150)  # long enough to be caught mid-sampling on an idle machine
     _wait_for_step(client, job_id, "sampling", step=2)
     stack.children[_gpu_workers(stack)[0]].kill()
     stack.start_worker()
