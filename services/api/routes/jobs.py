@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +18,7 @@ from core.errors import InvalidRequestError
 from core.job_record import JobRecord
 from core.resources import Job, JobKind, JobList, JobStatus
 from core.schemas import GenerationRequest, TrainingRequest
-from core.stores.idempotency import fingerprint
+from core.stores.idempotency import IdempotencyStore, fingerprint
 from core.stores.job_events import FIRST
 from core.stores.webhook_store import DeliveryAttempt
 from core.submissions import Submission, submit_generation, submit_training
@@ -123,6 +124,29 @@ _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)")
 MAX_WAIT_SECONDS = 60
 
 
+async def submit_claimed(
+    idempotency: IdempotencyStore,
+    tenant: str,
+    key: str,
+    digest: str,
+    submit: Callable[[], Awaitable[Submission]],
+) -> Submission:
+    """Run ``submit`` under a claimed idempotency key, then record its job on the key (or free the key when it
+    failed), in a task of its own that the request's cancellation cannot interrupt: cancelled between storing the job
+    and recording it on the key, the key would be freed for a job that exists, and a retry would make a second."""
+
+    async def settle() -> Submission:
+        try:
+            submission = await submit()
+        except BaseException:
+            await idempotency.aabandon(tenant, key)
+            raise
+        await idempotency.acomplete(tenant, key, digest, submission.record.id)
+        return submission
+
+    return await asyncio.shield(asyncio.ensure_future(settle()))
+
+
 async def _create(
     state: ApiState,
     tenant: str,
@@ -146,12 +170,7 @@ async def _create(
             response.headers[REPLAYED_HEADER] = "true"
             response.headers["Location"] = f"/v1/jobs/{existing}"
             return await run_in_threadpool(state.jobs.get_for_tenant, tenant, existing), None
-        try:
-            submission = await submit()
-        except BaseException:
-            await state.idempotency.aabandon(tenant, idempotency_key)
-            raise
-        await state.idempotency.acomplete(tenant, idempotency_key, digest, submission.record.id)
+        submission = await submit_claimed(state.idempotency, tenant, idempotency_key, digest, submit)
     response.headers["Location"] = f"/v1/jobs/{submission.record.id}"
     return submission.record, submission.queue_position
 
