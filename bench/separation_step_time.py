@@ -6,7 +6,7 @@ cross-attention probabilities (explicit attention in the captured layers) and co
 alternate, each timed from its own ``on_step`` callbacks after a warm-up (data preparation is not counted).
 The requirement is a ratio of at most 1.3.
 
-    .venv/bin/python -m bench.separation_step_time [--preset shapes] [--models-root DIR] [--steps 40] [--repeats 3]
+    .venv/bin/python -m bench.separation_step_time [--preset shapes] [--models-root DIR] [--steps 40] [--repeats 5]
 
 Suite row: ``separation.step_ratio`` (with / without, target <= 1.3).
 """
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--preset", default="shapes")
     parser.add_argument("--models-root", type=Path, default=Path("models"))
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     add_rows_argument(parser)
