@@ -125,7 +125,7 @@ def test_async_events_arrive_one_by_one_before_the_job_ends(stack: Stack, capsys
                 {
                     "concept": {"name": "async-ring", "class_word": "ring"},
                     "images": files,
-                    "options": {"max_train_steps": 30, "batch_size": 1, "seed": 2},
+                    "options": {"max_train_steps": 120, "batch_size": 1, "seed": 2},
                 }
             )
             arrivals = []
