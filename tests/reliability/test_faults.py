@@ -194,7 +194,7 @@ def test_sigkill_mid_upload_leaves_no_output_behind(stack: Stack, client: Tesser
 
 def test_sigterm_mid_training_hands_the_job_back_to_another_worker(stack: Stack, client: TesseraClient) -> None:
     _clean(stack)
-    job_id = _training(client, "handed-back", steps=40)
+    job_id = _training(client, "handed-back", steps=150)  # still training when SIGTERM lands, on a fast machine too
     _wait_for_step(client, job_id, "training", step=3)
     name = _gpu_workers(stack)[0]
     started = time.monotonic()
@@ -265,13 +265,14 @@ def test_a_queued_job_whose_message_was_lost_still_runs(stack: Stack, client: Te
 
 def test_redis_killed_and_restarted_loses_no_recorded_job(stack: Stack, client: TesseraClient) -> None:
     _clean(stack)
-    running = _training(client, "through-restart", steps=40)
+    running = _training(client, "through-restart", steps=300)  # still running when Redis is killed, 1.5 s on
     _wait_for_step(client, running, "training", step=2)
     queued = _generation(client, steps=3, seed=10)
     just_created = _generation(client, steps=3, seed=11)
     time.sleep(1.5)  # appendfsync everysec: what was written a second ago is on disk
     port = urlsplit(stack.redis_url).port
     assert port is not None
+    assert _store(stack).get(running).status == "running"  # the outage lands on a running job
     stack.children["redis"].kill()
     stack.children["redis"].stop()
     # Meanwhile the API answers 503 problems with Retry-After, not 500s.
