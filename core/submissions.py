@@ -101,11 +101,12 @@ def _file_key(files: Files, file_id: str, field: str) -> str:
 
 
 def _mask_key(files: Files, image_id: str, mask_id: str, index: int) -> str:
-    """The stored key of ``masks[index]``, refused when its shape is not its image's: the worker scales a mask to
-    its image (a half-size mask is fine), so a different aspect ratio would stretch it off the concept."""
+    """The stored key of ``masks[index]`` (its image ``image_id`` already checked), refused when its shape is not
+    its image's: the worker scales a mask to its image (a half-size mask is fine), so a different aspect ratio would
+    stretch it off the concept."""
     field = f"masks[{index}]"
     key = _file_key(files, mask_id, field)
-    _file_key(files, image_id, f"images[{index}]")
+    # The images were checked before their masks: both records are in the table.
     mask, image = cast(FileRecord, files[mask_id]), cast(FileRecord, files[image_id])
     # Equal ratios up to one pixel of rounding at the mask's size.
     if abs(mask.width * image.height - mask.height * image.width) > max(image.width, image.height):

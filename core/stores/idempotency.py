@@ -10,9 +10,7 @@ import hashlib
 import json
 from typing import Any, cast
 
-import redis
 from redis.asyncio import Redis as AsyncRedis
-from redis.commands.core import AsyncScript
 
 from core.errors import IdempotencyConflictError, InvalidRequestError
 
@@ -35,14 +33,11 @@ return redis.call('GET', KEYS[1])
 
 
 class IdempotencyStore:
-    """Claims on idempotency keys. ``async_client``: an asyncio client of the same server, for the ``a``-prefixed
-    twins the API's create path calls."""
+    """Claims on idempotency keys, on an asyncio client (the API's create path)."""
 
-    def __init__(self, client: redis.Redis, *, async_client: AsyncRedis | None = None) -> None:
+    def __init__(self, client: AsyncRedis) -> None:
         self._r = client
-        self._ar = async_client
         self._claim = client.register_script(_CLAIM)
-        self._aclaim = None if async_client is None else async_client.register_script(_CLAIM)
 
     @staticmethod
     def _key(tenant: str, key: str) -> str:
@@ -57,64 +52,34 @@ class IdempotencyStore:
                 code="invalid_idempotency_key",
             )
 
-    def begin(self, tenant: str, key: str, digest: str) -> str | None:
+    async def begin(self, tenant: str, key: str, digest: str) -> str | None:
         """Claim ``key``; returns None when this request now owns it, or the job id of the original request.
 
         Raises ``InvalidRequestError`` (``idempotency_key_reused``) when the key was used with another body,
         and ``IdempotencyConflictError`` while the original request is still in flight.
         """
         self.check_key(key)
-        held = self._claim(keys=[self._key(tenant, key)], args=[_claim_value(digest, None), TTL_SECONDS])
-        return _original(cast(bytes | None, held), digest)
+        held = await self._claim(keys=[self._key(tenant, key)], args=[_claim_value(digest, None), TTL_SECONDS])
+        if held is None:
+            return None
+        stored = json.loads(cast(bytes, held))
+        if stored["fp"] != digest:
+            raise InvalidRequestError(
+                "this Idempotency-Key was used with a different request body",
+                field="Idempotency-Key",
+                code="idempotency_key_reused",
+            )
+        if stored["job_id"] is None:
+            raise IdempotencyConflictError("a request with this Idempotency-Key is still being processed; retry")
+        return str(stored["job_id"])
 
-    async def abegin(self, tenant: str, key: str, digest: str) -> str | None:
-        """``begin`` on the asyncio client."""
-        self.check_key(key)
-        held = await self._async_claim()(keys=[self._key(tenant, key)], args=[_claim_value(digest, None), TTL_SECONDS])
-        return _original(cast(bytes | None, held), digest)
+    async def complete(self, tenant: str, key: str, digest: str, job_id: str) -> None:
+        await self._r.set(self._key(tenant, key), _claim_value(digest, job_id), ex=TTL_SECONDS)
 
-    def complete(self, tenant: str, key: str, digest: str, job_id: str) -> None:
-        self._r.set(self._key(tenant, key), _claim_value(digest, job_id), ex=TTL_SECONDS)
-
-    async def acomplete(self, tenant: str, key: str, digest: str, job_id: str) -> None:
-        await self._async().set(self._key(tenant, key), _claim_value(digest, job_id), ex=TTL_SECONDS)
-
-    def abandon(self, tenant: str, key: str) -> None:
+    async def abandon(self, tenant: str, key: str) -> None:
         """Release a claim whose request failed, so the client may retry with the same key."""
-        self._r.delete(self._key(tenant, key))
-
-    async def aabandon(self, tenant: str, key: str) -> None:
-        await self._async().delete(self._key(tenant, key))
-
-    def _async(self) -> AsyncRedis:
-        if self._ar is None:
-            raise RuntimeError(_NO_ASYNC_CLIENT)
-        return self._ar
-
-    def _async_claim(self) -> AsyncScript:
-        if self._aclaim is None:
-            raise RuntimeError(_NO_ASYNC_CLIENT)
-        return self._aclaim
-
-
-_NO_ASYNC_CLIENT = "this IdempotencyStore has no async_client; make it with one to use it from asyncio"
+        await self._r.delete(self._key(tenant, key))
 
 
 def _claim_value(digest: str, job_id: str | None) -> str:
     return json.dumps({"fp": digest, "job_id": job_id})
-
-
-def _original(held: bytes | None, digest: str) -> str | None:
-    """What a claim attempt found: None (claimed), the original job's id, or the refusal it stands for."""
-    if held is None:
-        return None
-    stored = json.loads(held)
-    if stored["fp"] != digest:
-        raise InvalidRequestError(
-            "this Idempotency-Key was used with a different request body",
-            field="Idempotency-Key",
-            code="idempotency_key_reused",
-        )
-    if stored["job_id"] is None:
-        raise IdempotencyConflictError("a request with this Idempotency-Key is still being processed; retry")
-    return str(stored["job_id"])

@@ -31,8 +31,8 @@ class ApiKey(BaseModel):
 
 
 class ApiKeyStore:
-    """Issued API keys, stored by hash. ``async_client``: an asyncio client of the same server, for
-    ``atenant_of`` (the API's authentication dependency)."""
+    """Issued API keys, stored by hash. ``async_client``: an asyncio client of the same server, for ``atenant_of``
+    (the API's authentication dependency; the CLI manages keys on the sync client)."""
 
     def __init__(self, client: redis.Redis, *, async_client: AsyncRedis | None = None) -> None:
         self._r = client
@@ -49,15 +49,16 @@ class ApiKeyStore:
             pipe.execute()
         return record, secret
 
-    def tenant_of(self, secret: str) -> str | None:
-        """The tenant of an active key (looked up by hash, so no timing depends on the secret's bytes)."""
-        return _active_tenant(cast(bytes | None, self._r.hget(KEYS, key_hash(secret))))
-
     async def atenant_of(self, secret: str) -> str | None:
-        """``tenant_of`` on the asyncio client."""
+        """The tenant of an active key (looked up by hash, so no timing depends on the secret's bytes), on the
+        asyncio client: the API's authentication dependency."""
         if self._ar is None:
             raise RuntimeError("this ApiKeyStore has no async_client; make it with one to look keys up from asyncio")
-        return _active_tenant(cast(bytes | None, await self._ar.hget(KEYS, key_hash(secret))))
+        raw = cast(bytes | None, await self._ar.hget(KEYS, key_hash(secret)))
+        if raw is None:
+            return None
+        record = ApiKey.model_validate_json(raw)
+        return None if record.revoked_at else record.tenant
 
     def list(self, tenant: str | None = None) -> list[ApiKey]:
         records = [ApiKey.model_validate_json(v) for v in cast(dict[bytes, bytes], self._r.hgetall(KEYS)).values()]
@@ -73,11 +74,3 @@ class ApiKeyStore:
             record.revoked_at = utcnow()
             self._r.hset(KEYS, cast(bytes, digest), record.model_dump_json())
         return record
-
-
-def _active_tenant(raw: bytes | None) -> str | None:
-    """The tenant of a stored key record, ``None`` when there is none or it is revoked."""
-    if raw is None:
-        return None
-    record = ApiKey.model_validate_json(raw)
-    return None if record.revoked_at else record.tenant

@@ -12,9 +12,7 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass
-from typing import Any
 
-import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from core.errors import RateLimitedError
@@ -77,21 +75,14 @@ class RateLimitExceeded(RateLimitedError):
 
 
 class RateLimiter:
-    """The sliding-window limit of ``per_minute`` requests per subject (see the module docstring).
+    """The sliding-window limit of ``per_minute`` requests per subject (see the module docstring), on an asyncio
+    client: the API's authentication dependency counts every request on its event loop."""
 
-    Args:
-        client: a redis-py client.
-        per_minute: requests allowed in any 60 seconds.
-        async_client: an asyncio client of the same server, for ``ahit`` (the API's authentication dependency).
-    """
-
-    def __init__(self, client: redis.Redis, *, per_minute: int, async_client: AsyncRedis | None = None) -> None:
-        self._r = client
+    def __init__(self, client: AsyncRedis, *, per_minute: int) -> None:
         self.per_minute = per_minute
         self._hit = client.register_script(_HIT)
-        self._ahit = None if async_client is None else async_client.register_script(_HIT)
 
-    def hit(self, subject: str, *, now: float | None = None) -> RateLimitState:
+    async def hit(self, subject: str, *, now: float | None = None) -> RateLimitState:
         """Count one request of ``subject`` (``now``: seconds since the epoch, for tests; Redis's clock otherwise).
 
         Returns:
@@ -100,21 +91,16 @@ class RateLimiter:
         Raises:
             RateLimitExceeded: ``per_minute`` requests were already allowed in the last 60 seconds.
         """
-        return self._state(self._hit(keys=[_log_key(subject)], args=self._args(now)))
-
-    async def ahit(self, subject: str, *, now: float | None = None) -> RateLimitState:
-        """``hit`` on the asyncio client."""
-        if self._ahit is None:
-            raise RuntimeError("this RateLimiter has no async_client; make it with one to count from asyncio")
-        return self._state(await self._ahit(keys=[_log_key(subject)], args=self._args(now)))
-
-    def _args(self, now: float | None) -> list[int | str]:
-        return [WINDOW_SECONDS * 1000, self.per_minute, secrets.token_hex(4), "" if now is None else int(now * 1000)]
-
-    def _state(self, reply: Any) -> RateLimitState:
-        """The script's reply as the key's state; ``RateLimitExceeded`` when it refused the request."""
+        window_ms = WINDOW_SECONDS * 1000
+        args: list[int | str] = [
+            window_ms,
+            self.per_minute,
+            secrets.token_hex(4),
+            "" if now is None else int(now * 1000),
+        ]
+        reply = await self._hit(keys=[f"tessera:rate:{subject}"], args=args)
         allowed, count, oldest, at = (int(v) for v in reply)
-        reset = max(0, math.ceil((oldest + WINDOW_SECONDS * 1000 - at) / 1000))
+        reset = max(0, math.ceil((oldest + window_ms - at) / 1000))
         state = RateLimitState(limit=self.per_minute, remaining=max(0, self.per_minute - count), reset_seconds=reset)
         if not allowed:
             raise RateLimitExceeded(
@@ -123,7 +109,3 @@ class RateLimiter:
                 state=state,
             )
         return state
-
-
-def _log_key(subject: str) -> str:
-    return f"tessera:rate:{subject}"

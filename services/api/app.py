@@ -116,9 +116,9 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         tenant_by_key=settings.tenant_keys(),
         presenter=presenter,
         keys=ApiKeyStore(client, async_client=aclient),
-        rate_limiter=RateLimiter(client, per_minute=settings.quotas.requests_per_minute, async_client=aclient),
+        rate_limiter=RateLimiter(aclient, per_minute=settings.quotas.requests_per_minute),
         webhooks=WebhookStore(client),
-        idempotency=IdempotencyStore(client, async_client=aclient),
+        idempotency=IdempotencyStore(aclient),
         policy=Policy(
             max_active_jobs=settings.quotas.max_active_jobs,
             allow_private_webhooks=settings.webhooks.allow_private,

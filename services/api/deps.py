@@ -58,7 +58,7 @@ async def get_tenant(
     if tenant is None:
         raise AuthError("unknown API key", code="invalid_api_key")
     try:
-        request.state.rate_limit = await state.rate_limiter.ahit(key_hash(given))
+        request.state.rate_limit = await state.rate_limiter.hit(key_hash(given))
     except RateLimitExceeded as exc:
         request.state.rate_limit = exc.state
         raise

@@ -25,7 +25,7 @@ def test_a_cancelled_request_still_records_its_job_on_the_key(redis_client: redi
 
     async def main() -> None:
         aclient = AsyncRedis.from_url(redis_url)
-        store = IdempotencyStore(redis_client, async_client=aclient)
+        store = IdempotencyStore(aclient)
         stored = asyncio.Event()
         release = asyncio.Event()
 
@@ -34,7 +34,7 @@ def test_a_cancelled_request_still_records_its_job_on_the_key(redis_client: redi
             await release.wait()
             return made
 
-        assert await store.abegin("t1", "k", "fp") is None
+        assert await store.begin("t1", "k", "fp") is None
         request = asyncio.ensure_future(submit_claimed(store, "t1", "k", "fp", submit))
         await stored.wait()
         request.cancel()  # the client went away, or the server is shutting down
@@ -44,12 +44,12 @@ def test_a_cancelled_request_still_records_its_job_on_the_key(redis_client: redi
         for _ in range(100):  # the shielded settle finishes on its own
             await asyncio.sleep(0.01)
             try:
-                if await store.abegin("t1", "k", "fp") == made.record.id:
+                if await store.begin("t1", "k", "fp") == made.record.id:
                     break
             except IdempotencyConflictError:
                 continue
         # A retry replays the job the cancelled request made: no second job.
-        assert await store.abegin("t1", "k", "fp") == made.record.id
+        assert await store.begin("t1", "k", "fp") == made.record.id
         await aclient.aclose()
 
     asyncio.run(main())
@@ -58,15 +58,15 @@ def test_a_cancelled_request_still_records_its_job_on_the_key(redis_client: redi
 def test_a_failed_submission_frees_the_key(redis_client: redis.Redis, redis_url: str) -> None:
     async def main() -> None:
         aclient = AsyncRedis.from_url(redis_url)
-        store = IdempotencyStore(redis_client, async_client=aclient)
+        store = IdempotencyStore(aclient)
 
         async def submit() -> Submission:
             raise ServiceError("refused")
 
-        assert await store.abegin("t1", "k", "fp") is None
+        assert await store.begin("t1", "k", "fp") is None
         with pytest.raises(ServiceError):
             await submit_claimed(store, "t1", "k", "fp", submit)
-        assert await store.abegin("t1", "k", "fp") is None  # free again: the retry claims it
+        assert await store.begin("t1", "k", "fp") is None  # free again: the retry claims it
         await aclient.aclose()
 
     asyncio.run(main())

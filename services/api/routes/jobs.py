@@ -139,9 +139,9 @@ async def submit_claimed(
         try:
             submission = await submit()
         except BaseException:
-            await idempotency.aabandon(tenant, key)
+            await idempotency.abandon(tenant, key)
             raise
-        await idempotency.acomplete(tenant, key, digest, submission.record.id)
+        await idempotency.complete(tenant, key, digest, submission.record.id)
         return submission
 
     return await asyncio.shield(asyncio.ensure_future(settle()))
@@ -165,7 +165,7 @@ async def _create(
         submission = await submit()
     else:
         digest = fingerprint(request.method, request.url.path, body.model_dump(mode="json"))
-        existing = await state.idempotency.abegin(tenant, idempotency_key, digest)
+        existing = await state.idempotency.begin(tenant, idempotency_key, digest)
         if existing is not None:
             response.headers[REPLAYED_HEADER] = "true"
             response.headers["Location"] = f"/v1/jobs/{existing}"

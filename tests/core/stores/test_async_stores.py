@@ -1,4 +1,5 @@
-"""The stores' asyncio twins behave exactly like their sync counterparts on the same (private) Redis."""
+"""The stores' asyncio reads and writes on a private Redis: the catalog's and job store's twins behave exactly like
+their sync methods; API keys and idempotency claims (async only) hold, refuse, replay and free as the API needs."""
 
 from __future__ import annotations
 
@@ -17,12 +18,10 @@ from core.stores.catalog import Catalog, ConceptRecord, FileRecord
 from core.stores.idempotency import IdempotencyStore
 from core.stores.job_store import JobStore
 from core.stores.keys import ApiKeyStore
-from core.stores.limits import RateLimiter, RateLimitExceeded, RateLimitState
 from core.tasks import QueueMessage
 
 T = TypeVar("T")
 START = datetime(2026, 1, 1, tzinfo=UTC)
-Outcome = tuple[str, RateLimitState, int]
 
 
 def _run(redis_url: str, body: Callable[[AsyncRedis], Awaitable[T]]) -> T:
@@ -123,107 +122,53 @@ def test_acreate_positions_quota_and_conflict_write_nothing_on_refusal(
     assert store.create(_job("t2", 4), max_active=2) == 3
 
 
-def _outcome(hit: Callable[[], RateLimitState]) -> Outcome:
-    try:
-        return "ok", hit(), 0
-    except RateLimitExceeded as exc:
-        return exc.code, exc.state, exc.retry_after
-
-
-async def _aoutcome(hit: Awaitable[RateLimitState]) -> Outcome:
-    try:
-        return "ok", await hit, 0
-    except RateLimitExceeded as exc:
-        return exc.code, exc.state, exc.retry_after
-
-
-def test_ahit_counts_and_refuses_like_hit(redis_client: redis.Redis, redis_url: str) -> None:
-    times = [1000.0, 1010.0, 1020.0, 1030.0, 1065.0]
-    limiter = RateLimiter(redis_client, per_minute=3)
-    sync = [_outcome(lambda t=t: limiter.hit("sync", now=t)) for t in times]  # type: ignore[misc]
-
-    async def body(aclient: AsyncRedis) -> list[Outcome]:
-        alimiter = RateLimiter(redis_client, per_minute=3, async_client=aclient)
-        found = [await _aoutcome(alimiter.ahit("async", now=t)) for t in times]
-        # The async hits fill the same log the sync limiter reads.
-        await alimiter.ahit("shared", now=2000.0)
-        await alimiter.ahit("shared", now=2001.0)
-        return found
-
-    assert _run(redis_url, body) == sync
-    assert [(code, s.remaining, s.reset_seconds, after) for code, s, after in sync] == [
-        ("ok", 2, 60, 0),
-        ("ok", 1, 50, 0),
-        ("ok", 0, 40, 0),
-        ("rate_limited", 0, 30, 30),
-        ("ok", 0, 5, 0),  # the request at 1000 left the window
-    ]
-    assert limiter.hit("shared", now=2002.0).remaining == 0
-    with pytest.raises(RateLimitExceeded):
-        limiter.hit("shared", now=2003.0)
-
-
-def test_atenant_of_matches_tenant_of(redis_client: redis.Redis, redis_url: str) -> None:
+def test_atenant_of_reads_active_revoked_and_unknown_keys(redis_client: redis.Redis, redis_url: str) -> None:
     keys = ApiKeyStore(redis_client)
     _, active = keys.create("t1")
     revoked_record, revoked = keys.create("t2")
     keys.revoke(revoked_record.id)
-    secrets = [active, revoked, "tsk_unknown"]
 
     async def body(aclient: AsyncRedis) -> list[str | None]:
         akeys = ApiKeyStore(redis_client, async_client=aclient)
-        return [await akeys.atenant_of(secret) for secret in secrets]
+        return [await akeys.atenant_of(secret) for secret in (active, revoked, "tsk_unknown")]
 
-    assert _run(redis_url, body) == ["t1", None, None] == [keys.tenant_of(secret) for secret in secrets]
+    assert _run(redis_url, body) == ["t1", None, None]
 
 
 def _idem_keys(client: redis.Redis) -> list[bytes]:
     return client.keys("tessera:idem:*")  # type: ignore[return-value]
 
 
-def test_abegin_acomplete_aabandon_share_claims_with_the_sync_methods(
-    redis_client: redis.Redis, redis_url: str
-) -> None:
-    sync = IdempotencyStore(redis_client)
-
+def test_claims_are_held_refused_replayed_and_freed(redis_client: redis.Redis, redis_url: str) -> None:
     async def body(aclient: AsyncRedis) -> None:
-        store = IdempotencyStore(redis_client, async_client=aclient)
-        # An async claim: in flight for both twins, refused with another body, replayed once completed.
-        assert await store.abegin("t1", "k1", "d1") is None
+        store = IdempotencyStore(aclient)
+        # A claim: in flight for a second request, refused with another body, replayed once completed.
+        assert await store.begin("t1", "k1", "d1") is None
         assert 0 < redis_client.ttl(_idem_keys(redis_client)[0]) <= 24 * 3600
         with pytest.raises(IdempotencyConflictError):
-            await store.abegin("t1", "k1", "d1")
-        with pytest.raises(IdempotencyConflictError):
-            sync.begin("t1", "k1", "d1")
+            await store.begin("t1", "k1", "d1")
         with pytest.raises(InvalidRequestError) as reused:
-            await store.abegin("t1", "k1", "d2")
+            await store.begin("t1", "k1", "d2")
         assert reused.value.code == "idempotency_key_reused" and reused.value.field == "Idempotency-Key"
-        assert await store.abegin("t2", "k1", "d2") is None  # keys are per tenant
-        await store.acomplete("t1", "k1", "d1", "job_1")
-        assert await store.abegin("t1", "k1", "d1") == "job_1" == sync.begin("t1", "k1", "d1")
-        await store.aabandon("t1", "k1")
-        assert await store.abegin("t1", "k1", "d2") is None  # freed: any body may claim it again
-        # A sync claim, seen by the async twins.
-        assert sync.begin("t1", "k2", "d1") is None
-        with pytest.raises(IdempotencyConflictError):
-            await store.abegin("t1", "k2", "d1")
-        sync.complete("t1", "k2", "d1", "job_2")
-        assert await store.abegin("t1", "k2", "d1") == "job_2"
-        sync.abandon("t1", "k2")
-        assert await store.abegin("t1", "k2", "d1") is None
+        assert await store.begin("t2", "k1", "d2") is None  # keys are per tenant
+        await store.complete("t1", "k1", "d1", "job_1")
+        assert await store.begin("t1", "k1", "d1") == "job_1"
+        assert await store.begin("t1", "k1", "d1") == "job_1"  # a replay does not consume the key
+        await store.abandon("t1", "k1")
+        assert await store.begin("t1", "k1", "d2") is None  # freed: any body may claim it again
         with pytest.raises(InvalidRequestError) as bad:
-            await store.abegin("t1", "", "d1")
+            await store.begin("t1", "", "d1")
         assert bad.value.code == "invalid_idempotency_key"
 
     _run(redis_url, body)
-    assert len(_idem_keys(redis_client)) == 3  # t1/k1, t2/k1, t1/k2
+    assert len(_idem_keys(redis_client)) == 2  # t1/k1, t2/k1
 
 
-def test_concurrent_abegin_yields_exactly_one_claim(redis_client: redis.Redis, redis_url: str) -> None:
+def test_concurrent_claims_of_one_key_yield_exactly_one(redis_client: redis.Redis, redis_url: str) -> None:
     async def body(aclient: AsyncRedis) -> list[str | BaseException | None]:
-        store = IdempotencyStore(redis_client, async_client=aclient)
+        store = IdempotencyStore(aclient)
         redis_client.script_flush()  # every call meets NOSCRIPT and loads the script, concurrently
-        return await asyncio.gather(*(store.abegin("t1", "same", "d") for _ in range(8)), return_exceptions=True)
+        return await asyncio.gather(*(store.begin("t1", "same", "d") for _ in range(8)), return_exceptions=True)
 
     results = _run(redis_url, body)
     assert results.count(None) == 1
@@ -236,13 +181,9 @@ def test_concurrent_abegin_yields_exactly_one_claim(redis_client: redis.Redis, r
         lambda r: Catalog(r).afind_concepts("t1", ["rex"]),
         lambda r: Catalog(r).aget_files("t1", ["file_a"]),
         lambda r: JobStore(r).acreate(_job("t1", 1)),
-        lambda r: RateLimiter(r, per_minute=3).ahit("k"),
         lambda r: ApiKeyStore(r).atenant_of("tsk_x"),
-        lambda r: IdempotencyStore(r).abegin("t1", "k", "d"),
-        lambda r: IdempotencyStore(r).acomplete("t1", "k", "d", "job_1"),
-        lambda r: IdempotencyStore(r).aabandon("t1", "k"),
     ],
-    ids=["afind_concepts", "aget_files", "acreate", "ahit", "atenant_of", "abegin", "acomplete", "aabandon"],
+    ids=["afind_concepts", "aget_files", "acreate", "atenant_of"],
 )
 def test_a_store_without_async_client_refuses_its_async_methods(
     redis_client: redis.Redis, call: Callable[[redis.Redis], Coroutine[Any, Any, object]]
