@@ -22,7 +22,7 @@ from typing import TypeVar
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UNet2DConditionModel
+from diffusers import ControlNetModel, UNet2DConditionModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from core.ml.components import SDComponents
@@ -31,8 +31,7 @@ from core.ml.edlora.lora import UNET_TARGETS, activate_lora, add_lora, lora_scop
 from core.ml.fusion.multipath import MultipathState, multipath_attention, path_adapter_names
 from core.ml.fusion.regional_attention import RegionalState, regional_attention
 from core.ml.fusion.request import DEFAULT_LORA_WEIGHT
-from core.ml.styling.scales import ip_adapter_scales
-from core.ml.styling.weights import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHTS
+from core.ml.styling.pipeline import controlnet_pipeline, load_style_adapter
 
 Step = Callable[[], object]
 Arm = Callable[[], AbstractContextManager[Step]]
@@ -140,26 +139,8 @@ def prepare_styling(
     components: SDComponents, unet: UNet2DConditionModel, ip_root: Path, controlnet: ControlNetModel, embed_dim: int
 ) -> Styling:
     """Load the IP-Adapter at ``ip_root`` into ``unet`` (a tree of its own) as ``style_images`` does, style mode."""
-    pipe = StableDiffusionControlNetPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=unet,
-        controlnet=controlnet,
-        scheduler=components.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        image_encoder=None,
-        requires_safety_checker=False,
-    )
-    pipe.load_ip_adapter(
-        str(ip_root),
-        subfolder=IP_ADAPTER_SUBFOLDER,
-        weight_name=IP_ADAPTER_WEIGHTS,
-        image_encoder_folder=None,
-        local_files_only=True,
-    )
-    pipe.set_ip_adapter_scale(ip_adapter_scales(unet, "style", 1.0))
+    pipe = controlnet_pipeline(components, unet, controlnet, components.scheduler)
+    load_style_adapter(pipe, ip_root, "style", 1.0)
     unet.to(components.device, components.dtype)
     return Styling(unet=unet, controlnet=controlnet, embed_dim=embed_dim)
 

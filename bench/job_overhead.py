@@ -25,7 +25,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from tessera_client import TesseraClient
 
 from bench.rows import Row, add_rows_argument, write_rows
 from core.ml.components import load_components
+from core.ml.edlora.adapter import EDLoRAWeights
 from core.ml.edlora.trainer import train_edlora
 from core.ml.fusion.regional import ConceptPlacement, SamplingRequest, generate_regional
 from core.training_options import EDLoRAConfig
@@ -92,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         components = load_components("tiny", root / "direct-models")
         pil = {k: [Image.open(io.BytesIO(d)).convert("RGB") for d in v] for k, v in images.items()}
 
-        def direct_train(name: str) -> object:
+        def direct_train(name: str) -> EDLoRAWeights:
             return train_edlora(
                 components, pil[name], concept_name=name, class_word=name, config=EDLoRAConfig(**options)
             )
@@ -119,9 +120,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             weights = {k: direct_train(k) for k in ("star", "ring")}
             concepts = {k: service_train(k) for k in ("star", "ring")}
             placements = [
-                ConceptPlacement(weights=weights["star"], region=(0, 0, 0.5, 1)),  # type: ignore[arg-type]
+                ConceptPlacement(weights=weights["star"], region=(0, 0, 0.5, 1)),
                 ConceptPlacement(weights=weights["ring"], region=(0.5, 0, 1, 1)),
-            ]  # type: ignore[arg-type]
+            ]
             service_body = {
                 **generation,
                 "prompt": f"a <{concepts['star']}> on the left and a <{concepts['ring']}> on the right",
@@ -163,13 +164,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 k: [] for k in ("train direct", "train service", "gen direct", "gen service", "gen service polled")
             }
             for _ in range(args.repeats):
-                for label, fn in (
+                arms: tuple[tuple[str, Callable[[], object]], ...] = (
                     ("train direct", lambda: direct_train("star")),
                     ("train service", lambda: service_train("star")),
                     ("gen direct", direct_generate),
                     ("gen service", service_generate),
                     ("gen service polled", service_generate_polled),
-                ):
+                )
+                for label, fn in arms:
                     start = time.perf_counter()
                     fn()
                     times[label].append(time.perf_counter() - start)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import PIL.Image
 import torch
-from diffusers import StableDiffusionControlNetPipeline
+from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UNet2DConditionModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from core.errors import InvalidRequestError
 from core.ml.components import SDComponents
@@ -27,6 +29,42 @@ from core.ml.styling.weights import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHTS, St
 from core.progress import Progress, StepCallback, no_progress
 
 logger = logging.getLogger(__name__)
+
+
+def controlnet_pipeline(
+    components: SDComponents,
+    unet: UNet2DConditionModel,
+    controlnet: ControlNetModel,
+    scheduler: SchedulerMixin,
+) -> StableDiffusionControlNetPipeline:
+    """diffusers' ControlNet pipeline over the preset's text encoder and VAE with ``unet``, ``controlnet`` and
+    ``scheduler`` (no safety checker, no image encoder: the style image's embedding is passed in), quiet."""
+    pipe = StableDiffusionControlNetPipeline(
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=unet,
+        controlnet=controlnet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_style_adapter(pipe: StableDiffusionControlNetPipeline, ip_root: Path, mode: StyleMode, scale: float) -> None:
+    """Load the IP-Adapter at ``ip_root`` into ``pipe``'s UNet, scaled for ``mode`` (``ip_adapter_scales``)."""
+    pipe.load_ip_adapter(
+        str(ip_root),
+        subfolder=IP_ADAPTER_SUBFOLDER,
+        weight_name=IP_ADAPTER_WEIGHTS,
+        image_encoder_folder=None,
+        local_files_only=True,
+    )
+    pipe.set_ip_adapter_scale(ip_adapter_scales(pipe.unet, mode, scale))
 
 
 def style_images(
@@ -78,19 +116,9 @@ def style_images(
         negative_prompt = negative_prompt.class_word_text(field="negative_prompt")
     unet = components.unet
     controlnet = weights.controlnet(control_type)
-    pipe = StableDiffusionControlNetPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=unet,
-        controlnet=controlnet,
-        scheduler=type(components.scheduler).from_config(components.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        image_encoder=None,
-        requires_safety_checker=False,
+    pipe = controlnet_pipeline(
+        components, unet, controlnet, type(components.scheduler).from_config(components.scheduler.config)
     )
-    pipe.set_progress_bar_config(disable=True)
     controls = [control_map(image, control_type) for image in images]
     embeds = weights.style_embeds(style_image)  # [1, 1, D]
     count = len(images)
@@ -105,14 +133,7 @@ def style_images(
 
     originals = unet.attn_processors
     try:
-        pipe.load_ip_adapter(
-            str(weights.ip_adapter_root),
-            subfolder=IP_ADAPTER_SUBFOLDER,
-            weight_name=IP_ADAPTER_WEIGHTS,
-            image_encoder_folder=None,
-            local_files_only=True,
-        )
-        pipe.set_ip_adapter_scale(ip_adapter_scales(unet, mode, scale))
+        load_style_adapter(pipe, weights.ip_adapter_root, mode, scale)
         with torch.no_grad():
             output = pipe(
                 prompt=[prompt] * count,
